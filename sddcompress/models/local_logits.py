@@ -1,0 +1,133 @@
+"""Multi-scale local logits (the SDD head) for any CNN classifier, without editing its code.
+
+The wrapped model runs its own forward (so the global logits *are* the model's output); a hook
+keeps the last spatial feature map, which is average-pooled at each scale and pushed region by
+region through the model's own head (whatever follows global pooling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import UserError
+
+DEFAULT_SCALES = (1, 2, 4)
+
+
+@dataclass
+class _Split:
+    hook_module: nn.Module  # its input (pool) or output (feature block) is the feature map
+    take_input: bool
+    head: nn.Module
+    head_name: str
+
+
+def _contains_linear(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) for m in module.modules())
+
+
+def _find_split(model: nn.Module) -> _Split:
+    children = list(model.named_children())
+    head_idx = max((i for i, (_, m) in enumerate(children) if _contains_linear(m)), default=None)
+    if head_idx is None or head_idx == 0:
+        raise UserError(
+            f"{type(model).__name__}: no classifier (a module with a Linear layer after the "
+            "feature extractor) found; SDD needs a CNN with global pooling and a classifier"
+        )
+    head_name, head = children[head_idx]
+    for _, child in reversed(children[:head_idx]):
+        pools = [m for m in child.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+        if pools:
+            return _Split(pools[-1], True, head, head_name)
+        if any(p.requires_grad for p in child.parameters()) or len(list(child.modules())) > 1:
+            return _Split(child, False, head, head_name)
+    raise UserError(f"{type(model).__name__}: cannot find the feature map before the classifier")
+
+
+def region_pool(feature: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, N): scale 1 first, each scale's regions row-major."""
+    return torch.cat([F.adaptive_avg_pool2d(feature, s).flatten(2) for s in scales], dim=2)
+
+
+class LocalLogits(nn.Module):
+    """`forward(x) -> (global_logits (B, K), local_logits (B, K, N))`, N = sum(s*s).
+
+    `input_size` is used once, for a probe forward that checks the split is exact: the head
+    applied to the globally pooled captured map must reproduce the model's own logits.
+    """
+
+    def __init__(self, model: nn.Module, input_size: int, scales: tuple[int, ...] = DEFAULT_SCALES,
+                 name: str | None = None) -> None:
+        super().__init__()
+        if not scales or any((not isinstance(s, int)) or s < 1 for s in scales):
+            raise UserError(f"scales must be positive integers, got {scales}")
+        self.model = model
+        self.scales = tuple(scales)
+        self.num_regions = sum(s * s for s in self.scales)
+        label = name or type(model).__name__
+        split = _find_split(model)
+        self._head_name = split.head_name
+        self._feature: torch.Tensor | None = None
+        self._head_input_4d = False
+        if split.take_input:
+            split.hook_module.register_forward_hook(lambda m, i, o: self._keep(i[0]))
+        else:
+            split.hook_module.register_forward_hook(lambda m, i, o: self._keep(o))
+        self._probe(input_size, label)
+
+    def _keep(self, t: torch.Tensor) -> None:
+        self._feature = t
+
+    @property
+    def head(self) -> nn.Module:
+        return getattr(self.model, self._head_name)
+
+    @torch.no_grad()
+    def _probe(self, input_size: int, label: str) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        seen: dict[str, torch.Tensor] = {}
+        handle = self.head.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+        try:
+            param = next(self.model.parameters())
+            x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+            out = self.model(x.to(param.device, param.dtype))
+        finally:
+            handle.remove()
+            self.model.train(was_training)
+        feat = self._feature
+        if feat is None or feat.dim() != 4:
+            raise UserError(f"{label}: could not capture a 4-D feature map before the classifier")
+        h, w = feat.shape[-2:]
+        if min(h, w) < max(self.scales):
+            raise UserError(
+                f"{label}: last feature map is {h}x{w} at {input_size} px input, smaller than the "
+                f"largest SDD scale {max(self.scales)}; use a larger --input-size, smaller --scales, "
+                "or a small-input model (see `sddcompress models`)"
+            )
+        self._head_input_4d = seen["x"].dim() == 4
+        rebuilt = self._apply_head(region_pool(feat, (1,)))[:, :, 0]
+        if rebuilt.shape != out.shape or not torch.allclose(rebuilt, out, rtol=1e-3, atol=1e-4):
+            raise UserError(
+                f"{label}: its classifier applied to the pooled last feature map does not reproduce "
+                "its logits (extra ops between features and head); SDD cannot split this model"
+            )
+        self._feature = None
+
+    def _apply_head(self, regions: torch.Tensor) -> torch.Tensor:
+        b, c, n = regions.shape
+        flat = regions.permute(0, 2, 1).reshape(b * n, c)
+        if self._head_input_4d:
+            flat = flat[:, :, None, None]
+        logits = self.head(flat)
+        return logits.reshape(b, n, -1).permute(0, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._feature = None
+        logits = self.model(x)
+        feature, self._feature = self._feature, None
+        return logits, self._apply_head(region_pool(feature, self.scales))
