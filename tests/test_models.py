@@ -1,0 +1,110 @@
+"""Model zoo and the multi-scale local-logit head."""
+
+import pytest
+import torch
+from torch import nn
+
+from sddcompress.errors import UserError
+from sddcompress.models import LocalLogits, build_model, list_models
+from sddcompress.models.registry import REGISTRY
+
+torch.manual_seed(0)
+
+
+def _check_global_and_local(name, input_size, scales=(1, 2, 4)):
+    model = build_model(name, 10, input_size).eval()
+    wrapped = LocalLogits(model, input_size, scales, name=name)
+    x = torch.randn(2, 3, input_size, input_size)
+    with torch.no_grad():
+        glob, local = wrapped(x)
+        plain = model(x)
+    assert torch.equal(glob, plain)
+    assert local.shape == (2, 10, sum(s * s for s in scales))
+    torch.testing.assert_close(local[:, :, 0], glob, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_named_model_at_32px(name):
+    _check_global_and_local(name, 32)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "shufflenetv2", "mobilenet_v3_small",
+                                  "efficientnet_b0", "regnet_x_400mf", "mnasnet0_5", "resnet18"])
+def test_torchvision_models_at_224px(name):
+    _check_global_and_local(name, 224)
+
+
+def test_cli_pair_resolves_for_both_input_sizes():
+    small, large = build_model("mobilenetv2", 100, 32), build_model("mobilenetv2", 1000, 224)
+    assert sum(p.numel() for p in small.parameters()) < 1.0e6  # width 0.5 CIFAR variant
+    assert sum(p.numel() for p in large.parameters()) > 3.0e6  # torchvision mobilenet_v2
+    assert isinstance(build_model("resnet50", 100, 32).maxpool, nn.Identity)
+
+
+def test_list_models_names_paper_zoo_and_torchvision():
+    names = {e.name for e in list_models()}
+    assert {"resnet8x4", "resnet32x4", "wrn_40_2", "vgg13", "shufflenetv1", "resnet50", "efficientnet_b0"} <= names
+
+
+def test_unknown_model_suggests_a_name():
+    with pytest.raises(UserError, match="unknown model 'resnet8x5'.*resnet8x4"):
+        build_model("resnet8x5", 10)
+
+
+class QuadrantModel(nn.Module):
+    """Identity features, global pool, identity classifier: logits are pooled input values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 3, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(3))
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def test_region_order_is_scale_then_row_major():
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, 0, :2, :2], x[0, 0, :2, 2:], x[0, 0, 2:, :2], x[0, 0, 2:, 2:] = 1, 2, 3, 4
+    _, local = LocalLogits(QuadrantModel(), 4, (1, 2))(x)
+    assert local[0, 0].tolist() == [2.5, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_two_layer_head_is_applied_whole():
+    model = build_model("mobilenet_v3_small", 10, 224)
+    assert len([m for m in model.classifier if isinstance(m, nn.Linear)]) == 2
+    _check_global_and_local("mobilenet_v3_small", 224)
+
+
+def test_feature_map_too_small_names_size_and_fix():
+    with pytest.raises(UserError, match=r"1x1 at 32 px.*--input-size"):
+        LocalLogits(build_model("efficientnet_b0", 10, 32), 32, name="efficientnet_b0")
+
+
+class ExtraOpModel(QuadrantModel):
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1) * 2.0)
+
+
+def test_model_with_ops_between_features_and_head_is_refused():
+    with pytest.raises(UserError, match="does not reproduce"):
+        LocalLogits(ExtraOpModel(), 8, (1, 2))
+
+
+def test_densenet_functional_tail_still_splits_exactly():
+    _check_global_and_local("densenet121", 128)
+
+
+def test_bad_scales_are_refused():
+    with pytest.raises(UserError, match="positive integers"):
+        LocalLogits(build_model("resnet8x4", 10), 32, (0, 2))
+
+
+def test_local_logits_carry_gradients_to_the_head():
+    model = build_model("resnet8x4", 10).train()
+    _, local = LocalLogits(model, 32)(torch.randn(2, 3, 32, 32))
+    local.sum().backward()
+    assert model.fc.weight.grad is not None and model.fc.weight.grad.abs().sum() > 0
