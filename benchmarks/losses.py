@@ -1,0 +1,77 @@
+"""Forward+backward cost of KD, DKD, SDD-KD and SDD-DKD on logits (B=64, K=100, N=21).
+
+Prints each as a ratio to KD measured in the same run, plus bytes allocated per step
+(CUDA: peak memory). Run: python benchmarks/losses.py [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+
+import torch
+
+from sddcompress.benchmarking.timer import measure
+from sddcompress.losses import Objective, make_method
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """The CPU profiler's C++ side logs start/stop lines to fd 2; keep the table readable."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def allocated_bytes(step, device: str) -> int:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return torch.cuda.max_memory_allocated()
+    with quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                profile_memory=True) as prof:
+        step()
+    return sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--iters", type=int, default=200)
+    args = ap.parse_args()
+    b, k, n, dev = args.batch, args.classes, 21, args.device
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, k, (b,), generator=g).to(dev)
+    s_local = torch.randn(b, k, n, generator=g).to(dev).requires_grad_()
+    t_local = torch.randn(b, k, n, generator=g).to(dev)
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else None
+
+    rows = {}
+    for name in ("kd", "dkd", "sdd-kd", "sdd-dkd"):
+        objective = Objective(make_method(name))
+
+        def step() -> None:
+            s_local.grad = None
+            out = objective(s_local[:, :, 0], y, teacher_logits=t_local[:, :, 0], student_local=s_local,
+                            teacher_local=t_local, epoch_progress=100.0)
+            out["loss"].backward()
+
+        stats = measure(step, warmup=10, min_iters=args.iters, sync=sync)
+        rows[name] = (stats.p50, allocated_bytes(step, dev))
+    base = rows["kd"][0]
+    print(f"loss fwd+bwd, B={b} K={k} N={n} on {dev} ({torch.get_num_threads()} threads), p50 of {args.iters}")
+    print(f"{'method':<10}{'p50 ms':>10}{'x KD':>8}{'MB alloc':>10}")
+    for name, (p50, mem) in rows.items():
+        print(f"{name:<10}{p50:>10.3f}{p50 / base:>8.2f}{mem / 2**20:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
