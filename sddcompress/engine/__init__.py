@@ -1,0 +1,1 @@
+"""Training engine: config, checkpoints, the Accelerate loop, evaluation and metrics."""

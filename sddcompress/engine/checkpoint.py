@@ -1,0 +1,125 @@
+"""Checkpoints: written atomically, loaded without unpickling code, checked against the model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import UserError
+
+FORMAT = "sddcompress-checkpoint-v1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, fsync it, rename over `path`, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with weights_only=True; a missing or corrupt file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint '{path}' is corrupt or not a checkpoint ({first[:120]})") from None
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        return ckpt
+    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return {"format": "state_dict", "model": {"state_dict": ckpt}}
+    raise UserError(f"checkpoint '{path}' is not an sddcompress checkpoint or a plain state_dict")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_record(name: str, model: nn.Module, num_classes: int, input_size: int) -> dict:
+    return {"name": name, "num_classes": num_classes, "input_size": input_size,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_classes: int, path: str) -> None:
+    """Copy checkpoint weights into `model`; architecture or class-count mismatch is a UserError."""
+    record = ckpt["model"]
+    saved_name = record.get("name")
+    if saved_name is not None and saved_name != expected_name:
+        raise UserError(f"checkpoint '{path}' holds a '{saved_name}', not a '{expected_name}'; pass the "
+                        f"matching model name or checkpoint")
+    saved_classes = record.get("num_classes")
+    if saved_classes is not None and saved_classes != num_classes:
+        raise UserError(f"checkpoint '{path}' has {saved_classes} classes but the data has {num_classes}; "
+                        "use a checkpoint trained on this dataset")
+    state = record["state_dict"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape_bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shape_bad:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shape_bad)} wrong-shape tensors"
+                  + (f" (e.g. {(missing + unexpected + shape_bad)[0]})"))
+        raise UserError(f"checkpoint '{path}' does not fit '{expected_name}' with {num_classes} classes: {detail}")
+    model.load_state_dict(state)
+
+
+def rng_state() -> dict:
+    """The state of every random generator this process uses (python, numpy, torch, cuda)."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def base_record(**fields: Any) -> dict:
+    return {"format": FORMAT, "sddcompress_version": __version__, **fields}

@@ -1,0 +1,367 @@
+"""The training loop behind `train` (cross-entropy) and `distill` (KD, DKD, SDD), on Accelerate.
+
+Reproducibility contract (CPU): the same config and seed give the same weights, whether the run
+is uninterrupted, killed and resumed, or split over N processes with the same global batch.
+It rests on per-sample seeded augmentation, an epoch-seeded sampler, RNG states in every
+checkpoint, and batch norm whose statistics are summed across processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+import signal
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import DataBundle, EpochShuffleSampler, SeededTransform, load_dataset
+from ..errors import UserError
+from ..losses import MethodConfig, Objective, make_method
+from ..models import LocalLogits, build_model
+from ..models.weights import load_torchvision_pretrained
+from .checkpoint import atomic_save, base_record, load_checkpoint, load_model_weights, model_record, rng_state, \
+    set_rng_state
+from .config import RESUME_KEYS, TrainConfig
+from .evaluate import evaluate
+from .metrics import MetricsLog, format_terms
+from .sync_batchnorm import convert_batchnorm
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN/inf; the run stopped with the last good checkpoint intact."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: a checkpoint was written, re-running the command resumes."""
+
+
+@dataclass
+class RunResult:
+    out: Path
+    latest: Path
+    best: Path
+    best_top1: float
+    final: dict
+    teacher: dict | None
+    params: int
+    history: list[dict] = field(default_factory=list)
+
+
+def method_from_config(cfg: TrainConfig) -> MethodConfig:
+    return make_method(cfg.method, scales=cfg.scales, temperature=cfg.temperature, alpha=cfg.alpha, beta=cfg.beta,
+                       gamma=cfg.gamma, ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight,
+                       warmup_epochs=cfg.warmup_epochs)
+
+
+def _writable_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{id(out)}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output dir '{out}' is not writable ({exc.strerror}); pass a writable --out") from None
+
+
+def _previous_run(cfg: TrainConfig, out: Path) -> dict | None:
+    latest = out / "checkpoints" / "latest.pt"
+    if cfg.fresh:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for name in ("metrics.jsonl", "metrics.csv"):
+            (out / name).unlink(missing_ok=True)
+        return None
+    if not latest.exists():
+        if cfg.resume:
+            raise UserError(f"--resume: nothing to resume in '{out}' (no checkpoints/latest.pt)")
+        return None
+    ckpt = load_checkpoint(latest)
+    old = ckpt.get("config", {})
+    for key in RESUME_KEYS:
+        if old.get(key) != getattr(cfg, key):
+            raise UserError(f"'{out}' holds a run with {key}={old.get(key)!r}, not {getattr(cfg, key)!r}; "
+                            "use another --out, or --fresh to start over")
+    return ckpt
+
+
+def _load_teacher(cfg: TrainConfig, bundle: DataBundle) -> tuple[nn.Module, dict]:
+    if not cfg.teacher:
+        raise UserError(f"method '{cfg.method}' needs a teacher: pass --teacher NAME --teacher-ckpt PATH")
+    teacher = build_model(cfg.teacher, bundle.num_classes, bundle.input_size)
+    if cfg.teacher_ckpt:
+        ckpt = load_checkpoint(cfg.teacher_ckpt)
+        load_model_weights(teacher, ckpt, cfg.teacher, bundle.num_classes, cfg.teacher_ckpt)
+        saved_size = ckpt["model"].get("input_size")
+        if saved_size not in (None, bundle.input_size):
+            raise UserError(f"teacher checkpoint '{cfg.teacher_ckpt}' was trained at {saved_size} px, the data "
+                            f"is {bundle.input_size} px; pass --input-size {saved_size}")
+        info = {"name": cfg.teacher, "ckpt": str(cfg.teacher_ckpt)}
+    elif cfg.teacher_pretrained:
+        load_torchvision_pretrained(teacher, cfg.teacher, bundle.num_classes, bundle.input_size)
+        info = {"name": cfg.teacher, "ckpt": "torchvision-pretrained"}
+    else:
+        raise UserError("the teacher has no weights: pass --teacher-ckpt PATH (train one with "
+                        "`sddcompress train`) or --teacher-pretrained")
+    return teacher, info
+
+
+def _make_accelerator(cfg: TrainConfig, out: Path):
+    from accelerate import Accelerator
+
+    trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    try:
+        return Accelerator(cpu=cfg.cpu, mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
+                           rng_types=[], log_with=trackers, project_dir=str(out),
+                           dynamo_backend="inductor" if cfg.compile else None)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"cannot set up training ({str(exc).splitlines()[0]})") from None
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; checked between optimiser steps."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._set)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _set(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
+    """Train (or distil into) `cfg.model`; returns the result, raises UserError for bad input."""
+    from accelerate.utils import gather_object, set_seed
+
+    method = method_from_config(cfg)
+    out = Path(cfg.out)
+    _writable_dir(out)
+    previous = _previous_run(cfg, out)
+    acc = _make_accelerator(cfg, out)
+    say = echo if acc.is_main_process else (lambda s: None)
+    per_process = cfg.batch_size // (acc.num_processes * cfg.grad_accum)
+    if per_process * acc.num_processes * cfg.grad_accum != cfg.batch_size:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
+                        f"({acc.num_processes} x {cfg.grad_accum})")
+
+    set_seed(cfg.seed)
+    bundle = load_dataset(cfg.data, cfg.data_dir, cfg.input_size, cfg.download, cfg.skip_bad_images)
+    if bundle.skipped_images:
+        say(f"skipped {bundle.skipped_images} unreadable images")
+    size, classes = bundle.input_size, bundle.num_classes
+    if len(bundle.train) < cfg.batch_size:
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(bundle.train)})")
+
+    student = build_model(cfg.model, classes, size)
+    if previous is not None:
+        load_model_weights(student, previous, cfg.model, classes, str(out / "checkpoints" / "latest.pt"))
+    if acc.num_processes > 1 and cfg.sync_bn:
+        convert_batchnorm(student, cuda=acc.device.type == "cuda")
+    student_net = LocalLogits(student, size, method.scales, cfg.model) if method.uses_local_logits else student
+
+    teacher_net, teacher_info = None, None
+    if method.uses_teacher:
+        teacher, teacher_info = _load_teacher(cfg, bundle)
+        teacher_net = LocalLogits(teacher, size, method.scales, cfg.teacher) if method.uses_local_logits else teacher
+        teacher_net.eval().requires_grad_(False).to(acc.device)
+
+    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    if cfg.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, gamma=cfg.lr_decay)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+
+    train_ds = SeededTransform(bundle.train, bundle.train_transform, cfg.seed)
+    sampler = EpochShuffleSampler(len(train_ds), cfg.seed)
+    train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True,
+                              num_workers=cfg.workers)
+    val_loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform, cfg.seed),
+                            batch_size=max(2 * per_process, 64), num_workers=cfg.workers)
+    student_p, optimizer_p, train_p, val_p = acc.prepare(student_net, optimizer, train_loader, val_loader)
+    objective = Objective(method)
+
+    start_epoch, skip, epoch_sums, best_top1, teacher_metrics = 0, 0, {}, -1.0, None
+    if previous is not None:
+        optimizer_p.load_state_dict(previous["optimizer"])
+        scheduler.load_state_dict(previous["scheduler"])
+        if acc.scaler is not None and previous.get("scaler"):
+            acc.scaler.load_state_dict(previous["scaler"])
+        rng = previous["rng"]
+        if len(rng) == acc.num_processes:
+            set_rng_state(rng[acc.process_index])
+        start_epoch, skip = previous["epoch"], previous["step_in_epoch"]
+        epoch_sums = previous.get("epoch_sums") or {}
+        best_top1 = previous.get("best_top1", -1.0)
+        teacher_metrics = previous.get("teacher_metrics")
+        say(f"resuming {out} at epoch {start_epoch + 1}" + (f", batch {skip}" if skip else ""))
+
+    log = MetricsLog(out)
+    if acc.is_main_process and previous is not None:
+        log.drop_after(start_epoch)
+    if teacher_net is not None and teacher_metrics is None:
+        teacher_metrics = evaluate(teacher_net, val_p, acc)
+        say(f"teacher {cfg.teacher}: val top-1 {teacher_metrics['top1']:.2f}")
+    if acc.log_with:
+        acc.init_trackers("sddcompress", config={k: str(v) for k, v in cfg.to_dict().items()})
+
+    steps = len(train_p) if not cfg.max_train_batches else min(len(train_p), cfg.max_train_batches)
+    ckpt_dir = out / "checkpoints"
+    latest, best = ckpt_dir / "latest.pt", ckpt_dir / "best.pt"
+    params = sum(p.numel() for p in student.parameters())
+    history: list[dict] = []
+    last_val: dict = previous.get("last_val", {}) if previous else {}
+    nonfinite_skipped = 0
+
+    def save(path_list: list[Path], epoch_done: int, step_in_epoch: int, sums: dict) -> None:
+        rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
+        if acc.is_main_process:
+            record = base_record(
+                command="distill" if method.uses_teacher else "train",
+                model=model_record(cfg.model, student, classes, size),
+                teacher=teacher_info, teacher_metrics=teacher_metrics,
+                optimizer=optimizer_p.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
+                rng=rngs, epoch=epoch_done, step_in_epoch=step_in_epoch, epoch_sums=sums,
+                best_top1=best_top1, last_val=last_val, config=cfg.to_dict(), method=method.to_dict(),
+                class_names=list(bundle.class_names), data=bundle.name, input_size=size,
+                normalization={"mean": list(bundle.mean), "std": list(bundle.std)},
+            )
+            for path in path_list:
+                atomic_save(record, path)
+        acc.wait_for_everyone()
+
+    if start_epoch >= cfg.epochs:
+        say(f"the run in '{out}' is already complete ({cfg.epochs} epochs); pass --fresh to train again")
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            loader = acc.skip_first_batches(train_p, skip) if skip else train_p
+            student_p.train()
+            sums: dict[str, torch.Tensor | float] = defaultdict(float)
+            sums.update(epoch_sums)
+            started = time.perf_counter()
+            progress = _Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", acc.is_main_process, cfg.log_every, say)
+            for i, (images, labels) in enumerate(loader, start=skip):
+                if i >= steps:
+                    break
+                with acc.accumulate(student_p):
+                    out_s = student_p(images)
+                    s_logits, s_local = out_s if isinstance(out_s, tuple) else (out_s, None)
+                    t_logits = t_local = None
+                    if teacher_net is not None:
+                        with torch.inference_mode(), acc.autocast():
+                            out_t = teacher_net(images)
+                        t_logits, t_local = (out_t if isinstance(out_t, tuple) else (out_t, None))
+                        t_logits = t_logits.clone()
+                        t_local = t_local.clone() if t_local is not None else None
+                    terms = objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local,
+                                      teacher_local=t_local, epoch_progress=epoch + (i + 1) / steps)
+                    bad = torch.tensor([0.0 if torch.isfinite(terms["loss"]) else 1.0, float(stop.signum)],
+                                       device=acc.device)
+                    if acc.num_processes > 1:
+                        bad = acc.reduce(bad, "sum")
+                    if bad[0] > 0:
+                        if nonfinite_skipped < cfg.skip_nonfinite:
+                            nonfinite_skipped += 1
+                            optimizer_p.zero_grad()
+                            say(f"skipped non-finite loss at epoch {epoch + 1} batch {i + 1} "
+                                f"({nonfinite_skipped}/{cfg.skip_nonfinite})")
+                            continue
+                        raise NonFiniteLoss(
+                            f"loss became {terms['loss'].item()} at epoch {epoch + 1} batch {i + 1}; stopped. The "
+                            f"last good checkpoint is intact ({latest if latest.exists() else 'none yet'}); lower "
+                            "--lr, use --precision no, or allow skips with --skip-nonfinite N")
+                    acc.backward(terms["loss"])
+                    optimizer_p.step()
+                    optimizer_p.zero_grad()
+                for k, v in terms.items():
+                    sums[k] = sums[k] + v.detach().float()
+                sums["correct"] = sums["correct"] + (s_logits.detach().argmax(1) == labels).sum().float()
+                sums["seen"] = sums["seen"] + float(labels.numel())
+                sums["batches"] = sums["batches"] + 1.0
+                progress.advance(i + 1, terms["loss"])
+                if bad[1] > 0 and acc.sync_gradients:
+                    save([latest], epoch, i + 1, {k: float(v) for k, v in sums.items()})
+                    progress.close()
+                    raise Interrupted(f"interrupted at epoch {epoch + 1} batch {i + 1}; checkpoint saved to "
+                                      f"{latest}; run the same command again to resume")
+            progress.close()
+            skip, epoch_sums = 0, {}
+            scheduler.step()
+            totals = {k: torch.as_tensor(v, dtype=torch.float64, device=acc.device) for k, v in sums.items()}
+            if acc.num_processes > 1:
+                totals = {k: acc.reduce(v, "sum") for k, v in totals.items()}
+            totals = {k: float(v) for k, v in totals.items()}
+            n_batches = max(totals.pop("batches", 1.0), 1.0)
+            train_top1 = 100.0 * totals.pop("correct", 0.0) / max(totals.pop("seen", 1.0), 1.0)
+            train_terms = {k: v / n_batches for k, v in totals.items()}
+            last_val = evaluate(student, val_p, acc)
+            improved = last_val["top1"] > best_top1
+            best_top1 = max(best_top1, last_val["top1"])
+            record = {"epoch": epoch + 1, "lr": optimizer_p.param_groups[0]["lr"],
+                      **{f"train_{k}": v for k, v in train_terms.items()}, "train_top1": train_top1,
+                      "val_top1": last_val["top1"], "val_top5": last_val["top5"], "val_loss": last_val["loss"],
+                      "seconds": time.perf_counter() - started}
+            history.append(record)
+            if acc.is_main_process:
+                log.write(record)
+            if acc.log_with:
+                acc.log(record, step=epoch + 1)
+            say(f"epoch {epoch + 1}/{cfg.epochs}  {format_terms(train_terms)}  train top-1 {train_top1:.2f}  "
+                f"val top-1 {last_val['top1']:.2f} top-5 {last_val['top5']:.2f}  ({record['seconds']:.1f}s)")
+            save([latest, best] if improved else [latest], epoch + 1, 0, {})
+    if acc.log_with:
+        acc.end_training()
+    return RunResult(out, latest, best, best_top1, last_val, teacher_metrics, params, history)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; otherwise a plain line every `every` batches."""
+
+    def __init__(self, total: int, label: str, enabled: bool, every: int, say: Callable[[str], None]) -> None:
+        self.total, self.label, self.every, self.say, self.bar = total, label, max(every, 1), say, None
+        self.enabled = enabled
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.fields[loss]}"), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total, loss="")
+
+    def advance(self, done: int, loss: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            if done % 10 == 0 or done == self.total:
+                self.bar.update(self.task, completed=done, loss=f"loss {loss.item():.4f}")
+        elif done % self.every == 0 and done < self.total:
+            value = loss.item()
+            self.say(f"  {self.label} batch {done}/{self.total} loss {value:.4f}" if math.isfinite(value) else
+                     f"  {self.label} batch {done}/{self.total}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
