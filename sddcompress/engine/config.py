@@ -29,7 +29,7 @@ class TrainConfig:
     ce_weight: float | None = None
     kd_weight: float | None = None
     warmup_epochs: float | None = None
-    data: str = "digits"
+    data: str = "cifar100"
     data_dir: str | None = None
     download: bool = False
     input_size: int | None = None
@@ -49,7 +49,7 @@ class TrainConfig:
     cpu: bool = False
     sync_bn: bool = True
     seed: int = 0
-    out: str = "runs/latest"
+    out: str | None = None
     resume: bool = False
     fresh: bool = False
     skip_nonfinite: int = 0
@@ -105,7 +105,27 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], cli_gi
         merged["milestones"] = [int(m) for m in merged["milestones"].split(",") if m.strip()]
     cfg = TrainConfig(**merged)
     validate(cfg)
+    if cfg.out is None:
+        cfg.out = default_out(cfg)
     return cfg
+
+
+def data_slug(data: str) -> str:
+    if data.startswith("imagefolder:"):
+        return "imagefolder-" + (Path(data.split(":", 1)[1]).resolve().name or "root")
+    return data
+
+
+def train_out(model: str, data: str) -> str:
+    """Where `sddcompress train --model MODEL --data DATA` writes by default."""
+    return str(Path("runs") / f"{model.replace('/', '_')}-{data_slug(data)}")
+
+
+def default_out(cfg: TrainConfig) -> str:
+    if cfg.method == "ce" and not cfg.teacher:
+        return train_out(cfg.model, cfg.data)
+    return str(Path("runs") / f"{cfg.model.replace('/', '_')}-from-{(cfg.teacher or 'none').replace('/', '_')}-"
+                               f"{cfg.method}-{data_slug(cfg.data)}")
 
 
 def validate(cfg: TrainConfig) -> None:

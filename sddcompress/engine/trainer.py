@@ -30,7 +30,7 @@ from ..models import LocalLogits, build_model
 from ..models.weights import load_torchvision_pretrained
 from .checkpoint import atomic_save, base_record, load_checkpoint, load_model_weights, model_record, rng_state, \
     set_rng_state
-from .config import RESUME_KEYS, TrainConfig
+from .config import RESUME_KEYS, TrainConfig, default_out, train_out, validate
 from .evaluate import evaluate
 from .metrics import MetricsLog, format_terms
 from .sync_batchnorm import convert_batchnorm
@@ -92,10 +92,14 @@ def _previous_run(cfg: TrainConfig, out: Path) -> dict | None:
     return ckpt
 
 
-def _load_teacher(cfg: TrainConfig, bundle: DataBundle) -> tuple[nn.Module, dict]:
+def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], None]) -> tuple[nn.Module, dict]:
     if not cfg.teacher:
         raise UserError(f"method '{cfg.method}' needs a teacher: pass --teacher NAME --teacher-ckpt PATH")
     teacher = build_model(cfg.teacher, bundle.num_classes, bundle.input_size)
+    trained_here = Path(train_out(cfg.teacher, cfg.data)) / "checkpoints" / "best.pt"
+    if not cfg.teacher_ckpt and not cfg.teacher_pretrained and trained_here.is_file():
+        say(f"teacher weights: {trained_here} (from `sddcompress train`)")
+        cfg.teacher_ckpt = str(trained_here)
     if cfg.teacher_ckpt:
         ckpt = load_checkpoint(cfg.teacher_ckpt)
         load_model_weights(teacher, ckpt, cfg.teacher, bundle.num_classes, cfg.teacher_ckpt)
@@ -108,8 +112,8 @@ def _load_teacher(cfg: TrainConfig, bundle: DataBundle) -> tuple[nn.Module, dict
         load_torchvision_pretrained(teacher, cfg.teacher, bundle.num_classes, bundle.input_size)
         info = {"name": cfg.teacher, "ckpt": "torchvision-pretrained"}
     else:
-        raise UserError("the teacher has no weights: pass --teacher-ckpt PATH (train one with "
-                        "`sddcompress train`) or --teacher-pretrained")
+        raise UserError(f"the teacher has no weights: pass --teacher-ckpt PATH, or train it first with "
+                        f"`sddcompress train --model {cfg.teacher} --data {cfg.data}` (writes {trained_here})")
     return teacher, info
 
 
@@ -152,7 +156,10 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
     """Train (or distil into) `cfg.model`; returns the result, raises UserError for bad input."""
     from accelerate.utils import gather_object, set_seed
 
+    validate(cfg)
     method = method_from_config(cfg)
+    if cfg.out is None:
+        cfg.out = default_out(cfg)
     out = Path(cfg.out)
     _writable_dir(out)
     previous = _previous_run(cfg, out)
@@ -180,7 +187,7 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
 
     teacher_net, teacher_info = None, None
     if method.uses_teacher:
-        teacher, teacher_info = _load_teacher(cfg, bundle)
+        teacher, teacher_info = _load_teacher(cfg, bundle, say)
         teacher_net = LocalLogits(teacher, size, method.scales, cfg.teacher) if method.uses_local_logits else teacher
         teacher_net.eval().requires_grad_(False).to(acc.device)
 

@@ -1,0 +1,156 @@
+"""`sddcompress` command line: models, train, distill, eval, export, eval-artifact, benchmark, quickstart."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..errors import UserError
+from . import options as opt
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sddcompress")
+def cli() -> None:
+    """Distil a small, fast image classifier from a large one (KD, DKD, SDD), export it to
+    ONNX / ONNX Runtime / TensorRT and measure it against the teacher."""
+
+
+@cli.command("models")
+@click.option("--all", "show_all", is_flag=True, help="Also list every torchvision classifier.")
+def models_cmd(show_all: bool) -> None:
+    """List the model names --model/--teacher/--student accept."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..models import list_models
+    from ..models.registry import REGISTRY
+
+    entries = list_models()
+    table = Table(title="sddcompress models")
+    for col in ("name", "family", "notes"):
+        table.add_column(col)
+    hidden = 0
+    for e in entries:
+        if e.name in REGISTRY or show_all:
+            table.add_row(e.name, e.family, e.description)
+        else:
+            hidden += 1
+    Console().print(table)
+    if hidden:
+        click.echo(f"... and {hidden} more torchvision classifiers (--all lists them); timm models as timm/NAME "
+                   "when timm is installed.")
+
+
+def _run_training(ctx: click.Context, command: str, values: dict) -> None:
+    from ..engine.config import build_config, read_config_file
+    from ..engine.trainer import run
+
+    file_values = read_config_file(values.pop("config")) if values.get("config") else {}
+    values.pop("config", None)
+    given = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if command == "train":
+        values["method"] = "ce"
+        given.add("method")
+    cfg = build_config(file_values, values, given)
+    result = run(cfg, echo=click.echo)
+    click.echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")
+
+
+@cli.command("train")
+@opt.training_options(student_flag="--model")
+@click.pass_context
+def train_cmd(ctx: click.Context, **values) -> None:
+    """Train a model (e.g. a teacher) from scratch with cross-entropy."""
+    _run_training(ctx, "train", values)
+
+
+@cli.command("distill")
+@opt.distill_options
+@opt.training_options(student_flag="--student")
+@click.pass_context
+def distill_cmd(ctx: click.Context, **values) -> None:
+    """Distil a student from a trained teacher (default method: SDD-DKD)."""
+    _run_training(ctx, "distill", values)
+
+
+@cli.command("eval")
+@click.option("--ckpt", required=True, type=click.Path(), help="Checkpoint written by train/distill.")
+@click.option("--model", default=None, help="Model name; must match the checkpoint's. [default: from checkpoint]")
+@click.option("--data", default=None, help="Dataset. [default: the checkpoint's]")
+@click.option("--data-dir", default=None, help="Where the dataset's files are.")
+@click.option("--input-size", type=int, default=None, help="Input size in px. [default: the checkpoint's]")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Evaluation batch size.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_cmd(ckpt: str, model: str | None, data: str | None, data_dir: str | None, input_size: int | None,
+             batch_size: int, as_json: bool) -> None:
+    """Top-1 / top-5 accuracy and loss of a checkpoint on a dataset's validation split."""
+    from ..engine.evaluation_cli import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(ckpt, model, data, data_dir, input_size, batch_size)
+    if as_json:
+        click.echo(json.dumps(metrics))
+    else:
+        click.echo(f"{metrics['model']} on {metrics['data']} ({metrics['count']} images): top-1 {metrics['top1']:.2f}  "
+                   f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}")
+
+
+@cli.command("quickstart")
+@click.option("--out", default="runs/quickstart", show_default=True, help="Where runs and the summary go.")
+@click.option("--epochs", type=int, default=None, help="Epochs per run. [default: 15 teacher, 15 students]")
+@click.option("--fresh", is_flag=True, help="Start over instead of resuming finished parts.")
+def quickstart_cmd(out: str, epochs: int | None, fresh: bool) -> None:
+    """Offline demo: train a teacher on scikit-learn's digits, distil a student with SDD-DKD and
+    with plain CE, and compare them."""
+    from ..quickstart import run_quickstart
+
+    run_quickstart(Path(out), epochs, fresh, echo=click.echo)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A UserError re-raised from a DataLoader worker carries the worker's traceback; keep its last line."""
+    text = str(exc).strip()
+    if "Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split("UserError: ", 1)[-1]
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    from ..engine.trainer import Interrupted, NonFiniteLoss
+
+    try:
+        cli.main(args=argv, prog_name="sddcompress", standalone_mode=False)
+    except NonFiniteLoss as exc:
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(3)
+    except UserError as exc:
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(2)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except RuntimeError as exc:
+        if "Caught UserError" in str(exc):
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Click options shared by `train` and `distill`; defaults come from TrainConfig."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+from ..data import DATASET_HELP
+from ..engine.config import TrainConfig
+
+D = TrainConfig()
+
+
+def _apply(options: list[Callable]) -> Callable:
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def distill_options(fn: Callable) -> Callable:
+    return _apply([
+        click.option("--teacher", default=None, help="Teacher model name (see `sddcompress models`)."),
+        click.option("--teacher-ckpt", default=None,
+                     help="Teacher checkpoint. [default: runs/TEACHER-DATA/checkpoints/best.pt if `sddcompress "
+                          "train` wrote it]"),
+        click.option("--teacher-pretrained", is_flag=True, default=None,
+                     help="Use torchvision ImageNet weights already in the local torch hub cache."),
+        click.option("--method", default="sdd-dkd", show_default=True,
+                     help="sdd-dkd, sdd-kd, dkd, kd or ce (student alone)."),
+        click.option("--scales", default=D.scales, show_default=True,
+                     help="SDD pooling scales, comma separated (1,2,4 = 1+4+16 regions)."),
+        click.option("--temperature", type=float, default=None, help="Softmax temperature T. [default: 4]"),
+        click.option("--alpha", type=float, default=None, help="DKD target-class weight. [default: 1]"),
+        click.option("--beta", type=float, default=None, help="DKD non-target-class weight. [default: 8]"),
+        click.option("--gamma", type=float, default=None, help="SDD weight of complementary regions. [default: 2]"),
+        click.option("--ce-weight", type=float, default=None,
+                     help="Cross-entropy weight. [default: 0.1 for (sdd-)kd, 1 for (sdd-)dkd]"),
+        click.option("--kd-weight", type=float, default=None,
+                     help="Distillation weight. [default: 0.9 for (sdd-)kd, 1 for (sdd-)dkd]"),
+        click.option("--warmup-epochs", type=float, default=None,
+                     help="Epochs over which the distillation term ramps 0 -> 1. [default: 20 for (sdd-)dkd, 0 else]"),
+    ])(fn)
+
+
+def training_options(student_flag: str) -> Callable:
+    return _apply([
+        click.option("--config", default=None,
+                     help="YAML file (or shipped config name, e.g. cifar100_resnet32x4_resnet8x4) with any of "
+                          "these options; the command line wins."),
+        click.option(student_flag, "model", default=D.model, show_default=True,
+                     help="Model to train (see `sddcompress models`)."),
+        click.option("--data", default=D.data, show_default=True, help=f"Dataset: {DATASET_HELP}."),
+        click.option("--data-dir", default=None, help="Dataset folder for cifar10/cifar100. [default: data/NAME]"),
+        click.option("--download", is_flag=True, default=None, help="Download CIFAR if it is missing."),
+        click.option("--input-size", type=int, default=None,
+                     help="Input size in px. [default: 32, 224 for imagefolder]"),
+        click.option("--skip-bad-images", is_flag=True, default=None,
+                     help="Skip unreadable images in an image folder (counted) instead of failing."),
+        click.option("--workers", type=int, default=D.workers, show_default=True, help="Data loader workers."),
+        click.option("--epochs", type=int, default=D.epochs, show_default=True, help="Training epochs."),
+        click.option("--batch-size", type=int, default=D.batch_size, show_default=True,
+                     help="Global batch per optimiser step (split across processes and --grad-accum)."),
+        click.option("--lr", type=float, default=D.lr, show_default=True, help="Initial SGD learning rate."),
+        click.option("--momentum", type=float, default=D.momentum, show_default=True, help="SGD momentum."),
+        click.option("--weight-decay", type=float, default=D.weight_decay, show_default=True, help="Weight decay."),
+        click.option("--schedule", default=D.schedule, show_default=True,
+                     help="LR schedule: step (x lr-decay at --milestones) or cosine."),
+        click.option("--milestones", default=",".join(map(str, D.milestones)), show_default=True,
+                     help="Epochs at which the step schedule decays the LR."),
+        click.option("--lr-decay", type=float, default=D.lr_decay, show_default=True, help="Step schedule factor."),
+        click.option("--precision", default=D.precision, show_default=True, help="Mixed precision: no, fp16, bf16."),
+        click.option("--grad-accum", type=int, default=D.grad_accum, show_default=True,
+                     help="Gradient accumulation steps."),
+        click.option("--compile", is_flag=True, default=None, help="torch.compile the student."),
+        click.option("--cpu", is_flag=True, default=None, help="Train on CPU even if a GPU is present."),
+        click.option("--sync-bn/--no-sync-bn", default=D.sync_bn, show_default=True,
+                     help="Sum batch-norm statistics across processes (multi-process runs)."),
+        click.option("--seed", type=int, default=D.seed, show_default=True, help="Random seed."),
+        click.option("--out", default=None,
+                     help="Output folder (checkpoints/, metrics.jsonl, metrics.csv). [default: runs/MODEL-DATA for "
+                          "train, runs/STUDENT-from-TEACHER-METHOD-DATA for distill]"),
+        click.option("--resume", is_flag=True, default=None,
+                     help="Require a run to resume in --out (re-running into a non-empty --out resumes anyway)."),
+        click.option("--fresh", is_flag=True, default=None, help="Discard any run in --out and start over."),
+        click.option("--skip-nonfinite", type=int, default=D.skip_nonfinite, show_default=True,
+                     help="Skip up to N steps with a NaN/inf loss instead of stopping."),
+        click.option("--max-train-batches", type=int, default=D.max_train_batches, show_default=True,
+                     help="Cap batches per epoch (0 = all); for smoke tests."),
+        click.option("--log-every", type=int, default=D.log_every, show_default=True,
+                     help="Progress line every N batches when not on a terminal."),
+    ])
