@@ -53,9 +53,9 @@ def _run_training(ctx: click.Context, command: str, values: dict) -> None:
     file_values = read_config_file(values.pop("config")) if values.get("config") else {}
     values.pop("config", None)
     given = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    if command == "train":
-        values["method"] = "ce"
-        given.add("method")
+    if command == "train":  # a distill config may be reused to train its teacher: no teacher here
+        values.update(method="ce", teacher=None, teacher_ckpt=None)
+        given.update({"method", "teacher", "teacher_ckpt"})
     cfg = build_config(file_values, values, given)
     result = run(cfg, echo=click.echo)
     click.echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")

@@ -86,6 +86,10 @@ def read_config_file(path_or_name: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"config '{path_or_name}' must be a mapping of option: value")
     values = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    if "student" in values:  # the distill spelling of `model`
+        if "model" in values:
+            raise UserError(f"config '{path_or_name}': give either student or model, not both")
+        values["model"] = values.pop("student")
     unknown = sorted(set(values) - CONFIG_KEYS)
     if unknown:
         raise UserError(f"config '{path_or_name}': unknown key(s) {', '.join(unknown)}; see --help for valid options")
@@ -100,7 +104,7 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], cli_gi
     for key, value in cli_values.items():
         if key in CONFIG_KEYS and (key in cli_given or key not in merged):
             merged[key] = value
-    merged = {k: v for k, v in merged.items() if k in CONFIG_KEYS and v is not None}
+    merged = {k: v for k, v in merged.items() if k in CONFIG_KEYS and (v is not None or k in cli_given)}
     if isinstance(merged.get("milestones"), str):
         merged["milestones"] = [int(m) for m in merged["milestones"].split(",") if m.strip()]
     cfg = TrainConfig(**merged)

@@ -264,6 +264,8 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
             sampler.set_epoch(epoch)
             train_ds.set_epoch(epoch)
             loader = acc.skip_first_batches(train_p, skip) if skip else train_p
+            if hasattr(loader, "set_epoch"):  # Accelerate re-seeds the sampler from its own counter on __iter__
+                loader.set_epoch(epoch)
             student_p.train()
             sums: dict[str, torch.Tensor | float] = defaultdict(float)
             sums.update(epoch_sums)

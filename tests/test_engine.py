@@ -1,0 +1,226 @@
+"""Training engine: determinism, kill/resume, multi-process equivalence, non-finite losses, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, tiny_args
+from sddcompress.engine.checkpoint import load_checkpoint
+from sddcompress.engine.config import TrainConfig, build_config, read_config_file, shipped_configs
+from sddcompress.engine.trainer import NonFiniteLoss, run
+from sddcompress.errors import UserError
+
+QUIET = dict(echo=lambda s: None)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]["state_dict"]
+
+
+def assert_same_weights(a, b, atol=0.0) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        if atol == 0.0:
+            assert torch.equal(wa[k], wb[k]), k
+        else:
+            diff = (wa[k].double() - wb[k].double()).abs().max().item()
+            assert diff <= atol * (1 + wa[k].double().abs().max().item()), f"{k}: max abs difference {diff:.3g}"
+
+
+def sdd_config(out, teacher_ckpt, **over) -> TrainConfig:
+    values = {**TINY, "model": "resnet20", "teacher": "resnet20", "teacher_ckpt": teacher_ckpt,
+              "method": "sdd-dkd", "warmup_epochs": 1.0, "out": str(out), **over}
+    return TrainConfig(**values)
+
+
+def test_same_seed_same_weights_and_seed_matters(tmp_path, teacher_ckpt):
+    a = run(sdd_config(tmp_path / "a", teacher_ckpt), **QUIET)
+    b = run(sdd_config(tmp_path / "b", teacher_ckpt), **QUIET)
+    c = run(sdd_config(tmp_path / "c", teacher_ckpt, seed=1), **QUIET)
+    assert_same_weights(a.latest, b.latest)
+    with pytest.raises(AssertionError):
+        assert_same_weights(a.latest, c.latest)
+
+
+def test_checkpoint_contents_and_metrics_files(tmp_path, teacher_ckpt):
+    result = run(sdd_config(tmp_path / "r", teacher_ckpt, epochs=2), **QUIET)
+    ckpt = load_checkpoint(result.latest)
+    for key in ("model", "optimizer", "scheduler", "rng", "epoch", "config", "class_names", "normalization",
+                "sddcompress_version", "method"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 2 and ckpt["step_in_epoch"] == 0 and len(ckpt["class_names"]) == 10
+    records = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for term in ("train_ce", "train_tckd", "train_nckd", "train_distill", "train_loss", "val_top1"):
+        assert term in records[0], term
+    header = (result.out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train_nckd" in header and "val_top5" in header
+    assert not list((result.out / "checkpoints").glob("*.tmp"))
+
+
+def test_rerunning_a_finished_run_continues_to_more_epochs(tmp_path, teacher_ckpt):
+    full = run(sdd_config(tmp_path / "full", teacher_ckpt, epochs=2), **QUIET)
+    run(sdd_config(tmp_path / "split", teacher_ckpt, epochs=1), **QUIET)
+    resumed = run(sdd_config(tmp_path / "split", teacher_ckpt, epochs=2), **QUIET)
+    assert_same_weights(full.latest, resumed.latest)
+
+
+def test_resume_refuses_a_different_run(tmp_path, teacher_ckpt):
+    run(sdd_config(tmp_path / "r", teacher_ckpt), **QUIET)
+    with pytest.raises(UserError, match="holds a run with method='sdd-dkd'"):
+        run(sdd_config(tmp_path / "r", teacher_ckpt, method="kd"), **QUIET)
+
+
+class _NanAfter:
+    """An objective wrapper that returns a NaN loss from call `n` on."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        out = self.inner(*args, **kwargs)
+        if self.calls >= self.n:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, teacher_ckpt, monkeypatch):
+    import sddcompress.engine.trainer as trainer
+
+    real = trainer.Objective
+    monkeypatch.setattr(trainer, "Objective", lambda m: _NanAfter(real(m), 6))  # epoch 2, batch 2
+    with pytest.raises(NonFiniteLoss, match="epoch 2 batch 2.*last good checkpoint is intact"):
+        run(sdd_config(tmp_path / "r", teacher_ckpt, epochs=3), **QUIET)
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"]["state_dict"].values() if v.is_floating_point())
+
+
+def test_skip_nonfinite_skips_bad_steps(tmp_path, teacher_ckpt, monkeypatch):
+    import sddcompress.engine.trainer as trainer
+
+    real = trainer.Objective
+
+    class OneBad(_NanAfter):
+        def __call__(self, *a, **k):
+            out = super().__call__(*a, **k)
+            self.n = 10**9 if self.calls >= 3 else self.n  # only call 3 is NaN
+            return out
+
+    monkeypatch.setattr(trainer, "Objective", lambda m: OneBad(real(m), 3))
+    messages = []
+    result = run(sdd_config(tmp_path / "r", teacher_ckpt, skip_nonfinite=1), echo=messages.append)
+    assert any("skipped non-finite loss" in m for m in messages)
+    assert all(torch.isfinite(v).all() for v in weights(result.latest).values() if v.is_floating_point())
+
+
+def test_config_file_and_command_line_precedence(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("student: resnet8x4\nlr: 0.01\nepochs: 7\nscales: [1, 2]\n")
+    file_values = read_config_file(str(cfg))
+    built = build_config(file_values, {"lr": 0.2, "epochs": 240, "model": "resnet20"}, cli_given={"lr"})
+    assert (built.model, built.lr, built.epochs, built.scales) == ("resnet8x4", 0.2, 7, "1,2")
+
+
+@pytest.mark.parametrize("name", shipped_configs())
+def test_shipped_paper_configs(name):
+    cfg = build_config(read_config_file(name), {}, set())
+    assert (cfg.epochs, cfg.batch_size, cfg.milestones, cfg.weight_decay, cfg.method) == (
+        240, 64, [150, 180, 210], 5e-4, "sdd-dkd")
+    small = cfg.model in ("mobilenetv2", "shufflenetv1", "shufflenetv2")
+    assert cfg.lr == (0.01 if small else 0.05)
+    assert cfg.out == f"runs/{cfg.model}-from-{cfg.teacher}-sdd-dkd-cifar100"
+
+
+def test_paper_pairs_are_shipped():
+    names = set(shipped_configs())
+    for pair in ("resnet32x4_resnet8x4", "resnet50_mobilenetv2", "wrn_40_2_wrn_16_2", "vgg13_vgg8"):
+        assert f"cifar100_{pair}" in names
+
+
+def _cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sddcompress.cli.main", *args]
+
+
+def _distill_args(out: Path, teacher_ckpt: str, epochs: int = 3) -> list[str]:
+    return ["distill", "--teacher", "resnet20", "--teacher-ckpt", teacher_ckpt, "--student", "resnet20",
+            "--warmup-epochs", "1", "--out", str(out),
+            *tiny_args(epochs=epochs, max_train_batches=12, batch_size=16, log_every=1)]
+
+
+def _start_and_stop_mid_epoch(cmd: list[str], sig: int) -> int:
+    """Start the run, wait for the 2nd epoch's 5th batch, send `sig`; return the exit code."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if "epoch 2/3 batch 5/12" in line:
+            proc.send_signal(sig)
+            break
+        assert time.time() < deadline, "run never reached epoch 2"
+    proc.stdout.read()
+    return proc.wait(timeout=120)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, teacher_ckpt):
+    reference = tmp_path / "reference"
+    subprocess.run(_cli_cmd(*_distill_args(reference, teacher_ckpt)), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    assert _start_and_stop_mid_epoch(_cli_cmd(*_distill_args(killed, teacher_ckpt)), signal.SIGKILL) == -9
+    assert load_checkpoint(killed / "checkpoints" / "latest.pt")["epoch"] == 1
+    resumed = subprocess.run(_cli_cmd(*_distill_args(killed, teacher_ckpt)), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert_same_weights(reference / "checkpoints" / "latest.pt", killed / "checkpoints" / "latest.pt")
+
+
+def test_sigterm_saves_mid_epoch_and_resume_gives_identical_weights(tmp_path, teacher_ckpt):
+    reference = tmp_path / "reference"
+    subprocess.run(_cli_cmd(*_distill_args(reference, teacher_ckpt)), check=True, capture_output=True)
+    stopped = tmp_path / "stopped"
+    assert _start_and_stop_mid_epoch(_cli_cmd(*_distill_args(stopped, teacher_ckpt)), signal.SIGTERM) == 130
+    mid = load_checkpoint(stopped / "checkpoints" / "latest.pt")
+    assert mid["epoch"] == 1 and mid["step_in_epoch"] >= 5
+    resumed = subprocess.run(_cli_cmd(*_distill_args(stopped, teacher_ckpt)), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(reference / "checkpoints" / "latest.pt", stopped / "checkpoints" / "latest.pt")
+    lines = (stopped / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_cpu_processes_match_one_process(tmp_path, teacher_ckpt):
+    # Two epochs of one step each: crosses an epoch boundary, the scheduler, cross-process batch norm
+    # and the SDD-DKD loss. Longer runs amplify float noise chaotically (even 1 vs 2 OpenMP threads in
+    # ONE process drift apart by ~1e-4 after a dozen steps at lr 0.05), so more steps or a larger lr
+    # would test that noise, not the engine.
+    args = ["distill", "--teacher", "resnet20", "--teacher-ckpt", teacher_ckpt, "--student", "resnet20",
+            "--warmup-epochs", "1", *tiny_args(epochs=2, max_train_batches=1, batch_size=16, lr=0.01)]
+    one = subprocess.run(_cli_cmd(*args, "--out", str(tmp_path / "one")), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(_free_port()), "-m", "sddcompress.cli.main", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.pt")
+    assert len(ckpt["rng"]) == 2  # really ran as two processes
+    assert_same_weights(tmp_path / "one" / "checkpoints" / "latest.pt",
+                        tmp_path / "two" / "checkpoints" / "latest.pt", atol=1e-5)
