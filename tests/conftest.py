@@ -24,6 +24,16 @@ def teacher_ckpt(tmp_path_factory) -> str:
     return str(result.best)
 
 
+@pytest.fixture(scope="session")
+def exported(teacher_ckpt, tmp_path_factory) -> dict:
+    """The tiny model exported once: ONNX + ORT INT8 + data.npz; returns the export report."""
+    from sddcompress.exporting.pipeline import ExportOptions, run_export
+
+    out = tmp_path_factory.mktemp("export")
+    return run_export(ExportOptions(ckpt=teacher_ckpt, out=str(out), ort_int8=True, calib_size=64, val_size=200),
+                      echo=lambda s: None)
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `sddcompress ARGS` in-process; returns (exit code, stdout, stderr)."""

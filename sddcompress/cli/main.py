@@ -111,6 +111,11 @@ def quickstart_cmd(out: str, epochs: int | None, fresh: bool) -> None:
     run_quickstart(Path(out), epochs, fresh, echo=click.echo)
 
 
+from .deploy_commands import register as _register_deploy  # noqa: E402
+
+_register_deploy(cli)
+
+
 def _one_line(exc: BaseException) -> str:
     """A UserError re-raised from a DataLoader worker carries the worker's traceback; keep its last line."""
     text = str(exc).strip()
@@ -122,6 +127,8 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    from sddcompress_export.errors import DeployError
+
     from ..engine.trainer import Interrupted, NonFiniteLoss
 
     try:
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     except NonFiniteLoss as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(3)
-    except UserError as exc:
+    except (UserError, DeployError) as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)
     except click.UsageError as exc:

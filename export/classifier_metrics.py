@@ -1,0 +1,33 @@
+"""Top-1 / top-5 / cross-entropy of logits, in numpy (same definitions as the torch evaluator)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def batch_stats(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[top-1 hits, top-5 hits, summed cross-entropy, count] for one batch."""
+    logits = logits.astype(np.float64)
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    hit = top == labels[:, None]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    ce = -log_probs[np.arange(len(labels)), labels].sum()
+    return np.array([hit[:, 0].sum(), hit.any(axis=1).sum(), ce, len(labels)], dtype=np.float64)
+
+
+def score(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
+          batch_size: int = 64) -> dict[str, float]:
+    """{"top1", "top5" (percent), "loss", "count"} of `predict` over preprocessed images."""
+    stats = np.zeros(4)
+    for start in range(0, len(images), batch_size):
+        stats += batch_stats(predict(images[start:start + batch_size]), labels[start:start + batch_size])
+    n = max(stats[3], 1.0)
+    return {"top1": 100.0 * stats[0] / n, "top5": 100.0 * stats[1] / n, "loss": stats[2] / n, "count": int(stats[3])}
+
+
+def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return np.concatenate([predict(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])

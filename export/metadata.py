@@ -1,0 +1,85 @@
+"""Preprocessing facts stored inside an ONNX file, so a deployment needs nothing else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import DeployError
+
+_PREFIX = "sddcompress."
+
+
+@dataclass
+class ModelMetadata:
+    """What a deployment needs to feed the model: class names, input size, normalisation, provenance."""
+
+    class_names: list[str]
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    source_checkpoint_sha256: str = ""
+    source_checkpoint: str = ""
+    model_name: str = ""
+    sddcompress_version: str = ""
+    input_name: str = "input"
+    output_name: str = "logits"
+    extra: dict = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        """Flat string key/values for ONNX `metadata_props`."""
+        return {_PREFIX + k: json.dumps(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str = "model") -> "ModelMetadata":
+        values = {k[len(_PREFIX):]: json.loads(v) for k, v in props.items() if k.startswith(_PREFIX)}
+        missing = [k for k in ("class_names", "input_size", "mean", "std") if k not in values]
+        if missing:
+            raise DeployError(f"{where} has no sddcompress metadata ({', '.join(missing)} missing); "
+                              "export it with `sddcompress export`")
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def load_onnx(path: str | Path):
+    """Load and check an ONNX file; a missing or non-ONNX file is a DeployError."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"ONNX file '{path}' does not exist")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise DeployError(f"'{path}' is not an ONNX model ({type(exc).__name__}); pass the .onnx file "
+                          "written by `sddcompress export`") from None
+    if not model.graph.node:
+        raise DeployError(f"'{path}' is not an ONNX model (no graph); pass the .onnx file written by "
+                          "`sddcompress export`")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise DeployError(f"'{path}' fails the ONNX checker: {first}") from None
+    return model
+
+
+def write_metadata(model, meta: ModelMetadata) -> None:
+    """Replace this package's metadata entries of an in-memory ONNX ModelProto."""
+    kept = [p for p in model.metadata_props if not p.key.startswith(_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in meta.to_props().items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """Metadata of an ONNX file (without loading its weights into a session)."""
+    model = load_onnx(path)
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, f"'{path}'")
+
+
+def onnx_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

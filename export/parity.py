@@ -1,0 +1,37 @@
+"""Compare an artefact's logits with the reference (PyTorch) logits on the same images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DeployError
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max / mean absolute logit difference and top-1 agreement (percent)."""
+    if reference.shape != candidate.shape:
+        raise DeployError(f"logit shapes differ: reference {reference.shape} vs artefact {candidate.shape}")
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    agree = (reference.argmax(1) == candidate.argmax(1)).mean() * 100.0
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "top1_agreement": float(agree), "count": int(len(reference))}
+
+
+def check_parity(result: dict, atol: float, min_agreement: float, what: str) -> None:
+    """Raise a DeployError if the artefact is further from PyTorch than the user allows."""
+    if result["max_abs_diff"] > atol or result["top1_agreement"] < min_agreement:
+        raise DeployError(
+            f"parity failure for {what}: max |logit diff| {result['max_abs_diff']:.3g} (allowed {atol:g}), top-1 "
+            f"agreement {result['top1_agreement']:.2f}% (required {min_agreement:g}%); raise --atol / lower "
+            "--min-agreement if this is expected")
+
+
+def write_report(path: str | Path, report: dict) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,74 @@
+"""`sddcompress export` and `sddcompress eval-artifact`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("export")
+@click.option("--ckpt", default=None, type=click.Path(),
+              help="Checkpoint from train/distill. [default: the quickstart's SDD student]")
+@click.option("--out", default=None, help="Output folder. [default: RUN_DIR/export next to the checkpoint's run]")
+@click.option("--onnx", "onnx_only", is_flag=True, help="Write the ONNX file (always done; the flag is for clarity).")
+@click.option("--trt", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Also build a TensorRT engine at this precision (repeatable). Needs an NVIDIA GPU.")
+@click.option("--ort-int8", is_flag=True, help="Also write a static INT8 (QDQ, per-channel) ONNX Runtime model.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..21).")
+@click.option("--batch", default="dynamic", show_default=True, type=click.Choice(["1", "dynamic"]),
+              help="Batch axis of the ONNX input.")
+@click.option("--calib-size", type=int, default=256, show_default=True,
+              help="Training images used to calibrate INT8 (ORT and TensorRT).")
+@click.option("--calib-method", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "entropy", "percentile"]), help="ORT INT8 calibration method.")
+@click.option("--calib-file", default=None, type=click.Path(),
+              help="Use this tensor file (.npz from a previous export) instead of reading the dataset.")
+@click.option("--val-size", type=int, default=2000, show_default=True,
+              help="Validation images stored in data.npz and used for parity and accuracy.")
+@click.option("--data", default=None, help="Dataset for calibration/validation. [default: the checkpoint's]")
+@click.option("--data-dir", default=None, help="Where the dataset's files are.")
+@click.option("--atol", type=float, default=1e-3, show_default=True,
+              help="Largest allowed |ONNX - PyTorch| logit difference; above it the export fails.")
+@click.option("--min-agreement", type=float, default=99.0, show_default=True,
+              help="Smallest allowed top-1 agreement (percent) between ONNX Runtime and PyTorch.")
+@click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile: smallest batch.")
+@click.option("--opt-batch", type=int, default=8, show_default=True, help="TensorRT profile: batch tuned for.")
+@click.option("--max-batch", type=int, default=32, show_default=True, help="TensorRT profile: largest batch.")
+@click.option("--no-slim", is_flag=True, help="Skip onnxslim graph simplification.")
+def export_cmd(ckpt, out, onnx_only, trt, ort_int8, opset, batch, calib_size, calib_method, calib_file, val_size,
+               data, data_dir, atol, min_agreement, min_batch, opt_batch, max_batch, no_slim) -> None:
+    """Export a checkpoint's plain model to ONNX (checked against PyTorch), and optionally to an ONNX Runtime
+    INT8 model and TensorRT engines. Writes model.onnx, data.npz and export_report.json."""
+    from ..exporting.pipeline import ExportOptions, run_export
+
+    run_export(ExportOptions(ckpt=ckpt, out=out, opset=opset, batch=batch, ort_int8=ort_int8, trt=list(trt),
+                             calib_size=calib_size, val_size=val_size, calib_file=calib_file, data=data,
+                             data_dir=data_dir, atol=atol, min_agreement=min_agreement, min_batch=min_batch,
+                             opt_batch=opt_batch, max_batch=max_batch, slim=not no_slim,
+                             calib_method=calib_method), echo=click.echo)
+
+
+@click.command("eval-artifact")
+@click.option("--model", "artifact", required=True, type=click.Path(), help="An exported .onnx or .engine file.")
+@click.option("--data", default=None,
+              help="A dataset name (as for eval) or a data.npz tensor file. [default: data.npz next to the model]")
+@click.option("--data-dir", default=None, help="Where the dataset's files are.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Evaluation batch size.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads. [default: all cores]")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_artifact_cmd(artifact, data, data_dir, batch_size, threads, as_json) -> None:
+    """Top-1 / top-5 accuracy and loss of an exported artefact on a validation split."""
+    from ..exporting.artifact_eval import evaluate_artifact
+
+    metrics = evaluate_artifact(artifact, data, data_dir, batch_size, threads)
+    if as_json:
+        click.echo(json.dumps(metrics))
+    else:
+        click.echo(f"{artifact} on {metrics['data']} ({metrics['count']} images): top-1 {metrics['top1']:.2f}  "
+                   f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(export_cmd)
+    cli.add_command(eval_artifact_cmd)

@@ -1,0 +1,1 @@
+"""Torch side of the export stage: write the ONNX file and the preprocessed tensor file, check parity."""

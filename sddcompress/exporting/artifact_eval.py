@@ -1,0 +1,44 @@
+"""Score an exported artefact on a dataset's validation split (the same images `sddcompress eval` uses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from sddcompress_export.artifacts import open_artifact
+from sddcompress_export.classifier_metrics import batch_stats, score
+from sddcompress_export.tensor_file import load_tensor_file
+
+from ..data import load_dataset
+from ..engine.evaluation_cli import _Transformed
+from ..errors import UserError
+
+
+def evaluate_artifact(path: str, data: str | None, data_dir: str | None, batch_size: int,
+                      threads: int | None = None) -> dict:
+    if batch_size <= 0:
+        raise UserError(f"--batch-size must be > 0, got {batch_size}")
+    model, meta = open_artifact(path, threads=threads)
+    if data is None:
+        guess = Path(path).parent / "data.npz"
+        if not guess.is_file():
+            raise UserError(f"pass --data (a dataset or a data.npz); there is no {guess}")
+        data = str(guess)
+    if data.endswith(".npz"):
+        tensors = load_tensor_file(data)
+        if tensors.input_size != meta.input_size:
+            raise UserError(f"'{data}' holds {tensors.input_size}px images; '{path}' expects {meta.input_size}px")
+        return {"data": data, **score(model, tensors.val_images, tensors.val_labels, batch_size)}
+    bundle = load_dataset(data, data_dir, meta.input_size)
+    if bundle.num_classes != len(meta.class_names):
+        raise UserError(f"'{path}' has {len(meta.class_names)} classes but {data} has {bundle.num_classes}")
+    if meta.mean and not np.allclose(bundle.mean, meta.mean):
+        raise UserError(f"'{path}' was exported with mean {meta.mean} but {data} normalises with {list(bundle.mean)}")
+    stats = np.zeros(4)
+    for images, labels in DataLoader(_Transformed(bundle.val, bundle.val_transform), batch_size=batch_size):
+        stats += batch_stats(model(images.numpy()), labels.numpy())
+    n = max(stats[3], 1.0)
+    return {"data": data, "top1": 100.0 * stats[0] / n, "top5": 100.0 * stats[1] / n, "loss": stats[2] / n,
+            "count": int(stats[3])}

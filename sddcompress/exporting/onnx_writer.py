@@ -1,0 +1,75 @@
+"""Write a plain classifier to ONNX with torch's exporter, then check, slim and annotate it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sddcompress_export.metadata import ModelMetadata, load_onnx, onnx_opset, write_metadata
+
+from ..errors import UserError
+
+DEFAULT_OPSET = 18
+# torch.onnx's exporter (torch.export based) emits opset 18 natively; 18 is also what TensorRT 10 and
+# ONNX Runtime >= 1.14 fully support. Later opsets are produced by onnxscript's version converter.
+SUPPORTED_OPSETS = range(18, 22)
+
+
+def check_opset(opset: int) -> None:
+    if opset not in SUPPORTED_OPSETS:
+        raise UserError(f"--opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
+                        f"(default {DEFAULT_OPSET})")
+
+
+def write_onnx(model: nn.Module, path: str | Path, meta: ModelMetadata, opset: int = DEFAULT_OPSET,
+               dynamic_batch: bool = True, slim: bool = True) -> dict:
+    """Export `model` (eval mode, CPU) for (B, 3, S, S) inputs; returns facts about the written file."""
+    import onnx
+
+    check_opset(opset)
+    path = Path(path)
+    model = model.eval().cpu()
+    example = torch.randn(2, 3, meta.input_size, meta.input_size)
+    dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
+    if not dynamic_batch:
+        example = example[:1]
+    arg_name = next(iter(__import__("inspect").signature(model.forward).parameters), "x")
+    if dynamic_shapes is not None:
+        dynamic_shapes = {arg_name: dynamic_shapes["x"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        chatter = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(raw), input_names=[meta.input_name],
+                                  output_names=[meta.output_name], opset_version=opset, dynamo=True,
+                                  dynamic_shapes=dynamic_shapes, external_data=False)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"torch.onnx.export failed for {meta.model_name}: {first}") from None
+        proto = onnx.load(str(raw))
+    slimmed = False
+    if slim:
+        try:
+            import onnxslim
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                proto = onnxslim.slim(proto)
+            slimmed = True
+        except ImportError:
+            pass
+    write_metadata(proto, meta)
+    onnx.checker.check_model(proto, full_check=True)
+    tmp_path = path.with_name(path.name + ".tmp")
+    onnx.save(proto, str(tmp_path))
+    tmp_path.replace(path)
+    checked = load_onnx(path)
+    return {"path": str(path), "opset": onnx_opset(checked), "dynamic_batch": dynamic_batch, "slimmed": slimmed,
+            "bytes": path.stat().st_size, "nodes": len(checked.graph.node)}

@@ -1,0 +1,210 @@
+"""`sddcompress export`: checkpoint -> ONNX (+ parity) -> ORT INT8 -> TensorRT engines, with a JSON report."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sddcompress_export.classifier_metrics import predict_all, score
+from sddcompress_export.errors import DeployError
+from sddcompress_export.metadata import ModelMetadata
+from sddcompress_export.parity import check_parity, compare_logits, write_report
+from sddcompress_export.tensor_file import load_tensor_file
+
+from .. import __version__
+from ..data import load_dataset
+from ..engine.checkpoint import file_sha256
+from ..engine.evaluation_cli import model_from_checkpoint
+from ..errors import UserError
+from .onnx_writer import DEFAULT_OPSET, check_opset, write_onnx
+from .tensor_data import write_tensor_file
+
+QUICKSTART_SUMMARY = Path("runs/quickstart/summary.json")
+
+
+@dataclass
+class ExportOptions:
+    ckpt: str | None = None
+    out: str | None = None
+    opset: int = DEFAULT_OPSET
+    batch: str = "dynamic"
+    ort_int8: bool = False
+    trt: list[str] = field(default_factory=list)
+    calib_size: int = 256
+    val_size: int | None = 2000
+    calib_file: str | None = None
+    data: str | None = None
+    data_dir: str | None = None
+    atol: float = 1e-3
+    min_agreement: float = 99.0
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    slim: bool = True
+    calib_method: str = "minmax"
+
+
+def default_checkpoint() -> str:
+    if QUICKSTART_SUMMARY.is_file():
+        path = json.loads(QUICKSTART_SUMMARY.read_text()).get("student_checkpoint")
+        if path and Path(path).is_file():
+            return path
+    raise UserError("pass --ckpt PATH (a checkpoint from train/distill); there is no runs/quickstart student to "
+                    "default to (run `sddcompress quickstart` first)")
+
+
+def _validate(o: ExportOptions) -> None:
+    check_opset(o.opset)
+    if o.batch not in ("1", "dynamic"):
+        raise UserError(f"--batch must be 1 or dynamic, got '{o.batch}'")
+    if o.calib_size < 0 or (o.val_size is not None and o.val_size <= 0):
+        raise UserError("--calib-size must be >= 0 and --val-size > 0")
+    for p in o.trt:
+        if p not in ("fp32", "fp16", "int8"):
+            raise UserError(f"--trt {p}: use fp32, fp16 or int8")
+    if "int8" in o.trt and o.calib_size == 0 and not o.calib_file:
+        raise UserError("--trt int8 needs calibration data: pass --calib-size N (> 0) or --calib-file data.npz")
+    if o.ort_int8 and o.calib_size == 0 and not o.calib_file:
+        raise UserError("--ort-int8 needs calibration data: pass --calib-size N (> 0) or --calib-file data.npz")
+
+
+def _out_dir(o: ExportOptions, ckpt: Path) -> Path:
+    out = Path(o.out) if o.out else ckpt.resolve().parent.parent / "export"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output directory '{out}' is not writable ({exc.strerror}); pass --out DIR") from None
+    return out
+
+
+def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
+    """Run the export; returns the report (also written to OUT/export_report.json)."""
+    _validate(o)
+    ckpt_path = Path(o.ckpt or default_checkpoint())
+    net, ckpt = model_from_checkpoint(str(ckpt_path))
+    record = ckpt["model"]
+    size = record.get("input_size") or 32
+    out = _out_dir(o, ckpt_path)
+    norm = ckpt.get("normalization") or {}
+    meta = ModelMetadata(class_names=list(ckpt.get("class_names") or range(record["num_classes"])),
+                         input_size=size, mean=list(norm.get("mean", [])), std=list(norm.get("std", [])),
+                         source_checkpoint_sha256=file_sha256(ckpt_path), source_checkpoint=str(ckpt_path),
+                         model_name=record["name"], sddcompress_version=__version__)
+    report: dict = {"checkpoint": str(ckpt_path), "model": record["name"], "out": str(out), "artifacts": {}}
+
+    # 1. The tensor file: calibration + validation images, preprocessed exactly as at evaluation.
+    started = time.perf_counter()
+    tensors_path = out / "data.npz"
+    if o.calib_file:
+        tensors = load_tensor_file(o.calib_file)
+        tensors_path = Path(o.calib_file)
+    else:
+        data = o.data or ckpt.get("data")
+        if not data:
+            raise UserError("pass --data: the checkpoint does not say which dataset it was trained on")
+        bundle = load_dataset(data, o.data_dir, size)
+        if bundle.num_classes != record["num_classes"]:
+            raise UserError(f"'{ckpt_path}' has {record['num_classes']} classes but {data} has {bundle.num_classes}")
+        write_tensor_file(bundle, tensors_path, o.calib_size, o.val_size)
+        tensors = load_tensor_file(tensors_path)
+    if tensors.input_size != size:
+        raise UserError(f"'{tensors_path}' holds {tensors.input_size}px images but the model expects {size}px")
+    report["tensor_file"] = {"path": str(tensors_path), "calib_images": int(len(tensors.calib_images)),
+                             "val_images": int(len(tensors.val_images))}
+    echo(f"tensor file: {tensors_path} ({len(tensors.calib_images)} calibration, {len(tensors.val_images)} "
+         f"validation images, {time.perf_counter() - started:.1f}s)")
+
+    # 2. ONNX, checked, slimmed, annotated; then parity against PyTorch on the validation images.
+    started = time.perf_counter()
+    onnx_path = out / "model.onnx"
+    facts = write_onnx(net, onnx_path, meta, o.opset, dynamic_batch=o.batch == "dynamic", slim=o.slim)
+    facts["export_seconds"] = time.perf_counter() - started
+    echo(f"ONNX: {onnx_path} (opset {facts['opset']}, {'dynamic' if facts['dynamic_batch'] else 'fixed'} batch, "
+         f"{facts['bytes'] / 1e6:.2f} MB{', slimmed with onnxslim' if facts['slimmed'] else ''}, "
+         f"{facts['export_seconds']:.1f}s)")
+    from sddcompress_export.onnxruntime_runner import OrtClassifier
+
+    def torch_predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(x)).float().numpy()
+
+    batch = 64 if o.batch == "dynamic" else 1
+    ref = predict_all(torch_predict, tensors.val_images, batch)
+    fp32 = OrtClassifier(onnx_path)
+    parity = compare_logits(ref, predict_all(fp32, tensors.val_images, batch))
+    labels = tensors.val_labels
+    torch_metrics = score(torch_predict, tensors.val_images, labels, batch)
+    fp32_metrics = score(fp32, tensors.val_images, labels, batch)
+    report["artifacts"]["onnx"] = {**facts, "parity": parity, "metrics": fp32_metrics}
+    report["torch_metrics"] = torch_metrics
+    echo(f"parity vs PyTorch on {parity['count']} images: max |logit diff| {parity['max_abs_diff']:.2e}, "
+         f"top-1 agreement {parity['top1_agreement']:.2f}%  (torch top-1 {torch_metrics['top1']:.2f}, "
+         f"ONNX Runtime top-1 {fp32_metrics['top1']:.2f})")
+    report_path = out / "export_report.json"
+    try:
+        check_parity(parity, o.atol, o.min_agreement, f"{onnx_path}")
+    except DeployError:
+        report["status"] = "parity failure"
+        write_report(report_path, report)
+        raise
+
+    # 3. ONNX Runtime INT8 (static, QDQ, per-channel).
+    if o.ort_int8:
+        from sddcompress_export.ort_quantization import quantize_int8
+
+        started = time.perf_counter()
+        int8_path = quantize_int8(onnx_path, out / "model.int8.onnx", tensors.calib_images, method=o.calib_method)
+        seconds = time.perf_counter() - started
+        int8 = OrtClassifier(int8_path)
+        int8_metrics = score(int8, tensors.val_images, labels, batch)
+        int8_parity = compare_logits(ref, predict_all(int8, tensors.val_images, batch))
+        report["artifacts"]["ort_int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size,
+                                           "quantize_seconds": seconds, "metrics": int8_metrics,
+                                           "parity": int8_parity, "calibration_images": len(tensors.calib_images),
+                                           "calibration_method": o.calib_method}
+        echo(f"ORT INT8: {int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s): top-1 "
+             f"{int8_metrics['top1']:.2f} vs fp32 {fp32_metrics['top1']:.2f} "
+             f"({int8_metrics['top1'] - fp32_metrics['top1']:+.2f} points)")
+
+    # 4. TensorRT engines (GPU hosts); the ONNX file above is written either way.
+    trt_error = None
+    if o.trt:
+        from sddcompress_export.tensorrt_engine import EngineSpec, build_engine, tensorrt_unavailable
+
+        reason = tensorrt_unavailable()
+        if reason:
+            trt_error = reason
+            report["artifacts"]["tensorrt"] = {"skipped": reason, "requested": o.trt}
+        else:
+            from sddcompress_export.tensorrt_engine import TrtClassifier
+
+            engines = {}
+            for precision in o.trt:
+                spec = EngineSpec(precision, o.min_batch, o.opt_batch, o.max_batch)
+                started = time.perf_counter()
+                path = build_engine(onnx_path, out / f"model.{precision}.engine", spec, meta, tensors.calib_images,
+                                    timing_cache=out / "timing.cache", calib_cache=out / "int8.calib")
+                runner = TrtClassifier(path)
+                metrics = score(runner, tensors.val_images, labels, min(o.max_batch, 32))
+                engines[precision] = {"path": str(path), "build_seconds": time.perf_counter() - started,
+                                      "metrics": metrics,
+                                      "parity": compare_logits(ref, predict_all(runner, tensors.val_images,
+                                                                                min(o.max_batch, 32)))}
+                runner.close()
+                echo(f"TensorRT {precision}: {path}: top-1 {metrics['top1']:.2f}")
+            report["artifacts"]["tensorrt"] = engines
+    report["status"] = "ok" if trt_error is None else "tensorrt unavailable"
+    write_report(report_path, report)
+    echo(f"report: {report_path}")
+    if trt_error:
+        raise UserError(f"{trt_error} (the ONNX file {onnx_path} was written)")
+    return report

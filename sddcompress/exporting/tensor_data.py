@@ -1,0 +1,48 @@
+"""Preprocess a dataset's images once into the `.npz` tensor file the torch-free stage reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sddcompress_export.tensor_file import save_tensor_file
+
+from ..data import DataBundle
+
+
+class _Preprocessed(Dataset):
+    def __init__(self, base, transform, indices) -> None:
+        self.base, self.transform, self.indices = base, transform, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[self.indices[i]]
+        return self.transform(image), label
+
+
+def preprocess(base, transform, indices, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (validation-transform) tensors of base[indices]."""
+    images, labels = [], []
+    for x, y in DataLoader(_Preprocessed(base, transform, indices), batch_size=batch_size):
+        images.append(x.numpy())
+        labels.append(np.asarray(y))
+    if not images:
+        return np.zeros((0, 3, 1, 1), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(images).astype(np.float32), np.concatenate(labels).astype(np.int64)
+
+
+def write_tensor_file(bundle: DataBundle, path: str | Path, calib_size: int, val_size: int | None,
+                      seed: int = 0) -> Path:
+    """Calibration images: `calib_size` training images drawn with a fixed seed, preprocessed like validation
+    images (no augmentation). Validation: the first `val_size` validation images (all if None)."""
+    g = torch.Generator().manual_seed(seed)
+    calib_idx = torch.randperm(len(bundle.train), generator=g)[: max(calib_size, 0)].tolist()
+    val_idx = range(len(bundle.val) if val_size is None else min(val_size, len(bundle.val)))
+    calib, _ = preprocess(bundle.train, bundle.val_transform, calib_idx)
+    val, labels = preprocess(bundle.val, bundle.val_transform, val_idx)
+    return save_tensor_file(path, calib, val, labels, list(bundle.class_names), bundle.mean, bundle.std)
