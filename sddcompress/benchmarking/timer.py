@@ -64,11 +64,13 @@ class TimingStats:
 
 def measure(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20, min_seconds: float = 0.0,
             max_iters: int = 100_000, batch: int = 1, sync: Callable[[], None] | None = None,
-            clock: Callable[[], float] = time.perf_counter) -> TimingStats:
+            clock: Callable[[], float] = time.perf_counter,
+            interval: Callable[[Callable[[], object]], float] | None = None) -> TimingStats:
     """Call `fn` `warmup` times untimed, then time it until both `min_iters` and `min_seconds` are met.
 
     `sync` (e.g. torch.cuda.synchronize) runs before each clock read so asynchronous device work is
-    counted in the iteration that launched it.
+    counted in the iteration that launched it. `interval`, if given, times one call itself and returns
+    milliseconds (e.g. with CUDA events); `clock` then only bounds the total duration.
     """
     for _ in range(warmup):
         fn()
@@ -77,9 +79,24 @@ def measure(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20, m
     times: list[float] = []
     started = clock()
     while len(times) < max_iters and (len(times) < min_iters or clock() - started < min_seconds):
+        if interval is not None:
+            times.append(interval(fn))
+            continue
         t0 = clock()
         fn()
         if sync:
             sync()
         times.append((clock() - t0) * 1000.0)
     return TimingStats(times, batch=batch, warmup=warmup)
+
+
+def cuda_event_interval(fn: Callable[[], object]) -> float:
+    """Milliseconds of GPU time between two CUDA events around `fn` (synchronised)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)

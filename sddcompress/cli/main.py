@@ -111,9 +111,11 @@ def quickstart_cmd(out: str, epochs: int | None, fresh: bool) -> None:
     run_quickstart(Path(out), epochs, fresh, echo=click.echo)
 
 
+from .benchmark_command import benchmark_cmd as _benchmark_cmd  # noqa: E402
 from .deploy_commands import register as _register_deploy  # noqa: E402
 
 _register_deploy(cli)
+cli.add_command(_benchmark_cmd)
 
 
 def _one_line(exc: BaseException) -> str:

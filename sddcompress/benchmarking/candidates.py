@@ -1,0 +1,174 @@
+"""Find or make the artefacts for each (model, backend) and decide what is measured or skipped, and why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sddcompress_export.artifacts import artifact_kind, artifact_metadata
+from sddcompress_export.metadata import ModelMetadata
+
+from ..errors import UserError
+from .backends import BACKENDS, ArtifactRunner, Candidate, TorchRunner
+
+
+def is_int8_onnx(path: str | Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in model.graph.node)
+
+
+def backend_of_artifact(path: str | Path) -> str:
+    if artifact_kind(path) == "onnx":
+        return "ort-int8" if is_int8_onnx(path) else "ort-fp32"
+    precision = artifact_metadata(path).extra.get("precision", "fp32")
+    return f"trt-{precision}"
+
+
+def exported_next_to(ckpt: str, sha256: str) -> dict[str, str]:
+    """Artefacts `sddcompress export` wrote for this very checkpoint (metadata hash must match)."""
+    found: dict[str, str] = {}
+    folder = Path(ckpt).resolve().parent.parent / "export"
+    for path in sorted(folder.glob("model*.onnx")) + sorted(folder.glob("model*.engine")):
+        try:
+            meta = artifact_metadata(path)
+        except Exception:
+            continue
+        if meta.source_checkpoint_sha256 == sha256:
+            found.setdefault(backend_of_artifact(path), str(path))
+    return found
+
+
+class ModelSource:
+    """One role (teacher or student): its checkpoint and/or artefacts, and how to make missing ones."""
+
+    def __init__(self, role: str, ckpt: str | None, artifacts: list[str], work_dir: Path,
+                 say: Callable[[str], None]) -> None:
+        self.role, self.ckpt, self.work_dir, self.say = role, ckpt, work_dir / role, say
+        self.net = None
+        self.record: dict = {}
+        self.meta: ModelMetadata | None = None
+        self.artifacts: dict[str, str] = {}
+        if ckpt:
+            from ..engine.checkpoint import file_sha256
+            from ..engine.evaluation_cli import model_from_checkpoint
+
+            self.net, full = model_from_checkpoint(ckpt)
+            self.record = {"checkpoint": ckpt, "name": full["model"]["name"], "sha256": file_sha256(ckpt),
+                           "params": sum(p.numel() for p in self.net.parameters()), "data": full.get("data"),
+                           "input_size": full["model"].get("input_size"),
+                           "normalization": full.get("normalization") or {}, "class_names": full.get("class_names")}
+            self.artifacts.update(exported_next_to(ckpt, self.record["sha256"]))
+        for path in artifacts:
+            if not Path(path).is_file():
+                raise UserError(f"{role} artefact '{path}' does not exist")
+            self.artifacts[backend_of_artifact(path)] = str(path)
+        if not ckpt and not self.artifacts:
+            raise UserError(f"no {role}: pass --{role} CKPT and/or --{role}-artifact FILE")
+        if self.artifacts:
+            self.meta = artifact_metadata(next(iter(self.artifacts.values())))
+            self.record.setdefault("name", self.meta.model_name or Path(next(iter(self.artifacts.values()))).stem)
+            self.record.setdefault("input_size", self.meta.input_size)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.record.get("input_size") or 32)
+
+    def metadata(self) -> ModelMetadata:
+        from .. import __version__
+
+        norm = self.record.get("normalization") or {}
+        return ModelMetadata(class_names=[str(c) for c in (self.record.get("class_names") or [])],
+                             input_size=self.input_size, mean=list(norm.get("mean", [])), std=list(norm.get("std", [])),
+                             source_checkpoint_sha256=self.record.get("sha256", ""),
+                             source_checkpoint=self.ckpt or "", model_name=self.record.get("name", ""),
+                             sddcompress_version=__version__)
+
+    def ensure_onnx(self) -> str:
+        if "ort-fp32" not in self.artifacts:
+            from ..exporting.onnx_writer import write_onnx
+
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            path = self.work_dir / "model.onnx"
+            write_onnx(self.net, path, self.metadata())
+            self.say(f"exported the {self.role} to {path}")
+            self.artifacts["ort-fp32"] = str(path)
+        return self.artifacts["ort-fp32"]
+
+    def ensure_int8(self, calib: np.ndarray) -> str:
+        if "ort-int8" not in self.artifacts:
+            from sddcompress_export.ort_quantization import quantize_int8
+
+            path = self.work_dir / "model.int8.onnx"
+            quantize_int8(self.ensure_onnx(), path, calib)
+            self.say(f"quantised the {self.role} to {path} ({len(calib)} calibration images)")
+            self.artifacts["ort-int8"] = str(path)
+        return self.artifacts["ort-int8"]
+
+    def ensure_engine(self, precision: str, calib: np.ndarray, max_batch: int) -> str:
+        key = f"trt-{precision}"
+        if key not in self.artifacts:
+            from sddcompress_export.tensorrt_engine import EngineSpec, build_engine
+
+            onnx_path = self.ensure_onnx()
+            path = self.work_dir / f"model.{precision}.engine"
+            build_engine(onnx_path, path, EngineSpec(precision, 1, min(8, max_batch), max_batch),
+                         artifact_metadata(onnx_path), calib, timing_cache=self.work_dir / "timing.cache",
+                         calib_cache=self.work_dir / "int8.calib")
+            self.artifacts[key] = str(path)
+        return self.artifacts[key]
+
+
+def candidates_for(source: ModelSource, backends: list[str], calib: np.ndarray, max_batch: int,
+                   device: str, threads: int) -> list[Candidate]:
+    """Every requested backend for one model: a runner factory, or the reason it is skipped."""
+    from sddcompress_export.tensorrt_engine import tensorrt_unavailable
+
+    out: list[Candidate] = []
+    trt_reason = tensorrt_unavailable() if any(b.startswith("trt-") for b in backends) else None
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend '{backend}'; use {', '.join(BACKENDS)}")
+        c = Candidate(source.role, backend)
+        if backend.startswith("torch-"):
+            if source.net is None:
+                c.skipped = "no checkpoint given (artefacts only), so no PyTorch model"
+            else:
+                compiled = backend == "torch-compiled"
+                c.make = lambda compiled=compiled: TorchRunner(source.net, compiled=compiled, device=device)
+        elif backend.startswith("ort-"):
+            if source.net is None and backend not in source.artifacts:
+                c.skipped = f"no {backend} artefact given and no checkpoint to export one from"
+            else:
+                def make_ort(backend=backend):
+                    from sddcompress_export.onnxruntime_runner import OrtClassifier
+
+                    path = source.ensure_onnx() if backend == "ort-fp32" else source.ensure_int8(calib)
+                    return ArtifactRunner(OrtClassifier(path, threads=threads))
+                c.make = make_ort
+        else:
+            precision = backend.split("-", 1)[1]
+            if trt_reason:
+                c.skipped = trt_reason
+            elif source.net is None and backend not in source.artifacts and "ort-fp32" not in source.artifacts:
+                c.skipped = f"no {backend} engine or ONNX file to build one from"
+            else:
+                def make_trt(precision=precision):
+                    from sddcompress_export.tensorrt_engine import TrtClassifier
+
+                    return ArtifactRunner(TrtClassifier(source.ensure_engine(precision, calib, max_batch)))
+                c.make = make_trt
+        out.append(c)
+    return out
+
+
+def quickstart_sources(summary: Path) -> tuple[str, str]:
+    if not summary.is_file():
+        raise UserError(f"pass --teacher and --student checkpoints (or artefacts); there is no {summary} "
+                        "(run `sddcompress quickstart` first)")
+    values = json.loads(summary.read_text())
+    return values["teacher_checkpoint"], values["student_checkpoint"]

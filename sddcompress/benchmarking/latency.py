@@ -1,0 +1,181 @@
+"""Teacher vs student across backends: accuracy on the validation split and latency per batch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sddcompress_export.classifier_metrics import score
+
+from ..errors import UserError
+from .backends import BACKENDS, Candidate
+from .candidates import ModelSource, candidates_for, quickstart_sources
+from .environment import environment
+from .memory import PeakMemory
+from .report import SCHEMA, plot, print_console, teacher_student_comparison, write_json, write_markdown
+from .timer import measure
+
+QUICKSTART_SUMMARY = Path("runs/quickstart/summary.json")
+
+
+@dataclass
+class BenchmarkOptions:
+    teacher: str | None = None
+    student: str | None = None
+    teacher_artifacts: list[str] = field(default_factory=list)
+    student_artifacts: list[str] = field(default_factory=list)
+    data: str | None = None
+    data_dir: str | None = None
+    val_size: int = 2000
+    calib_size: int = 256
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
+    warmup: int = 10
+    min_iters: int = 30
+    min_seconds: float = 1.0
+    threads: int | None = None
+    out: str = "runs/benchmark"
+    plot_batch: int = 1
+    device: str = "auto"
+
+
+def _validate(o: BenchmarkOptions) -> None:
+    if not o.batch_sizes or any(b <= 0 for b in o.batch_sizes):
+        raise UserError(f"--batch-sizes must be positive integers, got {o.batch_sizes}")
+    if o.warmup < 0 or o.min_iters <= 0 or o.min_seconds < 0:
+        raise UserError("--warmup must be >= 0, --min-iters > 0 and --min-seconds >= 0")
+    unknown = [b for b in o.backends if b not in BACKENDS]
+    if unknown:
+        raise UserError(f"unknown backend '{unknown[0]}'; use {', '.join(BACKENDS)}")
+    if o.plot_batch not in o.batch_sizes:
+        raise UserError(f"--plot-batch {o.plot_batch} is not one of --batch-sizes {o.batch_sizes}")
+
+
+def _validation_tensors(o: BenchmarkOptions, student: ModelSource, size: int) -> tuple[dict, np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+    """(data description, val images, val labels, calibration images), preprocessed once for all backends."""
+    data = o.data or student.record.get("data")
+    if data and data.endswith(".npz"):
+        from sddcompress_export.tensor_file import load_tensor_file
+
+        t = load_tensor_file(data)
+        images, labels, calib = t.val_images[: o.val_size], t.val_labels[: o.val_size], t.calib_images
+    elif data:
+        import torch
+
+        from ..data import load_dataset
+        from ..exporting.tensor_data import preprocess
+
+        bundle = load_dataset(data, o.data_dir, size)
+        images, labels = preprocess(bundle.val, bundle.val_transform, range(min(o.val_size, len(bundle.val))))
+        g = torch.Generator().manual_seed(0)
+        calib, _ = preprocess(bundle.train, bundle.val_transform,
+                              torch.randperm(len(bundle.train), generator=g)[: o.calib_size].tolist())
+    else:
+        raise UserError("pass --data (a dataset name or a data.npz): the models do not say which dataset to use")
+    if images.shape[-1] != size:
+        raise UserError(f"'{data}' gives {images.shape[-1]}px images but the models expect {size}px")
+    return {"name": data, "val_images": int(len(images)), "input_size": size}, images, labels, calib
+
+
+def _inputs(images: np.ndarray, batch: int) -> np.ndarray:
+    """The first `batch` validation images (repeated if the split is smaller)."""
+    idx = np.arange(batch) % len(images)
+    return np.ascontiguousarray(images[idx])
+
+
+def measure_candidate(c: Candidate, images: np.ndarray, labels: np.ndarray, o: BenchmarkOptions,
+                      say: Callable[[str], None], device: str = "cpu") -> dict:
+    row: dict = {"model": c.model, "backend": c.backend}
+    if c.skipped:
+        return {**row, "status": "skipped", "reason": c.skipped}
+    largest = max(o.batch_sizes)
+    memory = PeakMemory("cuda" if c.backend.startswith("torch-") and device == "cuda" else "cpu")
+    memory.__enter__()  # from before the runner exists: model/session/engine + workspace of the largest batch
+    try:
+        runner = c.make()
+        runner.predict(_inputs(images, min(largest, 2)))  # first call: compiles / builds / allocates
+    except Exception as exc:  # a backend that cannot run here is reported, never silently dropped
+        memory.__exit__(None, None, None)
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return {**row, "status": "skipped", "reason": f"failed to start: {type(exc).__name__}: {text}"}
+    row.update(status="ok", device=runner.device, clock=runner.clock, latency={})
+    eval_batch = min(32, largest)
+    row["accuracy"] = {k: v for k, v in score(runner.predict, images, labels, eval_batch).items()}
+    for batch in sorted(o.batch_sizes):
+        handle = runner.prepare(_inputs(images, batch))
+        try:
+            stats = measure(lambda: runner.run(handle), warmup=o.warmup, min_iters=o.min_iters,
+                            min_seconds=o.min_seconds, batch=batch, sync=runner.sync, interval=runner.interval())
+        except Exception as exc:
+            row["latency"][str(batch)] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+            continue
+        row["latency"][str(batch)] = stats.to_dict()
+        say(f"  {c.model:8s} {c.backend:15s} b={batch:<3d} p50 {stats.p50:8.3f} ms  "
+            f"{stats.throughput:9.1f} img/s  ({stats.iterations} iterations)")
+    memory.__exit__(None, None, None)
+    row["peak_memory_mb"] = memory.peak_mb
+    row["memory_method"] = memory.method
+    runner.close()
+    return row
+
+
+def run_benchmark(o: BenchmarkOptions, echo: Callable[[str], None] = print) -> dict:
+    """Measure, write results.json / report.md / latency_accuracy.png into `o.out`, print the table."""
+    import torch
+
+    _validate(o)
+    if not any([o.teacher, o.student, o.teacher_artifacts, o.student_artifacts]):
+        o.teacher, o.student = quickstart_sources(QUICKSTART_SUMMARY)
+        echo(f"using the quickstart's models: teacher {o.teacher}, student {o.student}")
+    out = Path(o.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"output directory '{out}' is not writable ({exc.strerror}); pass --out DIR") from None
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if o.device == "auto" else o.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch here")
+    threads = o.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    teacher = ModelSource("teacher", o.teacher, o.teacher_artifacts, out / "artifacts", echo)
+    student = ModelSource("student", o.student, o.student_artifacts, out / "artifacts", echo)
+    if teacher.input_size != student.input_size:
+        raise UserError(f"teacher expects {teacher.input_size}px inputs but the student {student.input_size}px; "
+                        "benchmark models trained at the same input size")
+    data, images, labels, calib = _validation_tensors(o, student, student.input_size)
+
+    cells = (candidates_for(teacher, o.backends, calib, max(o.batch_sizes), device, threads)
+             + candidates_for(student, o.backends, calib, max(o.batch_sizes), device, threads))
+    echo(f"measuring {sum(c.skipped is None for c in cells)} (model, backend) pairs at batch sizes {o.batch_sizes} "
+         f"on {device} with {threads} threads ({sum(c.skipped is not None for c in cells)} skipped)")
+    results = [measure_candidate(c, images, labels, o, echo, device) for c in cells]
+    doc = {
+        "schema": SCHEMA,
+        "environment": {**environment(threads), "device": device},
+        "method": {"warmup": o.warmup, "min_iters": o.min_iters, "min_seconds": o.min_seconds,
+                   "batch_sizes": o.batch_sizes, "threads": threads,
+                   "clock": "CUDA events around each call (GPU torch); time.perf_counter otherwise, after a "
+                            "synchronisation",
+                   "memory": "torch.cuda.max_memory_allocated on GPU; on CPU the growth of the process RSS "
+                             "(sampled every 2 ms) from before the runner is created until its largest batch "
+                             "has run (memory freed by earlier cells may be reused, so it is a lower bound)",
+                   "inputs": "the first N validation images, preprocessed once, identical for every backend"},
+        "data": data,
+        "models": {"teacher": teacher.record | {"artifacts": teacher.artifacts},
+                   "student": student.record | {"artifacts": student.artifacts}},
+        "results": results,
+    }
+    for role in ("teacher", "student"):
+        doc["models"][role].pop("class_names", None)
+    doc["comparison"] = teacher_student_comparison(results)
+    write_json(doc, out / "results.json")
+    png = plot(doc, out / "latency_accuracy.png", o.plot_batch)
+    write_markdown(doc, out / "report.md", png.name if png else None)
+    print_console(doc, echo)
+    echo(f"wrote {out / 'results.json'}, {out / 'report.md'}" + (f", {png}" if png else ""))
+    return doc
