@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -107,6 +108,7 @@ def measure_candidate(c: Candidate, images: np.ndarray, labels: np.ndarray, o: B
     row["accuracy"] = {k: v for k, v in score(runner.predict, images, labels, eval_batch).items()}
     for batch in sorted(o.batch_sizes):
         handle = runner.prepare(_inputs(images, batch))
+        time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing
         try:
             stats = measure(lambda: runner.run(handle), warmup=o.warmup, min_iters=o.min_iters,
                             min_seconds=o.min_seconds, batch=batch, sync=runner.sync, interval=runner.interval())
