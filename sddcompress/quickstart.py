@@ -26,9 +26,11 @@ def _config(out: Path, model: str, epochs: int, fresh: bool, **extra) -> TrainCo
 def run_quickstart(out: Path, epochs: int | None, fresh: bool, echo: Callable[[str], None] = print) -> dict:
     """Run the three trainings and print and save (summary.json) the comparison."""
     n = epochs or 15
-    echo(f"quickstart: teacher {TEACHER}, student {STUDENT}, data {DATA} at {SIZE} px, {n} epochs each, in {out}/")
+    n_teacher = 2 * n  # the deeper teacher needs longer to get ahead of what the student learns alone
+    echo(f"quickstart: teacher {TEACHER} ({n_teacher} epochs), student {STUDENT} ({n} epochs), data {DATA} at "
+         f"{SIZE} px, in {out}/")
     echo(f"[1/3] teacher {TEACHER} (cross-entropy)")
-    teacher = run(_config(out / "teacher", TEACHER, n, fresh), echo)
+    teacher = run(_config(out / "teacher", TEACHER, n_teacher, fresh), echo)
     t_ckpt = str(teacher.best)
     echo(f"[2/3] student {STUDENT} distilled with SDD-DKD")
     sdd = run(_config(out / "student-sdd-dkd", STUDENT, n, fresh, teacher=TEACHER, teacher_ckpt=t_ckpt,
@@ -40,12 +42,14 @@ def run_quickstart(out: Path, epochs: int | None, fresh: bool, echo: Callable[[s
         return {"role": role, "model": model, "top1": r.best_top1, "params": r.params, "checkpoint": str(r.best)}
 
     rows = [row("teacher", TEACHER, teacher), row("student (CE)", STUDENT, ce), row("student (SDD-DKD)", STUDENT, sdd)]
-    summary = {"data": DATA, "input_size": SIZE, "epochs": n, "rows": rows,
+    summary = {"data": DATA, "input_size": SIZE, "epochs": n, "teacher_epochs": n_teacher, "rows": rows,
                "teacher_checkpoint": t_ckpt, "student_checkpoint": str(sdd.best)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_table(rows, echo)
-    echo(f"\nnext: sddcompress export --ckpt {sdd.best} --ort-int8 --out {out / 'export'}")
-    echo("      python benchmarks/latency.py")
+    default_out = out.resolve() == Path("runs/quickstart").resolve()
+    ckpt_flag = "" if default_out else f" --ckpt {sdd.best}"
+    echo(f"\nnext: sddcompress export{ckpt_flag} --ort-int8        # ONNX + parity + INT8 (add --trt fp16 on a GPU)")
+    echo("      python benchmarks/latency.py" + ("" if default_out else f" --teacher {t_ckpt} --student {sdd.best}"))
     return summary
 
 
@@ -54,7 +58,7 @@ def _print_table(rows: list[dict], echo: Callable[[str], None]) -> None:
     from rich.table import Table
 
     table = Table(title="quickstart results (best val top-1 on held-out digits)")
-    for col in ("model", "", "top-1 %", "params", "checkpoint"):
+    for col in ("role", "model", "top-1 %", "params", "checkpoint"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["role"], r["model"], f"{r['top1']:.2f}", f"{r['params'] / 1e6:.2f}M", r["checkpoint"])

@@ -25,6 +25,19 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+def three_stages(block, widths, n: int) -> tuple[list[nn.Sequential], int]:
+    """Three stages of `n` blocks with widths[1:], the 2nd and 3rd halving the resolution; returns
+    (stages, output channels)."""
+    stages, in_ch = [], widths[0]
+    for i, out_ch in enumerate(widths[1:]):
+        blocks = []
+        for j in range(n):
+            blocks.append(block(in_ch, out_ch, 2 if (i > 0 and j == 0) else 1))
+            in_ch = out_ch
+        stages.append(nn.Sequential(*blocks))
+    return stages, in_ch
+
+
 class CifarResNet(nn.Module):
     """ResNet for 32-px images; the last feature map is input/4 (8x8 at 32 px)."""
 
@@ -35,13 +48,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        stages, in_ch = [], widths[0]
-        for i, out_ch in enumerate(widths[1:]):
-            blocks = []
-            for j in range(n):
-                blocks.append(BasicBlock(in_ch, out_ch, 2 if (i > 0 and j == 0) else 1))
-                in_ch = out_ch
-            stages.append(nn.Sequential(*blocks))
+        stages, in_ch = three_stages(BasicBlock, widths, n)
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)

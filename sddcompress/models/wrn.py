@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .cifar_resnet import three_stages
+
 
 class PreActBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
@@ -33,13 +35,7 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        stages, in_ch = [], widths[0]
-        for i, out_ch in enumerate(widths[1:]):
-            blocks = []
-            for j in range(n):
-                blocks.append(PreActBlock(in_ch, out_ch, 2 if (i > 0 and j == 0) else 1))
-                in_ch = out_ch
-            stages.append(nn.Sequential(*blocks))
+        stages, in_ch = three_stages(PreActBlock, widths, n)
         self.block1, self.block2, self.block3 = stages
         self.bn = nn.BatchNorm2d(in_ch)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
