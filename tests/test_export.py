@@ -262,3 +262,14 @@ def test_trt_profile_validation():
         EngineSpec("fp16", 4, 2, 8).validate()
     with pytest.raises(DeployError, match="unknown TensorRT precision"):
         EngineSpec("int4").validate()
+
+
+def test_fixed_batch_export(cli, teacher_ckpt, tmp_path):
+    code, out, err = cli("export", "--ckpt", teacher_ckpt, "--out", str(tmp_path), "--batch", "1", "--opset", "19",
+                         "--val-size", "20")
+    assert code == 0, err
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 19
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["artifacts"]["onnx"]["parity"]["count"] == 20
