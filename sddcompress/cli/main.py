@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def _run_training(ctx: click.Context, command: str, values: dict) -> None:
         given.update({"method", "teacher", "teacher_ckpt"})
     cfg = build_config(file_values, values, given)
     result = run(cfg, echo=click.echo)
-    click.echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per process
+        click.echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")
 
 
 @cli.command("train")

@@ -6,10 +6,17 @@ process of batch B. Summing the statistics with a differentiable all-reduce make
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
+
+# torch 2.13 marks this (the only public autograd-aware all-reduce) deprecated in favour of a private
+# module; it still works, so keep users' logs clean.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated",
+                        category=FutureWarning)
 
 
 class CrossProcessBatchNorm2d(nn.BatchNorm2d):
