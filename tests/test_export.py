@@ -273,3 +273,19 @@ def test_fixed_batch_export(cli, teacher_ckpt, tmp_path):
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 19
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["artifacts"]["onnx"]["parity"]["count"] == 20
+
+
+def _deploy(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sddcompress_export.cli", *args], capture_output=True, text=True)
+
+
+def test_deploy_cli_quantize_info_and_build_trt_boundary(exported, tmp_path):
+    onnx_path, npz = exported["artifacts"]["onnx"]["path"], exported["tensor_file"]["path"]
+    done = _deploy("quantize", onnx_path, "--data", npz, "--out", str(tmp_path / "q.onnx"), "--calib-size", "32")
+    assert done.returncode == 0, done.stderr
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    info = json.loads(_deploy("info", str(tmp_path / "q.onnx")).stdout)
+    assert info["input_size"] == 16 and len(info["mean"]) == 3
+    trt = _deploy("build-trt", onnx_path, "--precision", "fp16")
+    assert trt.returncode == 2
+    assert trt.stderr.strip().count("\n") == 0 and "TensorRT is not available here" in trt.stderr
