@@ -24,8 +24,9 @@ import click
               type=click.Choice(["minmax", "entropy", "percentile"]), help="ORT INT8 calibration method.")
 @click.option("--calib-file", default=None, type=click.Path(),
               help="Use this tensor file (.npz from a previous export) instead of reading the dataset.")
-@click.option("--val-size", type=int, default=2000, show_default=True,
-              help="Validation images stored in data.npz and used for parity and accuracy.")
+@click.option("--val-size", type=int, default=None,
+              help="Validation images stored in data.npz and used for parity and accuracy. "
+                   "[default: 2000 up to 64 px, 500 above]")
 @click.option("--data", default=None, help="Dataset for calibration/validation. [default: the checkpoint's]")
 @click.option("--data-dir", default=None, help="Where the dataset's files are.")
 @click.option("--atol", type=float, default=1e-3, show_default=True,
