@@ -95,7 +95,7 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     size = record.get("input_size") or 32
     out = _out_dir(o, ckpt_path)
     norm = ckpt.get("normalization") or {}
-    meta = ModelMetadata(class_names=list(ckpt.get("class_names") or range(record["num_classes"])),
+    meta = ModelMetadata(class_names=[str(c) for c in (ckpt.get("class_names") or range(record["num_classes"]))],
                          input_size=size, mean=list(norm.get("mean", [])), std=list(norm.get("std", [])),
                          source_checkpoint_sha256=file_sha256(ckpt_path), source_checkpoint=str(ckpt_path),
                          model_name=record["name"], sddcompress_version=__version__)
