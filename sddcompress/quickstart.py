@@ -13,6 +13,7 @@ from typing import Callable
 
 from .engine.config import TrainConfig
 from .engine.trainer import RunResult, run
+from .run_paths import QUICKSTART_DIR, SUMMARY_NAME
 
 TEACHER, STUDENT, DATA, SIZE = "resnet56", "resnet20", "digits", 16
 
@@ -44,9 +45,9 @@ def run_quickstart(out: Path, epochs: int | None, fresh: bool, echo: Callable[[s
     rows = [row("teacher", TEACHER, teacher), row("student (CE)", STUDENT, ce), row("student (SDD-DKD)", STUDENT, sdd)]
     summary = {"data": DATA, "input_size": SIZE, "epochs": n, "teacher_epochs": n_teacher, "rows": rows,
                "teacher_checkpoint": t_ckpt, "student_checkpoint": str(sdd.best)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     _print_table(rows, echo)
-    default_out = out.resolve() == Path("runs/quickstart").resolve()
+    default_out = out.resolve() == QUICKSTART_DIR.resolve()
     ckpt_flag = "" if default_out else f" --ckpt {sdd.best}"
     echo(f"\nnext: sddcompress export{ckpt_flag} --ort-int8        # ONNX + parity + INT8 (add --trt fp16 on a GPU)")
     echo("      python benchmarks/latency.py" + ("" if default_out else f" --teacher {t_ckpt} --student {sdd.best}"))

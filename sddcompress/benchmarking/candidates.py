@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +11,7 @@ from sddcompress_export.artifacts import artifact_kind, artifact_metadata
 from sddcompress_export.metadata import ModelMetadata
 
 from ..errors import UserError
+from ..run_paths import export_dir_for
 from .backends import BACKENDS, ArtifactRunner, Candidate, TorchRunner
 
 
@@ -32,7 +32,7 @@ def backend_of_artifact(path: str | Path) -> str:
 def exported_next_to(ckpt: str, sha256: str) -> dict[str, str]:
     """Artefacts `sddcompress export` wrote for this very checkpoint (metadata hash must match)."""
     found: dict[str, str] = {}
-    folder = Path(ckpt).resolve().parent.parent / "export"
+    folder = export_dir_for(ckpt)
     for path in sorted(folder.glob("model*.onnx")) + sorted(folder.glob("model*.engine")):
         try:
             meta = artifact_metadata(path)
@@ -165,10 +165,3 @@ def candidates_for(source: ModelSource, backends: list[str], calib: np.ndarray, 
         out.append(c)
     return out
 
-
-def quickstart_sources(summary: Path) -> tuple[str, str]:
-    if not summary.is_file():
-        raise UserError(f"pass --teacher and --student checkpoints (or artefacts); there is no {summary} "
-                        "(run `sddcompress quickstart` first)")
-    values = json.loads(summary.read_text())
-    return values["teacher_checkpoint"], values["student_checkpoint"]

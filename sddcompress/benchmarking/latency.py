@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -12,14 +11,14 @@ import numpy as np
 from sddcompress_export.classifier_metrics import score
 
 from ..errors import UserError
+from ..run_paths import QUICKSTART_DIR, SUMMARY_NAME, ensure_writable_dir, quickstart_checkpoints
 from .backends import BACKENDS, Candidate
-from .candidates import ModelSource, candidates_for, quickstart_sources
+from .candidates import ModelSource, candidates_for
 from .environment import environment
 from .memory import PeakMemory
 from .report import SCHEMA, plot, print_console, teacher_student_comparison, write_json, write_markdown
 from .timer import measure
 
-QUICKSTART_SUMMARY = Path("runs/quickstart/summary.json")
 
 
 @dataclass
@@ -131,13 +130,13 @@ def run_benchmark(o: BenchmarkOptions, echo: Callable[[str], None] = print) -> d
 
     _validate(o)
     if not any([o.teacher, o.student, o.teacher_artifacts, o.student_artifacts]):
-        o.teacher, o.student = quickstart_sources(QUICKSTART_SUMMARY)
+        quickstart = quickstart_checkpoints()
+        if quickstart is None:
+            raise UserError(f"pass --teacher and --student checkpoints (or artefacts); there is no "
+                            f"{QUICKSTART_DIR / SUMMARY_NAME} (run `sddcompress quickstart` first)")
+        o.teacher, o.student = quickstart["teacher"], quickstart["student"]
         echo(f"using the quickstart's models: teacher {o.teacher}, student {o.student}")
-    out = Path(o.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"output directory '{out}' is not writable ({exc.strerror}); pass --out DIR") from None
+    out = ensure_writable_dir(o.out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if o.device == "auto" else o.device
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible to PyTorch here")

@@ -11,6 +11,7 @@ import click
 
 from .. import __version__
 from ..errors import UserError
+from ..run_paths import QUICKSTART_DIR
 from . import options as opt
 
 
@@ -102,7 +103,7 @@ def eval_cmd(ckpt: str, model: str | None, data: str | None, data_dir: str | Non
 
 
 @cli.command("quickstart")
-@click.option("--out", default="runs/quickstart", show_default=True, help="Where runs and the summary go.")
+@click.option("--out", default=str(QUICKSTART_DIR), show_default=True, help="Where runs and the summary go.")
 @click.option("--epochs", type=int, default=None, help="Epochs per run. [default: 15 teacher, 15 students]")
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming finished parts.")
 def quickstart_cmd(out: str, epochs: int | None, fresh: bool) -> None:

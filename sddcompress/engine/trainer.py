@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
 from ..models import LocalLogits, build_model
 from ..models.weights import load_torchvision_pretrained
+from ..run_paths import ensure_writable_dir
 from .checkpoint import atomic_save, base_record, load_checkpoint, load_model_weights, model_record, rng_state, \
     set_rng_state
 from .config import RESUME_KEYS, TrainConfig, default_out, train_out, validate
@@ -60,16 +61,6 @@ def method_from_config(cfg: TrainConfig) -> MethodConfig:
     return make_method(cfg.method, scales=cfg.scales, temperature=cfg.temperature, alpha=cfg.alpha, beta=cfg.beta,
                        gamma=cfg.gamma, ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight,
                        warmup_epochs=cfg.warmup_epochs)
-
-
-def _writable_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{id(out)}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output dir '{out}' is not writable ({exc.strerror}); pass a writable --out") from None
 
 
 def _previous_run(cfg: TrainConfig, out: Path) -> dict | None:
@@ -161,7 +152,7 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
     if cfg.out is None:
         cfg.out = default_out(cfg)
     out = Path(cfg.out)
-    _writable_dir(out)
+    ensure_writable_dir(out)
     previous = _previous_run(cfg, out)
     acc = _make_accelerator(cfg, out)
     say = echo if acc.is_main_process else (lambda s: None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,9 @@ from ..data import load_dataset
 from ..engine.checkpoint import file_sha256
 from ..engine.evaluation_cli import model_from_checkpoint
 from ..errors import UserError
+from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints
 from .onnx_writer import DEFAULT_OPSET, check_opset, write_onnx
 from .tensor_data import write_tensor_file
-
-QUICKSTART_SUMMARY = Path("runs/quickstart/summary.json")
-
 
 @dataclass
 class ExportOptions:
@@ -51,10 +48,9 @@ class ExportOptions:
 
 
 def default_checkpoint() -> str:
-    if QUICKSTART_SUMMARY.is_file():
-        path = json.loads(QUICKSTART_SUMMARY.read_text()).get("student_checkpoint")
-        if path and Path(path).is_file():
-            return path
+    path = (quickstart_checkpoints() or {}).get("student")
+    if path and Path(path).is_file():
+        return path
     raise UserError("pass --ckpt PATH (a checkpoint from train/distill); there is no runs/quickstart student to "
                     "default to (run `sddcompress quickstart` first)")
 
@@ -74,18 +70,6 @@ def _validate(o: ExportOptions) -> None:
         raise UserError("--ort-int8 needs calibration data: pass --calib-size N (> 0) or --calib-file data.npz")
 
 
-def _out_dir(o: ExportOptions, ckpt: Path) -> Path:
-    out = Path(o.out) if o.out else ckpt.resolve().parent.parent / "export"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output directory '{out}' is not writable ({exc.strerror}); pass --out DIR") from None
-    return out
-
-
 def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     """Run the export; returns the report (also written to OUT/export_report.json)."""
     _validate(o)
@@ -93,7 +77,7 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     net, ckpt = model_from_checkpoint(str(ckpt_path))
     record = ckpt["model"]
     size = record.get("input_size") or 32
-    out = _out_dir(o, ckpt_path)
+    out = ensure_writable_dir(o.out or export_dir_for(ckpt_path))
     norm = ckpt.get("normalization") or {}
     meta = ModelMetadata(class_names=[str(c) for c in (ckpt.get("class_names") or range(record["num_classes"]))],
                          input_size=size, mean=list(norm.get("mean", [])), std=list(norm.get("std", [])),
