@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -19,14 +19,30 @@ def batch_stats(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.array([hit[:, 0].sum(), hit.any(axis=1).sum(), ce, len(labels)], dtype=np.float64)
 
 
-def score(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
-          batch_size: int = 64) -> dict[str, float]:
-    """{"top1", "top5" (percent), "loss", "count"} of `predict` over preprocessed images."""
-    stats = np.zeros(4)
-    for start in range(0, len(images), batch_size):
-        stats += batch_stats(predict(images[start:start + batch_size]), labels[start:start + batch_size])
+def _summary(stats: np.ndarray) -> dict[str, float]:
     n = max(stats[3], 1.0)
     return {"top1": 100.0 * stats[0] / n, "top5": 100.0 * stats[1] / n, "loss": stats[2] / n, "count": int(stats[3])}
+
+
+def logits_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """{"top1", "top5" (percent), "loss", "count"} of logits already computed."""
+    return _summary(batch_stats(logits, labels))
+
+
+def score_batches(predict: Callable[[np.ndarray], np.ndarray],
+                  batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The same metrics, streaming (images, labels) batches through `predict`."""
+    stats = np.zeros(4)
+    for images, labels in batches:
+        stats += batch_stats(predict(images), labels)
+    return _summary(stats)
+
+
+def score(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
+          batch_size: int = 64) -> dict[str, float]:
+    """The metrics of `predict` over in-memory preprocessed images."""
+    return score_batches(predict, ((images[s:s + batch_size], labels[s:s + batch_size])
+                                   for s in range(0, len(images), batch_size)))
 
 
 def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -80,14 +80,15 @@ class EngineSpec:
                               f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
 
 
-def calibration_batches(images: np.ndarray | None, batch: int) -> list[dict[str, np.ndarray]]:
+def calibration_batches(images: np.ndarray | None, batch: int,
+                        input_name: str = "input") -> list[dict[str, np.ndarray]]:
     """Full batches of `batch` calibration images (TensorRT calibrates at the profile's opt shape)."""
     if images is None or len(images) < batch:
         have = 0 if images is None else len(images)
         raise DeployError(f"--trt int8 needs calibration data: at least {batch} images (the profile's opt batch), "
                           f"got {have}; pass --calib-size or a tensor file with calib_images")
     n = (len(images) // batch) * batch
-    return [{"input": images[s:s + batch].astype(np.float32)} for s in range(0, n, batch)]
+    return [{input_name: images[s:s + batch].astype(np.float32)} for s in range(0, n, batch)]
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, spec: EngineSpec, meta: ModelMetadata,
@@ -95,7 +96,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec: EngineSpe
                  calib_cache: str | Path | None = None) -> Path:
     """Build and save an engine for `onnx_path`; writes `<engine>.json` with the preprocessing metadata."""
     spec.validate()
-    batches = calibration_batches(calib_images, spec.opt_batch) if spec.precision == "int8" else None
+    batches = None
+    if spec.precision == "int8":
+        batches = calibration_batches(calib_images, spec.opt_batch, meta.input_name)
     require_tensorrt()
     import tensorrt as trt
     from polygraphy.backend.trt import (Calibrator, CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile,
@@ -107,8 +110,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, spec: EngineSpe
                             max=shape(spec.max_batch))
     calibrator = None
     if batches is not None:
-        for b in batches:
-            b[meta.input_name] = b.pop("input")
         calibrator = Calibrator(data_loader=batches, cache=str(calib_cache) if calib_cache else None)
     timing_cache = Path(timing_cache) if timing_cache else None
     config = CreateConfig(

@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from sddcompress_export.artifacts import open_artifact
-from sddcompress_export.classifier_metrics import batch_stats, score
+from sddcompress_export.classifier_metrics import score, score_batches
 from sddcompress_export.tensor_file import load_tensor_file
 
 from ..data import load_dataset
@@ -36,9 +36,5 @@ def evaluate_artifact(path: str, data: str | None, data_dir: str | None, batch_s
         raise UserError(f"'{path}' has {len(meta.class_names)} classes but {data} has {bundle.num_classes}")
     if meta.mean and not np.allclose(bundle.mean, meta.mean):
         raise UserError(f"'{path}' was exported with mean {meta.mean} but {data} normalises with {list(bundle.mean)}")
-    stats = np.zeros(4)
-    for images, labels in DataLoader(_Transformed(bundle.val, bundle.val_transform), batch_size=batch_size):
-        stats += batch_stats(model(images.numpy()), labels.numpy())
-    n = max(stats[3], 1.0)
-    return {"data": data, "top1": 100.0 * stats[0] / n, "top5": 100.0 * stats[1] / n, "loss": stats[2] / n,
-            "count": int(stats[3])}
+    loader = DataLoader(_Transformed(bundle.val, bundle.val_transform), batch_size=batch_size)
+    return {"data": data, **score_batches(model, ((x.numpy(), y.numpy()) for x, y in loader))}

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sddcompress_export.classifier_metrics import predict_all, score
+from sddcompress_export.classifier_metrics import logits_metrics, predict_all
 from sddcompress_export.errors import DeployError
 from sddcompress_export.metadata import ModelMetadata
 from sddcompress_export.parity import check_parity, compare_logits, write_report
@@ -123,12 +123,12 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
             return net(torch.from_numpy(x)).float().numpy()
 
     batch = 64 if o.batch == "dynamic" else 1
-    ref = predict_all(torch_predict, tensors.val_images, batch)
-    fp32 = OrtClassifier(onnx_path)
-    parity = compare_logits(ref, predict_all(fp32, tensors.val_images, batch))
     labels = tensors.val_labels
-    torch_metrics = score(torch_predict, tensors.val_images, labels, batch)
-    fp32_metrics = score(fp32, tensors.val_images, labels, batch)
+    ref = predict_all(torch_predict, tensors.val_images, batch)
+    fp32_logits = predict_all(OrtClassifier(onnx_path), tensors.val_images, batch)
+    parity = compare_logits(ref, fp32_logits)
+    torch_metrics = logits_metrics(ref, labels)
+    fp32_metrics = logits_metrics(fp32_logits, labels)
     report["artifacts"]["onnx"] = {**facts, "parity": parity, "metrics": fp32_metrics}
     report["torch_metrics"] = torch_metrics
     echo(f"parity vs PyTorch on {parity['count']} images: max |logit diff| {parity['max_abs_diff']:.2e}, "
@@ -149,9 +149,9 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
         started = time.perf_counter()
         int8_path = quantize_int8(onnx_path, out / "model.int8.onnx", tensors.calib_images, method=o.calib_method)
         seconds = time.perf_counter() - started
-        int8 = OrtClassifier(int8_path)
-        int8_metrics = score(int8, tensors.val_images, labels, batch)
-        int8_parity = compare_logits(ref, predict_all(int8, tensors.val_images, batch))
+        int8_logits = predict_all(OrtClassifier(int8_path), tensors.val_images, batch)
+        int8_metrics = logits_metrics(int8_logits, labels)
+        int8_parity = compare_logits(ref, int8_logits)
         report["artifacts"]["ort_int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size,
                                            "quantize_seconds": seconds, "metrics": int8_metrics,
                                            "parity": int8_parity, "calibration_images": len(tensors.calib_images),
@@ -179,12 +179,11 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
                 path = build_engine(onnx_path, out / f"model.{precision}.engine", spec, meta, tensors.calib_images,
                                     timing_cache=out / "timing.cache", calib_cache=out / "int8.calib")
                 runner = TrtClassifier(path)
-                metrics = score(runner, tensors.val_images, labels, min(o.max_batch, 32))
-                engines[precision] = {"path": str(path), "build_seconds": time.perf_counter() - started,
-                                      "metrics": metrics,
-                                      "parity": compare_logits(ref, predict_all(runner, tensors.val_images,
-                                                                                min(o.max_batch, 32)))}
+                trt_logits = predict_all(runner, tensors.val_images, min(o.max_batch, 32))
                 runner.close()
+                metrics = logits_metrics(trt_logits, labels)
+                engines[precision] = {"path": str(path), "build_seconds": time.perf_counter() - started,
+                                      "metrics": metrics, "parity": compare_logits(ref, trt_logits)}
                 echo(f"TensorRT {precision}: {path}: top-1 {metrics['top1']:.2f}")
             report["artifacts"]["tensorrt"] = engines
     report["status"] = "ok" if trt_error is None else "tensorrt unavailable"
