@@ -64,16 +64,10 @@ def _validation_tensors(o: BenchmarkOptions, student: ModelSource, size: int) ->
         t = load_tensor_file(data)
         images, labels, calib = t.val_images[: o.val_size], t.val_labels[: o.val_size], t.calib_images
     elif data:
-        import torch
-
         from ..data import load_dataset
-        from ..exporting.tensor_data import preprocess
+        from ..exporting.tensor_data import preprocessed_splits
 
-        bundle = load_dataset(data, o.data_dir, size)
-        images, labels = preprocess(bundle.val, bundle.val_transform, range(min(o.val_size, len(bundle.val))))
-        g = torch.Generator().manual_seed(0)
-        calib, _ = preprocess(bundle.train, bundle.val_transform,
-                              torch.randperm(len(bundle.train), generator=g)[: o.calib_size].tolist())
+        calib, images, labels = preprocessed_splits(load_dataset(data, o.data_dir, size), o.calib_size, o.val_size)
     else:
         raise UserError("pass --data (a dataset name or a data.npz): the models do not say which dataset to use")
     if images.shape[-1] != size:

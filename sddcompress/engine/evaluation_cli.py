@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import load_dataset
+from ..data import SeededTransform, load_dataset
 from ..errors import UserError
 from ..models import build_model
 from .checkpoint import load_checkpoint, load_model_weights
@@ -36,18 +36,7 @@ def evaluate_checkpoint(path: str, model: str | None, data: str | None, data_dir
     bundle = load_dataset(data, data_dir, size)
     if bundle.num_classes != ckpt["model"]["num_classes"]:
         raise UserError(f"'{path}' has {ckpt['model']['num_classes']} classes but {data} has {bundle.num_classes}")
-    loader = DataLoader(_Transformed(bundle.val, bundle.val_transform), batch_size=batch_size)
+    loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform), batch_size=batch_size)
     metrics = evaluate(net, loader)
     return {"model": ckpt["model"]["name"], "data": data, **metrics}
 
-
-class _Transformed(torch.utils.data.Dataset):
-    def __init__(self, base, transform) -> None:
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        image, label = self.base[i]
-        return self.transform(image), label

@@ -11,8 +11,7 @@ from sddcompress_export.artifacts import open_artifact
 from sddcompress_export.classifier_metrics import score, score_batches
 from sddcompress_export.tensor_file import load_tensor_file
 
-from ..data import load_dataset
-from ..engine.evaluation_cli import _Transformed
+from ..data import SeededTransform, load_dataset
 from ..errors import UserError
 
 
@@ -36,5 +35,5 @@ def evaluate_artifact(path: str, data: str | None, data_dir: str | None, batch_s
         raise UserError(f"'{path}' has {len(meta.class_names)} classes but {data} has {bundle.num_classes}")
     if meta.mean and not np.allclose(bundle.mean, meta.mean):
         raise UserError(f"'{path}' was exported with mean {meta.mean} but {data} normalises with {list(bundle.mean)}")
-    loader = DataLoader(_Transformed(bundle.val, bundle.val_transform), batch_size=batch_size)
+    loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform), batch_size=batch_size)
     return {"data": data, **score_batches(model, ((x.numpy(), y.numpy()) for x, y in loader))}
