@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import tiny_args
 from sddcompress.engine.checkpoint import atomic_save, base_record, model_record

@@ -87,31 +87,29 @@ def measure_candidate(c: Candidate, images: np.ndarray, labels: np.ndarray, o: B
     if c.skipped:
         return {**row, "status": "skipped", "reason": c.skipped}
     largest = max(o.batch_sizes)
-    memory = PeakMemory("cuda" if c.backend.startswith("torch-") and device == "cuda" else "cpu")
-    memory.__enter__()  # from before the runner exists: model/session/engine + workspace of the largest batch
-    try:
-        runner = c.make()
-        runner.predict(_inputs(images, min(largest, 2)))  # first call: compiles / builds / allocates
-    except Exception as exc:  # a backend that cannot run here is reported, never silently dropped
-        memory.__exit__(None, None, None)
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        return {**row, "status": "skipped", "reason": f"failed to start: {type(exc).__name__}: {text}"}
-    row.update(status="ok", device=runner.device, clock=runner.clock, latency={})
-    eval_batch = min(32, largest)
-    row["accuracy"] = {k: v for k, v in score(runner.predict, images, labels, eval_batch).items()}
-    for batch in sorted(o.batch_sizes):
-        handle = runner.prepare(_inputs(images, batch))
-        time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing
+    # measured from before the runner exists: model/session/engine + workspace of the largest batch
+    with PeakMemory("cuda" if c.backend.startswith("torch-") and device == "cuda" else "cpu") as memory:
         try:
-            stats = measure(lambda: runner.run(handle), warmup=o.warmup, min_iters=o.min_iters,
-                            min_seconds=o.min_seconds, batch=batch, sync=runner.sync, interval=runner.interval())
-        except Exception as exc:
-            row["latency"][str(batch)] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
-            continue
-        row["latency"][str(batch)] = stats.to_dict()
-        say(f"  {c.model:8s} {c.backend:15s} b={batch:<3d} p50 {stats.p50:8.3f} ms  "
-            f"{stats.throughput:9.1f} img/s  ({stats.iterations} iterations)")
-    memory.__exit__(None, None, None)
+            runner = c.make()
+            runner.predict(_inputs(images, min(largest, 2)))  # first call: compiles / builds / allocates
+        except Exception as exc:  # a backend that cannot run here is reported, never silently dropped
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            return {**row, "status": "skipped", "reason": f"failed to start: {type(exc).__name__}: {text}"}
+        row.update(status="ok", device=runner.device, clock=runner.clock, latency={})
+        row["accuracy"] = score(runner.predict, images, labels, min(32, largest))
+        for batch in sorted(o.batch_sizes):
+            handle = runner.prepare(_inputs(images, batch))
+            time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing
+            try:
+                stats = measure(lambda: runner.run(handle), warmup=o.warmup, min_iters=o.min_iters,
+                                min_seconds=o.min_seconds, batch=batch, sync=runner.sync,
+                                interval=runner.interval())
+            except Exception as exc:
+                row["latency"][str(batch)] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+                continue
+            row["latency"][str(batch)] = stats.to_dict()
+            say(f"  {c.model:8s} {c.backend:15s} b={batch:<3d} p50 {stats.p50:8.3f} ms  "
+                f"{stats.throughput:9.1f} img/s  ({stats.iterations} iterations)")
     row["peak_memory_mb"] = memory.peak_mb
     row["memory_method"] = memory.method
     runner.close()

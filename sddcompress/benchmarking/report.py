@@ -8,9 +8,14 @@ from pathlib import Path
 SCHEMA = "sddcompress-benchmark-v1"
 
 
+def measured_cells(results: list[dict]) -> dict[tuple[str, str], dict]:
+    """The (model, backend) cells that were measured (not skipped), by key."""
+    return {(r["model"], r["backend"]): r for r in results if r["status"] == "ok"}
+
+
 def teacher_student_comparison(results: list[dict]) -> list[dict]:
     """Per backend: the student's top-1 gap to the teacher and its p50 speed-up, per batch size."""
-    by = {(r["model"], r["backend"]): r for r in results if r["status"] == "ok"}
+    by = measured_cells(results)
     eager_teacher = by.get(("teacher", "torch-eager"))
     rows = []
     for (model, backend), student in by.items():
@@ -179,10 +184,7 @@ def load_results(path: str | Path) -> dict:
 
 def compare(old: dict, new: dict) -> list[dict]:
     """NEW / OLD ratios of p50 latency and throughput, and the top-1 change, for every cell in both."""
-    def cells(doc):
-        return {(r["model"], r["backend"]): r for r in doc["results"] if r["status"] == "ok"}
-
-    a, b = cells(old), cells(new)
+    a, b = measured_cells(old["results"]), measured_cells(new["results"])
     rows = []
     for key in sorted(a.keys() & b.keys()):
         for batch in sorted(a[key]["latency"].keys() & b[key]["latency"].keys(), key=int):
@@ -197,12 +199,20 @@ def compare(old: dict, new: dict) -> list[dict]:
     return rows
 
 
+def unmatched(old: dict, new: dict) -> list[str]:
+    """Cells measured in only one of the two runs (so absent from the ratios)."""
+    a, b = measured_cells(old["results"]).keys(), measured_cells(new["results"]).keys()
+    return ([f"only in OLD: {m} {k}" for m, k in sorted(a - b)]
+            + [f"only in NEW: {m} {k}" for m, k in sorted(b - a)])
+
+
 def print_compare(rows: list[dict], echo, only_in: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="NEW vs OLD (p50 ratio < 1 means NEW is faster)")
-    for col in ("model", "backend", "batch", "old p50 ms", "new p50 ms", "p50 NEW/OLD", "img/s NEW/OLD", "top-1 change"):
+    for col in ("model", "backend", "batch", "old p50 ms", "new p50 ms", "p50 NEW/OLD", "img/s NEW/OLD",
+                "top-1 change"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["model"], r["backend"], str(r["batch"]), f"{r['old_p50_ms']:.3f}", f"{r['new_p50_ms']:.3f}",

@@ -44,15 +44,10 @@ def benchmark_cmd(teacher, student, teacher_artifact, student_artifact, data, da
     report.md and an accuracy-vs-latency plot."""
     if compare:
         from ..benchmarking.report import compare as compare_docs
-        from ..benchmarking.report import load_results, print_compare
+        from ..benchmarking.report import load_results, print_compare, unmatched
 
         old, new = load_results(compare[0]), load_results(compare[1])
-        rows = compare_docs(old, new)
-        keys_old = {(r["model"], r["backend"]) for r in old["results"] if r["status"] == "ok"}
-        keys_new = {(r["model"], r["backend"]) for r in new["results"] if r["status"] == "ok"}
-        notes = [f"only in OLD: {m} {b}" for m, b in sorted(keys_old - keys_new)]
-        notes += [f"only in NEW: {m} {b}" for m, b in sorted(keys_new - keys_old)]
-        print_compare(rows, click.echo, notes)
+        print_compare(compare_docs(old, new), click.echo, unmatched(old, new))
         return
     from ..benchmarking.latency import BenchmarkOptions, run_benchmark
 

@@ -104,7 +104,8 @@ def eval_cmd(ckpt: str, model: str | None, data: str | None, data_dir: str | Non
 
 @cli.command("quickstart")
 @click.option("--out", default=str(QUICKSTART_DIR), show_default=True, help="Where runs and the summary go.")
-@click.option("--epochs", type=int, default=None, help="Epochs per run. [default: 15 teacher, 15 students]")
+@click.option("--epochs", type=int, default=None,
+              help="Student epochs; the teacher trains twice as long. [default: 15]")
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming finished parts.")
 def quickstart_cmd(out: str, epochs: int | None, fresh: bool) -> None:
     """Offline demo: train a teacher on scikit-learn's digits, distil a student with SDD-DKD and

@@ -35,13 +35,9 @@ def write_onnx(model: nn.Module, path: str | Path, meta: ModelMetadata, opset: i
     check_opset(opset)
     path = Path(path)
     model = model.eval().cpu()
-    example = torch.randn(2, 3, meta.input_size, meta.input_size)
-    dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
-    if not dynamic_batch:
-        example = example[:1]
-    arg_name = next(iter(__import__("inspect").signature(model.forward).parameters), "x")
-    if dynamic_shapes is not None:
-        dynamic_shapes = {arg_name: dynamic_shapes["x"]}
+    example = torch.randn(2 if dynamic_batch else 1, 3, meta.input_size, meta.input_size)
+    # positional form: one entry per forward() argument, whatever the model names it
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         chatter = io.StringIO()
