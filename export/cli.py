@@ -21,10 +21,8 @@ def _eval(args) -> dict:
     from .classifier_metrics import score
     from .tensor_file import load_tensor_file
 
-    data = load_tensor_file(args.data)
     model, meta = open_artifact(args.model, threads=args.threads)
-    if data.input_size != meta.input_size:
-        raise DeployError(f"'{args.data}' holds {data.input_size}px images but the model expects {meta.input_size}px")
+    data = load_tensor_file(args.data, meta.input_size)
     return {"model": str(args.model), **score(model, data.val_images, data.val_labels, args.batch_size)}
 
 

@@ -43,7 +43,8 @@ def save_tensor_file(path: str | Path, calib_images: np.ndarray, val_images: np.
     return path
 
 
-def load_tensor_file(path: str | Path) -> TensorFile:
+def load_tensor_file(path: str | Path, input_size: int | None = None) -> TensorFile:
+    """Read a tensor file; with `input_size`, its images must be that size (the model's)."""
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"tensor file '{path}' does not exist; `sddcompress export` writes one (data.npz)")
@@ -53,7 +54,10 @@ def load_tensor_file(path: str | Path) -> TensorFile:
             if missing:
                 raise DeployError(f"'{path}' lacks {', '.join(missing)}; use the data.npz written by "
                                   "`sddcompress export`")
-            return TensorFile(z["calib_images"], z["val_images"], z["val_labels"],
-                              [str(c) for c in z["class_names"]] if "class_names" in z.files else [])
+            tensors = TensorFile(z["calib_images"], z["val_images"], z["val_labels"],
+                                 [str(c) for c in z["class_names"]] if "class_names" in z.files else [])
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DeployError(f"'{path}' is not a readable .npz tensor file ({type(exc).__name__})") from None
+    if input_size is not None and tensors.input_size != input_size:
+        raise DeployError(f"'{path}' holds {tensors.input_size}px images but the model expects {input_size}px")
+    return tensors

@@ -289,3 +289,15 @@ def test_deploy_cli_quantize_info_and_build_trt_boundary(exported, tmp_path):
     trt = _deploy("build-trt", onnx_path, "--precision", "fp16")
     assert trt.returncode == 2
     assert trt.stderr.strip().count("\n") == 0 and "TensorRT is not available here" in trt.stderr
+
+
+def test_tensor_file_of_another_input_size_is_refused(exported, tmp_path, cli):
+    from sddcompress_export.tensor_file import save_tensor_file
+
+    small = save_tensor_file(tmp_path / "s.npz", np.zeros((2, 3, 8, 8)), np.zeros((4, 3, 8, 8)), np.zeros(4), ["a"],
+                             [0.0] * 3, [1.0] * 3)
+    msg = "holds 8px images but the model expects 16px"
+    assert_one_line_error(cli("eval-artifact", "--model", exported["artifacts"]["onnx"]["path"], "--data", str(small)),
+                          msg)
+    done = _deploy("eval", exported["artifacts"]["onnx"]["path"], "--data", str(small))
+    assert done.returncode == 2 and msg in done.stderr

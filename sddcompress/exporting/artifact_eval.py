@@ -26,9 +26,7 @@ def evaluate_artifact(path: str, data: str | None, data_dir: str | None, batch_s
             raise UserError(f"pass --data (a dataset or a data.npz); there is no {guess}")
         data = str(guess)
     if data.endswith(".npz"):
-        tensors = load_tensor_file(data)
-        if tensors.input_size != meta.input_size:
-            raise UserError(f"'{data}' holds {tensors.input_size}px images; '{path}' expects {meta.input_size}px")
+        tensors = load_tensor_file(data, meta.input_size)
         return {"data": data, **score(model, tensors.val_images, tensors.val_labels, batch_size)}
     bundle = load_dataset(data, data_dir, meta.input_size)
     if bundle.num_classes != len(meta.class_names):

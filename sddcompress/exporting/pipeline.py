@@ -89,7 +89,7 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     tensors_path = out / "data.npz"
     if o.calib_file:
-        tensors = load_tensor_file(o.calib_file)
+        tensors = load_tensor_file(o.calib_file, size)
         tensors_path = Path(o.calib_file)
     else:
         data = o.data or ckpt.get("data")
@@ -101,8 +101,6 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
         val_size = o.val_size if o.val_size is not None else (2000 if size <= 64 else 500)
         write_tensor_file(bundle, tensors_path, o.calib_size, val_size)
         tensors = load_tensor_file(tensors_path)
-    if tensors.input_size != size:
-        raise UserError(f"'{tensors_path}' holds {tensors.input_size}px images but the model expects {size}px")
     report["tensor_file"] = {"path": str(tensors_path), "calib_images": int(len(tensors.calib_images)),
                              "val_images": int(len(tensors.val_images))}
     echo(f"tensor file: {tensors_path} ({len(tensors.calib_images)} calibration, {len(tensors.val_images)} "
