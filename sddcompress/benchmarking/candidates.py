@@ -50,18 +50,20 @@ class ModelSource:
                  say: Callable[[str], None]) -> None:
         self.role, self.ckpt, self.work_dir, self.say = role, ckpt, work_dir / role, say
         self.net = None
+        self.ckpt_meta: ModelMetadata | None = None  # what an export of the checkpoint carries
         self.record: dict = {}
-        self.meta: ModelMetadata | None = None
         self.artifacts: dict[str, str] = {}
         if ckpt:
-            from ..engine.checkpoint import file_sha256
             from ..engine.evaluation_cli import model_from_checkpoint
+            from ..exporting.onnx_writer import checkpoint_metadata
 
             self.net, full = model_from_checkpoint(ckpt)
-            self.record = {"checkpoint": ckpt, "name": full["model"]["name"], "sha256": file_sha256(ckpt),
+            self.ckpt_meta = checkpoint_metadata(ckpt, full)
+            self.record = {"checkpoint": ckpt, "name": full["model"]["name"],
+                           "sha256": self.ckpt_meta.source_checkpoint_sha256,
                            "params": sum(p.numel() for p in self.net.parameters()), "data": full.get("data"),
                            "input_size": full["model"].get("input_size"),
-                           "normalization": full.get("normalization") or {}, "class_names": full.get("class_names")}
+                           "normalization": full.get("normalization") or {}}
             self.artifacts.update(exported_next_to(ckpt, self.record["sha256"]))
         for path in artifacts:
             if not Path(path).is_file():
@@ -70,23 +72,14 @@ class ModelSource:
         if not ckpt and not self.artifacts:
             raise UserError(f"no {role}: pass --{role} CKPT and/or --{role}-artifact FILE")
         if self.artifacts:
-            self.meta = artifact_metadata(next(iter(self.artifacts.values())))
-            self.record.setdefault("name", self.meta.model_name or Path(next(iter(self.artifacts.values()))).stem)
-            self.record.setdefault("input_size", self.meta.input_size)
+            first = next(iter(self.artifacts.values()))
+            meta = artifact_metadata(first)
+            self.record.setdefault("name", meta.model_name or Path(first).stem)
+            self.record.setdefault("input_size", meta.input_size)
 
     @property
     def input_size(self) -> int:
         return int(self.record.get("input_size") or 32)
-
-    def metadata(self) -> ModelMetadata:
-        from .. import __version__
-
-        norm = self.record.get("normalization") or {}
-        return ModelMetadata(class_names=[str(c) for c in (self.record.get("class_names") or [])],
-                             input_size=self.input_size, mean=list(norm.get("mean", [])), std=list(norm.get("std", [])),
-                             source_checkpoint_sha256=self.record.get("sha256", ""),
-                             source_checkpoint=self.ckpt or "", model_name=self.record.get("name", ""),
-                             sddcompress_version=__version__)
 
     def ensure_onnx(self) -> str:
         if "ort-fp32" not in self.artifacts:
@@ -94,7 +87,7 @@ class ModelSource:
 
             self.work_dir.mkdir(parents=True, exist_ok=True)
             path = self.work_dir / "model.onnx"
-            write_onnx(self.net, path, self.metadata())
+            write_onnx(self.net, path, self.ckpt_meta)
             self.say(f"exported the {self.role} to {path}")
             self.artifacts["ort-fp32"] = str(path)
         return self.artifacts["ort-fp32"]

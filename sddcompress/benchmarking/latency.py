@@ -163,8 +163,6 @@ def run_benchmark(o: BenchmarkOptions, echo: Callable[[str], None] = print) -> d
                    "student": student.record | {"artifacts": student.artifacts}},
         "results": results,
     }
-    for role in ("teacher", "student"):
-        doc["models"][role].pop("class_names", None)
     doc["comparison"] = teacher_student_comparison(results)
     write_json(doc, out / "results.json")
     png = plot(doc, out / "latency_accuracy.png", o.plot_batch)

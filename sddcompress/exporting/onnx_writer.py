@@ -21,6 +21,18 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 22)
 
 
+def checkpoint_metadata(path: str | Path, ckpt: dict) -> ModelMetadata:
+    """What an ONNX export of this checkpoint carries: classes, input size, normalisation, provenance."""
+    from .. import __version__
+    from ..engine.checkpoint import file_sha256
+
+    record, norm = ckpt["model"], ckpt.get("normalization") or {}
+    return ModelMetadata(class_names=[str(c) for c in (ckpt.get("class_names") or range(record["num_classes"]))],
+                         input_size=record.get("input_size") or 32, mean=list(norm.get("mean", [])),
+                         std=list(norm.get("std", [])), source_checkpoint_sha256=file_sha256(path),
+                         source_checkpoint=str(path), model_name=record["name"], sddcompress_version=__version__)
+
+
 def check_opset(opset: int) -> None:
     if opset not in SUPPORTED_OPSETS:
         raise UserError(f"--opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "

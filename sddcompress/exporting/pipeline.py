@@ -12,17 +12,14 @@ import torch
 
 from sddcompress_export.classifier_metrics import logits_metrics, predict_all
 from sddcompress_export.errors import DeployError
-from sddcompress_export.metadata import ModelMetadata
 from sddcompress_export.parity import check_parity, compare_logits, write_report
 from sddcompress_export.tensor_file import load_tensor_file
 
-from .. import __version__
 from ..data import load_dataset
-from ..engine.checkpoint import file_sha256
 from ..engine.evaluation_cli import model_from_checkpoint
 from ..errors import UserError
 from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints
-from .onnx_writer import DEFAULT_OPSET, check_opset, write_onnx
+from .onnx_writer import DEFAULT_OPSET, check_opset, checkpoint_metadata, write_onnx
 from .tensor_data import write_tensor_file
 
 @dataclass
@@ -76,13 +73,9 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     ckpt_path = Path(o.ckpt or default_checkpoint())
     net, ckpt = model_from_checkpoint(str(ckpt_path))
     record = ckpt["model"]
-    size = record.get("input_size") or 32
     out = ensure_writable_dir(o.out or export_dir_for(ckpt_path))
-    norm = ckpt.get("normalization") or {}
-    meta = ModelMetadata(class_names=[str(c) for c in (ckpt.get("class_names") or range(record["num_classes"]))],
-                         input_size=size, mean=list(norm.get("mean", [])), std=list(norm.get("std", [])),
-                         source_checkpoint_sha256=file_sha256(ckpt_path), source_checkpoint=str(ckpt_path),
-                         model_name=record["name"], sddcompress_version=__version__)
+    meta = checkpoint_metadata(ckpt_path, ckpt)
+    size = meta.input_size
     report: dict = {"checkpoint": str(ckpt_path), "model": record["name"], "out": str(out), "artifacts": {}}
 
     # 1. The tensor file: calibration + validation images, preprocessed exactly as at evaluation.
