@@ -2,8 +2,10 @@
 
   sddcompress-deploy eval MODEL.onnx|MODEL.engine --data data.npz
   sddcompress-deploy quantize MODEL.onnx --data data.npz --out MODEL.int8.onnx
-  sddcompress-deploy build-trt MODEL.onnx --precision fp16 [--data data.npz] --out MODEL.fp16.engine
+  sddcompress-deploy build-trt MODEL.onnx --precision fp16 --out MODEL.fp16.engine
+  sddcompress-deploy build-trt MODEL.int8.onnx --precision int8   (the Q/DQ model from `quantize`)
   sddcompress-deploy info MODEL.onnx
+  sddcompress-deploy check
 """
 
 from __future__ import annotations
@@ -37,24 +39,35 @@ def _quantize(args) -> dict:
 
 def _build_trt(args) -> dict:
     from .metadata import read_metadata
-    from .tensor_file import load_tensor_file
-    from .tensorrt_engine import EngineSpec, build_engine
+    from .tensorrt_engine import EngineSpec, build_engine, check_explicit_int8, require_tensorrt
 
     spec = EngineSpec(args.precision, args.min_batch, args.opt_batch, args.max_batch)
     spec.validate()
-    calib = load_tensor_file(args.data).calib_images if args.data else None
     meta = read_metadata(args.model)
+    if args.precision == "int8":
+        check_explicit_int8(args.model)  # before the GPU check: a wrong file is the first thing to fix
+    require_tensorrt()
     out = args.out or str(Path(args.model).with_suffix(f".{args.precision}.engine"))
     timing = args.timing_cache or str(Path(out).parent / "timing.cache")
-    path = build_engine(args.model, out, spec, meta, calib, timing_cache=timing,
-                        calib_cache=str(Path(out).with_suffix(".calib")))
-    return {"engine": str(path)}
+    source = Path(args.model)
+    if args.precision == "fp16":
+        from .fp16_onnx import convert_to_fp16
+
+        source = convert_to_fp16(args.model, Path(out).with_suffix(".onnx"))
+    path = build_engine(source, out, spec, meta, timing_cache=timing)
+    return {"engine": str(path), "onnx": str(source)}
 
 
 def _info(args) -> dict:
     from .artifacts import artifact_metadata
 
     return artifact_metadata(args.model).__dict__
+
+
+def _check(args) -> dict:
+    from .onnxruntime_runner import runtime_report
+
+    return runtime_report()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,10 +87,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-size", type=int, default=512)
     q.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
     q.set_defaults(run=_quantize)
-    t = sub.add_parser("build-trt", help="build a TensorRT engine (needs an NVIDIA GPU)")
-    t.add_argument("model")
+    t = sub.add_parser("build-trt", help="build a strongly typed TensorRT engine (needs an NVIDIA GPU)")
+    t.add_argument("model", help="fp32 ONNX for fp32/fp16 (fp16 is converted first); the Q/DQ ONNX for int8")
     t.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
-    t.add_argument("--data", default=None, help="tensor file with calib_images (required for int8)")
     t.add_argument("--out", default=None)
     t.add_argument("--min-batch", type=int, default=1)
     t.add_argument("--opt-batch", type=int, default=8)
@@ -87,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print an artefact's preprocessing metadata")
     i.add_argument("model")
     i.set_defaults(run=_info)
+    c = sub.add_parser("check", help="ONNX Runtime's install and execution providers, TensorRT's availability")
+    c.set_defaults(run=_check)
     return p
 
 

@@ -1,7 +1,13 @@
-"""TensorRT engines through Polygraphy: build (fp32/fp16/int8, dynamic-batch profile, timing cache) and run.
+"""TensorRT engines through Polygraphy, strongly typed (TensorRT 10 and 11): build and run.
+
+The precision lives in the ONNX file, not in builder flags (TensorRT 11 removed weak typing):
+fp32 is the exported model as is, fp16 an fp16 copy with fp32 inputs/outputs (`fp16_onnx`),
+int8 the Q/DQ model `model.int8.onnx` (explicit quantisation, symmetric int8). The network is
+parsed strongly typed, with one dynamic-batch optimisation profile and a reusable timing cache;
+no calibrator, no calibration cache, no precision flags.
 
 `tensorrt` and `polygraphy` are imported lazily: on a host without them, or without an NVIDIA GPU,
-`tensorrt_unavailable()` returns the one-line reason and nothing here is imported.
+`tensorrt_unavailable()` returns the one-line reason and nothing here touches the GPU.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DeployError
-from .metadata import ModelMetadata
+from .metadata import ModelMetadata, load_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
-INSTALL_HINT = "pip install 'sddcompress[trt]' (tensorrt, polygraphy) on a host with an NVIDIA GPU and driver"
+INSTALL_HINT = ("pip install 'sddcompress[trt]' (tensorrt, polygraphy, onnxconverter-common) on a host with an "
+                "NVIDIA GPU and driver")
 
 
 def cuda_device_count() -> tuple[int, str]:
@@ -64,13 +71,12 @@ def require_tensorrt() -> None:
 
 @dataclass
 class EngineSpec:
-    """What to build: precision and the dynamic-batch optimisation profile."""
+    """What to build: the precision (a label: the ONNX file carries it) and the dynamic-batch profile."""
 
     precision: str = "fp16"
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = 32
-    workspace_mib: int = 2048
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -80,51 +86,77 @@ class EngineSpec:
                               f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
 
 
-def calibration_batches(images: np.ndarray | None, batch: int,
-                        input_name: str = "input") -> list[dict[str, np.ndarray]]:
-    """Full batches of `batch` calibration images (TensorRT calibrates at the profile's opt shape)."""
-    if images is None or len(images) < batch:
-        have = 0 if images is None else len(images)
-        raise DeployError(f"--trt int8 needs calibration data: at least {batch} images (the profile's opt batch), "
-                          f"got {have}; pass --calib-size or a tensor file with calib_images")
-    n = (len(images) // batch) * batch
-    return [{input_name: images[s:s + batch].astype(np.float32)} for s in range(0, n, batch)]
+def check_explicit_int8(onnx_path: str | Path) -> None:
+    """A DeployError unless `onnx_path` is a Q/DQ model TensorRT can build: int8 with zero points 0."""
+    from onnx import TensorProto, numpy_helper
+
+    model = load_onnx(onnx_path)
+    inits = {t.name: t for t in model.graph.initializer}
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    if not quantize:
+        raise DeployError(f"'{onnx_path}' has no QuantizeLinear/DequantizeLinear nodes; TensorRT builds int8 only "
+                          "from a Q/DQ model: pass model.int8.onnx from `sddcompress export --ort-int8` or "
+                          "`sddcompress-deploy quantize`")
+    for node in quantize:
+        zero_name = node.input[2] if len(node.input) > 2 else ""
+        if not zero_name:  # no zero point: ONNX then quantises to uint8
+            kind = "uint8"
+        elif zero_name not in inits:
+            continue  # computed elsewhere in the graph; TensorRT's parser will judge it
+        elif inits[zero_name].data_type != TensorProto.INT8:
+            kind = "uint8"
+        elif np.any(numpy_helper.to_array(inits[zero_name]) != 0):
+            kind = "asymmetric int8"
+        else:
+            continue
+        raise DeployError(f"'{onnx_path}' uses {kind} quantisation (at {node.name or node.output[0]}); TensorRT "
+                          "needs symmetric int8 (zero point 0): re-quantise with symmetric int8 activations")
+
+
+def build_plan(onnx_path: str | Path, engine_path: str | Path, spec: EngineSpec, meta: ModelMetadata,
+               timing_cache: str | Path | None = None):
+    """The Polygraphy loader chain that builds and saves the engine (constructed here, run by the caller).
+
+    Strongly typed network from the ONNX file, one optimisation profile (min/opt/max batch), the
+    timing cache loaded when it exists and saved after the build; no precision flags, no calibrator.
+    Nothing here needs tensorrt until the returned loader is called.
+    """
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+
+    spec.validate()
+    size = meta.input_size
+
+    def shape(batch: int) -> tuple[int, int, int, int]:
+        return (batch, 3, size, size)
+
+    profile = Profile().add(meta.input_name, min=shape(spec.min_batch), opt=shape(spec.opt_batch),
+                            max=shape(spec.max_batch))
+    cache = Path(timing_cache) if timing_cache else None
+    config = CreateConfig(profiles=[profile],
+                          load_timing_cache=str(cache) if cache and cache.exists() else None)
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    engine = EngineFromNetwork(network, config=config, save_timing_cache=str(cache) if cache else None)
+    return SaveEngine(engine, path=str(engine_path))
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, spec: EngineSpec, meta: ModelMetadata,
-                 calib_images: np.ndarray | None = None, timing_cache: str | Path | None = None,
-                 calib_cache: str | Path | None = None) -> Path:
-    """Build and save an engine for `onnx_path`; writes `<engine>.json` with the preprocessing metadata."""
+                 timing_cache: str | Path | None = None) -> Path:
+    """Build and save an engine for `onnx_path` (already in the wanted precision); writes `<engine>.json`
+    with the preprocessing metadata, the precision, the TensorRT version and the profile."""
     spec.validate()
-    batches = None
     if spec.precision == "int8":
-        batches = calibration_batches(calib_images, spec.opt_batch, meta.input_name)
+        check_explicit_int8(onnx_path)
     require_tensorrt()
     import tensorrt as trt
-    from polygraphy.backend.trt import (Calibrator, CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile,
-                                        SaveEngine)
 
-    size = meta.input_size
-    shape = lambda b: (b, 3, size, size)  # noqa: E731
-    profile = Profile().add(meta.input_name, min=shape(spec.min_batch), opt=shape(spec.opt_batch),
-                            max=shape(spec.max_batch))
-    calibrator = None
-    if batches is not None:
-        calibrator = Calibrator(data_loader=batches, cache=str(calib_cache) if calib_cache else None)
-    timing_cache = Path(timing_cache) if timing_cache else None
-    config = CreateConfig(
-        fp16=spec.precision in ("fp16", "int8"), int8=spec.precision == "int8", profiles=[profile],
-        calibrator=calibrator, memory_pool_limits={trt.MemoryPoolType.WORKSPACE: spec.workspace_mib << 20},
-        load_timing_cache=str(timing_cache) if timing_cache and timing_cache.exists() else None)
-    build = EngineFromNetwork(NetworkFromOnnxPath(str(onnx_path)), config=config,
-                              save_timing_cache=str(timing_cache) if timing_cache else None)
     engine_path = Path(engine_path)
     try:
-        SaveEngine(build, path=str(engine_path))()
+        build_plan(onnx_path, engine_path, spec, meta, timing_cache)()
     except Exception as exc:
-        raise DeployError(f"TensorRT could not build '{onnx_path}' ({spec.precision}): "
-                          f"{str(exc).strip().splitlines()[0][:300]}") from None
-    sidecar = {**meta.__dict__, "extra": {**meta.extra, "precision": spec.precision,
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise DeployError(f"TensorRT {trt.__version__} could not build '{onnx_path}' ({spec.precision}): {text}") \
+            from None
+    sidecar = {**meta.__dict__, "extra": {**meta.extra, "precision": spec.precision, "source_onnx": str(onnx_path),
                                           "tensorrt_version": trt.__version__,
                                           "profile": [spec.min_batch, spec.opt_batch, spec.max_batch]}}
     Path(str(engine_path) + ".json").write_text(json.dumps(sidecar, indent=2))
@@ -140,22 +172,38 @@ def engine_metadata(engine_path: str | Path) -> ModelMetadata:
     return ModelMetadata(**{k: v for k, v in values.items() if k in ModelMetadata.__dataclass_fields__})
 
 
+def profile_batches(meta: ModelMetadata) -> tuple[int, int]:
+    """(min, max) batch of the engine's optimisation profile, from its sidecar."""
+    low, _, high = meta.extra.get("profile", [1, 1, 1])
+    return int(low), int(high)
+
+
+def chunks(images: np.ndarray, max_batch: int) -> list[np.ndarray]:
+    """`images` split into consecutive pieces of at most `max_batch`."""
+    return [images[s:s + max_batch] for s in range(0, len(images), max_batch)]
+
+
 class TrtClassifier:
-    """A deserialised engine behind Polygraphy's TrtRunner: (B, 3, H, W) float32 -> (B, K) logits."""
+    """A deserialised engine behind Polygraphy's TrtRunner: (B, 3, H, W) float32 -> (B, K) logits.
+
+    Any batch size works: batches above the profile's max are run in chunks. Outputs are copied,
+    because TrtRunner reuses its output buffers on the next call.
+    """
 
     backend = "tensorrt"
     device = "cuda"
+    clock_note = "host->device input and device->host output copies inside each call"
 
     def __init__(self, engine_path: str | Path) -> None:
         engine_path = Path(engine_path)
         if not engine_path.is_file():
             raise DeployError(f"engine file '{engine_path}' does not exist")
+        self.meta = engine_metadata(engine_path)
         require_tensorrt()
         import tensorrt as trt
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        self.meta = engine_metadata(engine_path)
         try:
             engine = EngineFromBytes(BytesFromPath(str(engine_path)))()
         except Exception:
@@ -165,13 +213,22 @@ class TrtClassifier:
             raise DeployError(f"TensorRT {trt.__version__} cannot deserialise '{engine_path}' (built with TensorRT "
                               f"{built}, possibly on another GPU); rebuild it on this host with "
                               "`sddcompress-deploy build-trt`")
+        self.min_batch, self.max_batch = profile_batches(self.meta)
         self.runner = TrtRunner(engine)
         self.runner.activate()
         self.path = engine_path
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray) -> np.ndarray:
         out = self.runner.infer({self.meta.input_name: np.ascontiguousarray(images, np.float32)})
-        return np.asarray(out[self.meta.output_name])
+        return np.array(out[self.meta.output_name], dtype=np.float32, copy=True)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if len(images) < self.min_batch:
+            raise DeployError(f"batch of {len(images)} is below the engine's profile minimum {self.min_batch}; "
+                              "rebuild with --min-batch 1")
+        if len(images) <= self.max_batch:
+            return self._run(images)
+        return np.concatenate([self._run(piece) for piece in chunks(images, self.max_batch)])
 
     def close(self) -> None:
         self.runner.deactivate()

@@ -1,11 +1,10 @@
-"""Export stage: ONNX correctness and metadata, INT8, the torch-free path, TensorRT up to the GPU boundary."""
+"""Export stage: ONNX correctness and metadata, INT8, the torch-free path (TensorRT: test_tensorrt.py)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -145,123 +144,6 @@ def test_deploy_cli_missing_tensor_file(exported, capsys):
         main(["eval", exported["artifacts"]["onnx"]["path"], "--data", "missing.npz"])
     assert exc.value.code == 2
     assert "missing.npz' does not exist" in capsys.readouterr().err
-
-
-# ---- TensorRT up to the GPU boundary: fake tensorrt/polygraphy modules record what we ask of them ----
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-
-@pytest.fixture
-def fake_trt(monkeypatch, tmp_path):
-    rec = _Recorder()
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.99.0"
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-
-    class Profile(dict):
-        def add(self, name, min, opt, max):  # noqa: A002
-            self[name] = (min, opt, max)
-            return self
-
-    def Calibrator(data_loader, cache=None):
-        rec.calls.append(("Calibrator", len(data_loader), data_loader[0]["input"].shape, cache))
-        return "calibrator"
-
-    def CreateConfig(**kw):
-        rec.calls.append(("CreateConfig", kw))
-        return "config"
-
-    def NetworkFromOnnxPath(path):
-        rec.calls.append(("NetworkFromOnnxPath", path))
-        return "network"
-
-    def EngineFromNetwork(network, config, save_timing_cache=None):
-        rec.calls.append(("EngineFromNetwork", network, config, save_timing_cache))
-        return "engine-loader"
-
-    class SaveEngine:
-        def __init__(self, loader, path):
-            self.path = path
-
-        def __call__(self):
-            Path(self.path).write_bytes(b"serialized-engine")
-
-    def EngineFromBytes(loader):
-        def load():
-            if rec.fail_deserialize:
-                raise RuntimeError("Failed to deserialize the engine")
-            return "engine"
-        return load
-
-    rec.fail_deserialize = False
-    poly = types.ModuleType("polygraphy")
-    backend = types.ModuleType("polygraphy.backend")
-    ptrt = types.ModuleType("polygraphy.backend.trt")
-    common = types.ModuleType("polygraphy.backend.common")
-    for name, obj in dict(Profile=Profile, Calibrator=Calibrator, CreateConfig=CreateConfig,
-                          NetworkFromOnnxPath=NetworkFromOnnxPath, EngineFromNetwork=EngineFromNetwork,
-                          SaveEngine=SaveEngine, EngineFromBytes=EngineFromBytes, TrtRunner=object).items():
-        setattr(ptrt, name, obj)
-    common.BytesFromPath = lambda path: path
-    for name, mod in {"tensorrt": trt, "polygraphy": poly, "polygraphy.backend": backend,
-                      "polygraphy.backend.trt": ptrt, "polygraphy.backend.common": common}.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    import sddcompress_export.tensorrt_engine as te
-
-    monkeypatch.setattr(te, "cuda_device_count", lambda: (1, ""))
-    return rec
-
-
-def test_trt_int8_build_uses_profile_calibrator_and_timing_cache(fake_trt, exported, tmp_path):
-    from sddcompress_export.tensorrt_engine import EngineSpec, build_engine, engine_metadata
-
-    onnx_path = exported["artifacts"]["onnx"]["path"]
-    meta = read_metadata(onnx_path)
-    calib = load_tensor_file(exported["tensor_file"]["path"]).calib_images
-    cache = tmp_path / "timing.cache"
-    cache.write_bytes(b"old")
-    engine = build_engine(onnx_path, tmp_path / "m.int8.engine", EngineSpec("int8", 1, 8, 32), meta, calib,
-                          timing_cache=cache, calib_cache=tmp_path / "c.calib")
-    calls = {c[0]: c for c in fake_trt.calls}
-    assert calls["Calibrator"][1:] == (64 // 8, (8, 3, 16, 16), str(tmp_path / "c.calib"))
-    config = calls["CreateConfig"][1]
-    assert config["int8"] and config["fp16"]
-    assert config["profiles"][0]["input"] == ((1, 3, 16, 16), (8, 3, 16, 16), (32, 3, 16, 16))
-    assert config["load_timing_cache"] == str(cache)  # reused ...
-    assert calls["EngineFromNetwork"][3] == str(cache)  # ... and updated
-    assert engine.read_bytes() == b"serialized-engine"
-    side = engine_metadata(engine)
-    assert side.extra["precision"] == "int8" and side.input_size == 16
-
-
-def test_trt_int8_without_enough_calibration_images(fake_trt, exported, tmp_path):
-    from sddcompress_export.tensorrt_engine import EngineSpec, build_engine
-
-    meta = read_metadata(exported["artifacts"]["onnx"]["path"])
-    with pytest.raises(DeployError, match="--trt int8 needs calibration data"):
-        build_engine(exported["artifacts"]["onnx"]["path"], tmp_path / "e", EngineSpec("int8"), meta, None)
-
-
-def test_engine_from_another_tensorrt_gives_clear_message(fake_trt, exported, tmp_path):
-    from sddcompress_export.tensorrt_engine import EngineSpec, TrtClassifier, build_engine
-
-    meta = read_metadata(exported["artifacts"]["onnx"]["path"])
-    engine = build_engine(exported["artifacts"]["onnx"]["path"], tmp_path / "m.engine", EngineSpec("fp16"), meta)
-    fake_trt.fail_deserialize = True
-    with pytest.raises(DeployError, match=r"cannot deserialise .*rebuild it on this host"):
-        TrtClassifier(engine)
-
-
-def test_trt_profile_validation():
-    from sddcompress_export.tensorrt_engine import EngineSpec
-
-    with pytest.raises(DeployError, match="min <= opt <= max"):
-        EngineSpec("fp16", 4, 2, 8).validate()
-    with pytest.raises(DeployError, match="unknown TensorRT precision"):
-        EngineSpec("int4").validate()
 
 
 def test_fixed_batch_export(cli, teacher_ckpt, tmp_path):

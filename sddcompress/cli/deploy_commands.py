@@ -13,13 +13,14 @@ import click
 @click.option("--out", default=None, help="Output folder. [default: RUN_DIR/export next to the checkpoint's run]")
 @click.option("--onnx", "onnx_only", is_flag=True, help="Write the ONNX file (always done; the flag is for clarity).")
 @click.option("--trt", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Also build a TensorRT engine at this precision (repeatable). Needs an NVIDIA GPU.")
+              help="Also build a strongly typed TensorRT engine (repeatable; needs an NVIDIA GPU): fp32 from the "
+                   "ONNX, fp16 from an fp16 copy of it, int8 from the Q/DQ model.")
 @click.option("--ort-int8", is_flag=True, help="Also write a static INT8 (QDQ, per-channel) ONNX Runtime model.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..21).")
 @click.option("--batch", default="dynamic", show_default=True, type=click.Choice(["1", "dynamic"]),
               help="Batch axis of the ONNX input.")
 @click.option("--calib-size", type=int, default=256, show_default=True,
-              help="Training images used to calibrate INT8 (ORT and TensorRT).")
+              help="Training images used to calibrate INT8 (the Q/DQ model ORT and TensorRT both run).")
 @click.option("--calib-method", default="minmax", show_default=True,
               type=click.Choice(["minmax", "entropy", "percentile"]), help="ORT INT8 calibration method.")
 @click.option("--calib-file", default=None, type=click.Path(),

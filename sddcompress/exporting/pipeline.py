@@ -151,32 +151,22 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
              f"{int8_metrics['top1']:.2f} vs fp32 {fp32_metrics['top1']:.2f} "
              f"({int8_metrics['top1'] - fp32_metrics['top1']:+.2f} points)")
 
-    # 4. TensorRT engines (GPU hosts); the ONNX file above is written either way.
+    # 4. TensorRT engines (GPU hosts), strongly typed: each precision is its own ONNX file.
     trt_error = None
     if o.trt:
-        from sddcompress_export.tensorrt_engine import EngineSpec, build_engine, tensorrt_unavailable
+        from sddcompress_export.tensorrt_engine import tensorrt_unavailable
+
+        from .tensorrt_stage import build_engines
 
         reason = tensorrt_unavailable()
         if reason:
             trt_error = reason
             report["artifacts"]["tensorrt"] = {"skipped": reason, "requested": o.trt}
         else:
-            from sddcompress_export.tensorrt_engine import TrtClassifier
-
-            engines = {}
-            for precision in o.trt:
-                spec = EngineSpec(precision, o.min_batch, o.opt_batch, o.max_batch)
-                started = time.perf_counter()
-                path = build_engine(onnx_path, out / f"model.{precision}.engine", spec, meta, tensors.calib_images,
-                                    timing_cache=out / "timing.cache", calib_cache=out / "int8.calib")
-                runner = TrtClassifier(path)
-                trt_logits = predict_all(runner, tensors.val_images, min(o.max_batch, 32))
-                runner.close()
-                metrics = logits_metrics(trt_logits, labels)
-                engines[precision] = {"path": str(path), "build_seconds": time.perf_counter() - started,
-                                      "metrics": metrics, "parity": compare_logits(ref, trt_logits)}
-                echo(f"TensorRT {precision}: {path}: top-1 {metrics['top1']:.2f}")
-            report["artifacts"]["tensorrt"] = engines
+            int8_path = report["artifacts"].get("ort_int8", {}).get("path")
+            report["artifacts"]["tensorrt"] = build_engines(
+                onnx_path, out, o.trt, (o.min_batch, o.opt_batch, o.max_batch), meta, tensors.calib_images,
+                tensors.val_images, labels, ref, int8_path, echo)
     report["status"] = "ok" if trt_error is None else "tensorrt unavailable"
     write_report(report_path, report)
     echo(f"report: {report_path}")
