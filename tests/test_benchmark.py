@@ -155,3 +155,62 @@ def test_compare_rejects_other_json(cli, tmp_path):
     (tmp_path / "x.json").write_text("{}")
     assert_one_line_error(cli("benchmark", "--compare", str(tmp_path / "x.json"), str(tmp_path / "x.json")),
                           "not an sddcompress benchmark")
+
+
+# ---- honesty of the GPU-ready method: samples, tick labels, clocks ----
+
+def test_stratified_sample_gives_every_class_its_share():
+    import numpy as np
+
+    from sddcompress.benchmarking.sampling import stratified_indices
+
+    labels = np.repeat(np.arange(10), 50)  # an image folder: sorted by class
+    idx = stratified_indices(labels, 100)
+    assert len(idx) == 100 and len(set(idx.tolist())) == 100
+    assert np.bincount(labels[idx], minlength=10).tolist() == [10] * 10  # the first 100 would be 2 classes
+    assert np.array_equal(idx, stratified_indices(labels, 100))  # seeded: the same sample every run
+    uneven = np.array([0] * 3 + [1] * 40 + [2] * 40)
+    counts = np.bincount(uneven[stratified_indices(uneven, 30)]).tolist()
+    assert counts == [3, 14, 13] or counts == [3, 13, 14]  # a small class gives all it has
+    assert len(stratified_indices(labels, None)) == 500 and len(stratified_indices(labels, 10_000)) == 500
+
+
+def test_benchmark_scores_a_stratified_sample_of_a_tensor_file(teacher_ckpt, exported, tmp_path):
+    import numpy as np
+
+    from sddcompress.benchmarking.latency import BenchmarkOptions, run_benchmark
+
+    npz = exported["tensor_file"]["path"]
+    doc = run_benchmark(BenchmarkOptions(teacher=teacher_ckpt, student=teacher_ckpt, data=npz, val_size=30,
+                                         batch_sizes=[1], backends=["ort-fp32"], warmup=0, min_iters=1,
+                                         min_seconds=0, out=str(tmp_path)), echo=lambda s: None)
+    labels = np.load(npz)["val_labels"]
+    assert doc["data"]["sample"] == "class-stratified" and doc["data"]["val_images"] == 30
+    assert doc["data"]["classes_in_sample"] == len(np.unique(labels))
+    assert "INSIDE the timing" in doc["method"]["clock"] and "stopped before any timing" in doc["method"]["memory"]
+
+
+def _overlaps(boxes) -> bool:
+    return any(a.x1 > b.x0 for a, b in zip(boxes, boxes[1:]))
+
+
+@pytest.mark.parametrize("latencies", [
+    [0.3, 0.63, 1.34, 2.84, 6.0],  # matplotlib's own log labels (2x10^-1, 3x10^-1, ...) ran into each other here
+    [0.33, 0.35, 0.41, 0.55, 0.62], [0.02, 0.05, 4.0, 30.0, 120.0], [1.0, 1.1, 1.2, 1.25, 1.3]])
+def test_latency_plot_tick_labels_do_not_overlap(latencies):
+    import matplotlib.pyplot as plt
+
+    from sddcompress.benchmarking.report import latency_figure
+
+    results = [{"model": ("teacher", "student")[i % 2], "backend": f"b{i}", "status": "ok",
+                "latency": {"1": {"p50_ms": x}}, "accuracy": {"top1": 90.0 + i}} for i, x in enumerate(latencies)]
+    doc = {"results": results, "models": {"teacher": {"name": "t"}, "student": {"name": "s"}},
+           "data": {"name": "digits"}, "environment": {"cpu": "cpu", "threads": 2, "date": "2026-11-23"}}
+    fig = latency_figure(doc, 1)
+    fig.canvas.draw()
+    renderer, (low, high) = fig.canvas.get_renderer(), fig.axes[0].get_xlim()
+    labels = [t for t in fig.axes[0].get_xticklabels(which="both")
+              if t.get_visible() and t.get_text() and low <= t.get_position()[0] <= high]
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    plt.close(fig)
+    assert len(boxes) >= 2 and not _overlaps(boxes)

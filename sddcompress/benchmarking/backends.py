@@ -1,7 +1,9 @@
 """The backends a model can be measured on, each behind the same small runner interface.
 
 A runner takes the SAME preprocessed float32 NCHW numpy batch for every backend; `prepare` does any
-one-off conversion (e.g. to a torch tensor on the device) outside the timed region, `run` is timed.
+one-off host-side conversion outside the timed region, `run` is timed. Every `run` goes from a batch
+in host memory to logits in host memory, so on a GPU torch-CUDA, ONNX Runtime (CUDA/TensorRT EP) and
+TensorRT all include the host->device and device->host copies in their timings: one definition for all.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Any, Callable
 import numpy as np
 
 BACKENDS = ("torch-eager", "torch-compiled", "ort-fp32", "ort-int8", "trt-fp32", "trt-fp16", "trt-int8")
+
+
+GPU_CLOCK = "time.perf_counter, host->device and device->host copies inside"
 
 
 class Runner:
@@ -35,9 +40,6 @@ class Runner:
     def sync(self) -> None:
         """Wait for queued device work (no-op on CPU)."""
 
-    def interval(self) -> Callable[[Callable[[], object]], float] | None:
-        return None
-
     def close(self) -> None:
         pass
 
@@ -50,28 +52,22 @@ class TorchRunner(Runner):
         self.device = device
         self.model = model.eval().to(device)
         self.fn = torch.compile(self.model) if compiled else self.model
-        self.clock = "CUDA events" if device == "cuda" else "time.perf_counter"
+        self.clock = GPU_CLOCK if device == "cuda" else "time.perf_counter"
 
     def prepare(self, batch: np.ndarray):
-        return self.torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
+        return self.torch.from_numpy(np.ascontiguousarray(batch, np.float32))  # stays on the host
 
     def run(self, handle):
+        """Host batch -> device -> model -> host logits (`.cpu()` waits for the GPU), like ORT and TensorRT."""
         with self.torch.inference_mode():
-            return self.fn(handle)
+            return self.fn(handle.to(self.device)).float().cpu()
 
     def to_numpy(self, out) -> np.ndarray:
-        return out.float().cpu().numpy()
+        return out.numpy()
 
     def sync(self) -> None:
         if self.device == "cuda":
             self.torch.cuda.synchronize()
-
-    def interval(self):
-        if self.device != "cuda":
-            return None
-        from .timer import cuda_event_interval
-
-        return cuda_event_interval
 
 
 class ArtifactRunner(Runner):
@@ -80,8 +76,8 @@ class ArtifactRunner(Runner):
     def __init__(self, classifier) -> None:
         self.classifier = classifier
         self.device = getattr(classifier, "device", "cpu")
-        self.clock = "time.perf_counter (synchronous call, host<->device copies included)" \
-            if self.device == "cuda" else "time.perf_counter"
+        self.clock = GPU_CLOCK if self.device == "cuda" else "time.perf_counter"
+        self.providers = getattr(classifier, "providers", None)  # ONNX Runtime: the execution providers used
 
     def run(self, handle):
         return self.classifier(handle)

@@ -107,11 +107,14 @@ class ModelSource:
         if key not in self.artifacts:
             from sddcompress_export.tensorrt_engine import EngineSpec, build_engine
 
-            onnx_path = self.ensure_onnx()
+            from ..exporting.tensorrt_stage import precision_onnx
+
+            onnx_path = Path(self.ensure_onnx())
+            source = precision_onnx(onnx_path, precision, self.work_dir, calib,
+                                    self.ensure_int8(calib) if precision == "int8" else None)
             path = self.work_dir / f"model.{precision}.engine"
-            build_engine(onnx_path, path, EngineSpec(precision, 1, min(8, max_batch), max_batch),
-                         artifact_metadata(onnx_path), calib, timing_cache=self.work_dir / "timing.cache",
-                         calib_cache=self.work_dir / "int8.calib")
+            build_engine(source, path, EngineSpec(precision, 1, min(8, max_batch), max_batch),
+                         artifact_metadata(onnx_path), timing_cache=self.work_dir / "timing.cache")
             self.artifacts[key] = str(path)
         return self.artifacts[key]
 
@@ -141,7 +144,10 @@ def candidates_for(source: ModelSource, backends: list[str], calib: np.ndarray, 
                     from sddcompress_export.onnxruntime_runner import OrtClassifier
 
                     path = source.ensure_onnx() if backend == "ort-fp32" else source.ensure_int8(calib)
-                    return ArtifactRunner(OrtClassifier(path, threads=threads))
+                    # ORT on the benchmark's device: its CUDA EP on a GPU (TensorRT has its own rows)
+                    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" \
+                        else ["CPUExecutionProvider"]
+                    return ArtifactRunner(OrtClassifier(path, threads=threads, providers=providers))
                 c.make = make_ort
         else:
             precision = backend.split("-", 1)[1]

@@ -16,9 +16,16 @@ from .backends import BACKENDS, Candidate
 from .candidates import ModelSource, candidates_for
 from .environment import environment
 from .memory import PeakMemory
+from .sampling import dataset_labels, stratified_indices
 from .report import SCHEMA, plot, print_console, teacher_student_comparison, write_json, write_markdown
 from .timer import measure
 
+
+
+CLOCK = ("time.perf_counter around each call, after a synchronisation. Every backend is timed the same way: "
+         "a call takes the preprocessed float32 batch in host memory and returns the logits in host memory, so on "
+         "a GPU (torch CUDA, ONNX Runtime CUDA/TensorRT EP, TensorRT) the host->device copy of the input and the "
+         "device->host copy of the logits are INSIDE the timing")
 
 
 @dataclass
@@ -56,27 +63,37 @@ def _validate(o: BenchmarkOptions) -> None:
 
 def _validation_tensors(o: BenchmarkOptions, student: ModelSource, size: int) -> tuple[dict, np.ndarray, np.ndarray,
                                                                                       np.ndarray]:
-    """(data description, val images, val labels, calibration images), preprocessed once for all backends."""
+    """(data description, val images, val labels, calibration images), preprocessed once for all backends.
+
+    The validation images are a class-stratified sample of `val_size` (every class its share), never
+    the first N of a split that may be sorted by class.
+    """
     data = o.data or student.record.get("data")
     if data and data.endswith(".npz"):
         from sddcompress_export.tensor_file import load_tensor_file
 
         t = load_tensor_file(data)
-        images, labels, calib = t.val_images[: o.val_size], t.val_labels[: o.val_size], t.calib_images
+        idx = stratified_indices(t.val_labels, o.val_size)
+        images, labels, calib = t.val_images[idx], t.val_labels[idx], t.calib_images
     elif data:
         from ..data import load_dataset
-        from ..exporting.tensor_data import preprocessed_splits
+        from ..exporting.tensor_data import preprocess, preprocessed_splits
 
-        calib, images, labels = preprocessed_splits(load_dataset(data, o.data_dir, size), o.calib_size, o.val_size)
+        bundle = load_dataset(data, o.data_dir, size)
+        calib, _, _ = preprocessed_splits(bundle, o.calib_size, 0)
+        idx = stratified_indices(dataset_labels(bundle.val), o.val_size)
+        images, labels = preprocess(bundle.val, bundle.val_transform, idx.tolist())
     else:
         raise UserError("pass --data (a dataset name or a data.npz): the models do not say which dataset to use")
     if images.shape[-1] != size:
         raise UserError(f"'{data}' gives {images.shape[-1]}px images but the models expect {size}px")
-    return {"name": data, "val_images": int(len(images)), "input_size": size}, images, labels, calib
+    classes = int(len(np.unique(labels)))
+    return ({"name": data, "val_images": int(len(images)), "input_size": size, "classes_in_sample": classes,
+             "sample": "class-stratified"}, images, labels, calib)
 
 
 def _inputs(images: np.ndarray, batch: int) -> np.ndarray:
-    """The first `batch` validation images (repeated if the split is smaller)."""
+    """The first `batch` images of the sample (repeated if it is smaller): the timed input."""
     idx = np.arange(batch) % len(images)
     return np.ascontiguousarray(images[idx])
 
@@ -87,31 +104,32 @@ def measure_candidate(c: Candidate, images: np.ndarray, labels: np.ndarray, o: B
     if c.skipped:
         return {**row, "status": "skipped", "reason": c.skipped}
     largest = max(o.batch_sizes)
-    # measured from before the runner exists: model/session/engine + workspace of the largest batch
+    # Peak memory: from before the runner exists until its largest batch has run once (model/session/
+    # engine + workspace). The sampling thread stops here, before any cell is timed.
     with PeakMemory("cuda" if c.backend.startswith("torch-") and device == "cuda" else "cpu") as memory:
         try:
             runner = c.make()
-            runner.predict(_inputs(images, min(largest, 2)))  # first call: compiles / builds / allocates
+            runner.predict(_inputs(images, largest))  # first call: compiles / builds / allocates
         except Exception as exc:  # a backend that cannot run here is reported, never silently dropped
             text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             return {**row, "status": "skipped", "reason": f"failed to start: {type(exc).__name__}: {text}"}
-        row.update(status="ok", device=runner.device, clock=runner.clock, latency={})
-        row["accuracy"] = score(runner.predict, images, labels, min(32, largest))
-        for batch in sorted(o.batch_sizes):
-            handle = runner.prepare(_inputs(images, batch))
-            time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing
-            try:
-                stats = measure(lambda: runner.run(handle), warmup=o.warmup, min_iters=o.min_iters,
-                                min_seconds=o.min_seconds, batch=batch, sync=runner.sync,
-                                interval=runner.interval())
-            except Exception as exc:
-                row["latency"][str(batch)] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
-                continue
-            row["latency"][str(batch)] = stats.to_dict()
-            say(f"  {c.model:8s} {c.backend:15s} b={batch:<3d} p50 {stats.p50:8.3f} ms  "
-                f"{stats.throughput:9.1f} img/s  ({stats.iterations} iterations)")
-    row["peak_memory_mb"] = memory.peak_mb
-    row["memory_method"] = memory.method
+    row.update(status="ok", device=runner.device, clock=runner.clock, latency={},
+               peak_memory_mb=memory.peak_mb, memory_method=memory.method)
+    if getattr(runner, "providers", None):
+        row["providers"] = runner.providers
+    row["accuracy"] = score(runner.predict, images, labels, min(32, largest))
+    for batch in sorted(o.batch_sizes):
+        handle = runner.prepare(_inputs(images, batch))
+        time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing
+        try:
+            stats = measure(lambda: runner.run(handle), warmup=o.warmup, min_iters=o.min_iters,
+                            min_seconds=o.min_seconds, batch=batch, sync=runner.sync)
+        except Exception as exc:
+            row["latency"][str(batch)] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+            continue
+        row["latency"][str(batch)] = stats.to_dict()
+        say(f"  {c.model:8s} {c.backend:15s} b={batch:<3d} p50 {stats.p50:8.3f} ms  "
+            f"{stats.throughput:9.1f} img/s  ({stats.iterations} iterations)")
     runner.close()
     return row
 
@@ -152,12 +170,13 @@ def run_benchmark(o: BenchmarkOptions, echo: Callable[[str], None] = print) -> d
         "environment": {**environment(threads), "device": device},
         "method": {"warmup": o.warmup, "min_iters": o.min_iters, "min_seconds": o.min_seconds,
                    "batch_sizes": o.batch_sizes, "threads": threads,
-                   "clock": "CUDA events around each call (GPU torch); time.perf_counter otherwise, after a "
-                            "synchronisation",
-                   "memory": "torch.cuda.max_memory_allocated on GPU; on CPU the growth of the process RSS "
-                             "(sampled every 2 ms) from before the runner is created until its largest batch "
-                             "has run (memory freed by earlier cells may be reused, so it is a lower bound)",
-                   "inputs": "the first N validation images, preprocessed once, identical for every backend"},
+                   "clock": CLOCK,
+                   "memory": "torch.cuda.max_memory_allocated for torch on GPU; otherwise the growth of the "
+                             "process RSS (sampled every 2 ms) from before the runner is created until its "
+                             "largest batch has run once (memory freed by earlier cells may be reused, so it is "
+                             "a lower bound); the sampling thread is stopped before any timing",
+                   "inputs": "the same preprocessed batch for every backend; accuracy on a class-stratified "
+                             "sample of the validation split"},
         "data": data,
         "models": {"teacher": teacher.record | {"artifacts": teacher.artifacts},
                    "student": student.record | {"artifacts": student.artifacts}},

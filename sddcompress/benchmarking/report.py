@@ -124,7 +124,19 @@ def write_markdown(doc: dict, path: Path, plot_name: str | None) -> Path:
 
 
 def plot(doc: dict, path: Path, batch: int) -> Path | None:
-    """Top-1 against p50 latency (log x) at one batch size; one labelled point per (model, backend)."""
+    """Top-1 against p50 latency (log x) at one batch size, saved as a PNG; None if nothing was measured."""
+    import matplotlib.pyplot as plt
+
+    fig = latency_figure(doc, batch)
+    if fig is None:
+        return None
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def latency_figure(doc: dict, batch: int):
+    """The accuracy-vs-latency figure: one labelled point per (model, backend); None if nothing to show."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,6 +157,13 @@ def plot(doc: dict, path: Path, batch: int) -> Path | None:
     for i, (role, backend, x, y) in enumerate(points):
         ax.annotate(backend, (x, y), textcoords="offset points", xytext=(6, 6 if i % 2 == 0 else -12), fontsize=8)
     ax.set_xscale("log")
+    # 1-2-5 ticks with plain numbers; no minor labels (matplotlib labels minor log ticks on a short
+    # range, and those "2x10^-1"-style labels ran into each other)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"p50 latency per batch of {batch} (ms, log scale)")
     ax.set_ylabel(f"top-1 on {doc['data']['name']} validation (%)")
     ys = [p[3] for p in points]
@@ -153,7 +172,7 @@ def plot(doc: dict, path: Path, batch: int) -> Path | None:
     xs = [p[2] for p in points]
     ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     skipped = [f"{r['model']} {r['backend']}" for r in doc["results"] if r["status"] != "ok"]
     if skipped:
         fig.text(0.01, 0.01, "not measured here (see report): " + ", ".join(skipped), fontsize=7, color="gray",
@@ -162,9 +181,7 @@ def plot(doc: dict, path: Path, batch: int) -> Path | None:
     ax.set_title(f"accuracy vs latency, batch {batch} — {env['cpu']}, {env['threads']} threads, {env['date'][:10]}",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def load_results(path: str | Path) -> dict:

@@ -89,14 +89,3 @@ def measure(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20, m
         times.append((clock() - t0) * 1000.0)
     return TimingStats(times, batch=batch, warmup=warmup)
 
-
-def cuda_event_interval(fn: Callable[[], object]) -> float:
-    """Milliseconds of GPU time between two CUDA events around `fn` (synchronised)."""
-    import torch
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
