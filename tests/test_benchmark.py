@@ -72,7 +72,8 @@ def test_results_json_schema(bench):
         assert key in env
     assert {"torch", "onnxruntime", "tensorrt"} <= env["versions"].keys()
     assert doc["method"]["batch_sizes"] == [1, 4] and doc["method"]["warmup"] == 1
-    assert doc["data"] == {"name": "digits", "val_images": 50, "input_size": 16}
+    assert doc["data"] == {"name": "digits", "val_images": 50, "input_size": 16, "classes_in_sample": 10,
+                           "sample": "class-stratified"}
     cells = {(r["model"], r["backend"]): r for r in doc["results"]}
     assert len(cells) == 8
     for role in ("teacher", "student"):

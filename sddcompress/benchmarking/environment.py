@@ -37,11 +37,22 @@ def gpu_name() -> str:
     return "none"
 
 
+def ort_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+
+        return ort.get_available_providers()
+    except ImportError:
+        return []
+
+
 def environment(threads: int) -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": threads, "gpu": gpu_name(),
+        "onnxruntime_providers": ort_providers(),
         "versions": {p: _version(p) for p in ("sddcompress", "torch", "torchvision", "onnx", "onnxruntime",
-                                               "onnxruntime-gpu", "tensorrt", "polygraphy", "numpy")},
+                                               "onnxruntime-gpu", "tensorrt", "polygraphy", "onnxconverter-common",
+                                               "numpy")},
     }
