@@ -234,3 +234,15 @@ def test_engine_from_another_tensorrt_is_one_line(exported, tmp_path, monkeypatc
     with pytest.raises(DeployError, match=r"TensorRT 11.4.0 cannot deserialise .*built with TensorRT 10.9.0.*"
                                           r"rebuild it on this host"):
         te.TrtClassifier(engine)
+
+
+@pytest.mark.skipif(tensorrt_unavailable() is None, reason="a GPU host: the boundary is not reached")
+def test_eval_artifact_on_an_engine_without_tensorrt_is_one_line(cli, exported, tmp_path):
+    from test_cli_errors import assert_one_line_error
+
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(b"engine")
+    meta = read_metadata(exported["artifacts"]["onnx"]["path"])
+    Path(str(engine) + ".json").write_text(json.dumps({**meta.__dict__, "extra": {"profile": [1, 8, 32]}}))
+    assert_one_line_error(cli("eval-artifact", "--model", str(engine), "--data", exported["tensor_file"]["path"],
+                              "--batch-size", "64"), "TensorRT is not available here")
