@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 from .errors import DeployError
+from .file_checks import describe_os_error, writable_file_path
 
 
 def _eval(args) -> dict:
@@ -23,16 +26,27 @@ def _eval(args) -> dict:
     from .classifier_metrics import score
     from .tensor_file import load_tensor_file
 
+    from .tensor_file import check_labels
+
     model, meta = open_artifact(args.model, threads=args.threads)
     data = load_tensor_file(args.data, meta.input_size)
-    return {"model": str(args.model), **score(model, data.val_images, data.val_labels, args.batch_size)}
+    if meta.class_names:
+        check_labels(args.data, data.val_labels, len(meta.class_names))
+    metrics = score(model, data.val_images, data.val_labels, args.batch_size)
+    if not math.isfinite(metrics["loss"]):
+        raise DeployError(f"'{args.model}' produced non-finite logits on '{args.data}'; the artefact is broken: "
+                          "export it again from a checkpoint with finite weights")
+    return {"model": str(args.model), **metrics}
 
 
 def _quantize(args) -> dict:
     from .ort_quantization import quantize_int8
     from .tensor_file import load_tensor_file
 
-    data = load_tensor_file(args.data)
+    from .metadata import read_metadata
+
+    writable_file_path(args.out, "--out")
+    data = load_tensor_file(args.data, read_metadata(args.model).input_size)
     out = quantize_int8(args.model, args.out, data.calib_images[: args.calib_size], method=args.method)
     return {"int8_model": str(out)}
 
@@ -48,6 +62,7 @@ def _build_trt(args) -> dict:
         check_explicit_int8(args.model)  # before the GPU check: a wrong file is the first thing to fix
     require_tensorrt()
     out = args.out or str(Path(args.model).with_suffix(f".{args.precision}.engine"))
+    writable_file_path(out, "--out")
     timing = args.timing_cache or str(Path(out).parent / "timing.cache")
     source = Path(args.model)
     if args.precision == "fp16":
@@ -70,30 +85,52 @@ def _check(args) -> dict:
     return runtime_report()
 
 
+def _count(minimum: int):
+    """argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (`error: ...`) instead of the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sddcompress-deploy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _OneLineParser(prog="sddcompress-deploy", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("eval", help="top-1/top-5 of an artefact on a tensor file's validation images")
     e.add_argument("model")
     e.add_argument("--data", required=True, help="data.npz written by `sddcompress export`")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    e.add_argument("--batch-size", type=_count(1), default=64)
+    e.add_argument("--threads", type=_count(1), default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     e.set_defaults(run=_eval)
     q = sub.add_parser("quantize", help="static INT8 (QDQ, per-channel) with ONNX Runtime")
     q.add_argument("model")
     q.add_argument("--data", required=True)
     q.add_argument("--out", required=True)
-    q.add_argument("--calib-size", type=int, default=512)
+    q.add_argument("--calib-size", type=_count(1), default=512)
     q.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
     q.set_defaults(run=_quantize)
     t = sub.add_parser("build-trt", help="build a strongly typed TensorRT engine (needs an NVIDIA GPU)")
     t.add_argument("model", help="fp32 ONNX for fp32/fp16 (fp16 is converted first); the Q/DQ ONNX for int8")
     t.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
     t.add_argument("--out", default=None)
-    t.add_argument("--min-batch", type=int, default=1)
-    t.add_argument("--opt-batch", type=int, default=8)
-    t.add_argument("--max-batch", type=int, default=32)
+    t.add_argument("--min-batch", type=_count(1), default=1)
+    t.add_argument("--opt-batch", type=_count(1), default=8)
+    t.add_argument("--max-batch", type=_count(1), default=32)
     t.add_argument("--timing-cache", default=None, help="reused across builds (default: next to the engine)")
     t.set_defaults(run=_build_trt)
     i = sub.add_parser("info", help="print an artefact's preprocessing metadata")
@@ -105,12 +142,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure is one line on stderr (exit 2 for bad input, 1 for a system fault)."""
     args = parser().parse_args(argv)
     try:
         result = args.run(args)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        sys.exit(1)
+    except MemoryError:
+        print("error: out of memory; use a smaller --batch-size or --calib-size", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("SDDCOMPRESS_DEBUG"):
+            raise
+        print(f"error: internal error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(a bug: re-run with SDDCOMPRESS_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        sys.exit(70)
     print(json.dumps(result, indent=2))
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import DeployError
+from .file_checks import existing_file
 
 _PREFIX = "sddcompress."
 
@@ -33,7 +34,11 @@ class ModelMetadata:
 
     @classmethod
     def from_props(cls, props: dict[str, str], where: str = "model") -> "ModelMetadata":
-        values = {k[len(_PREFIX):]: json.loads(v) for k, v in props.items() if k.startswith(_PREFIX)}
+        try:
+            values = {k[len(_PREFIX):]: json.loads(v) for k, v in props.items() if k.startswith(_PREFIX)}
+        except ValueError:
+            raise DeployError(f"{where} has damaged sddcompress metadata (not JSON); export it again with "
+                              "`sddcompress export`") from None
         missing = [k for k in ("class_names", "input_size", "mean", "std") if k not in values]
         if missing:
             raise DeployError(f"{where} has no sddcompress metadata ({', '.join(missing)} missing); "
@@ -46,9 +51,7 @@ def load_onnx(path: str | Path):
     """Load and check an ONNX file; a missing or non-ONNX file is a DeployError."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise DeployError(f"ONNX file '{path}' does not exist")
+    path = existing_file(path, "ONNX file", "pass the .onnx file written by `sddcompress export`")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends

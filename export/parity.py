@@ -17,12 +17,28 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     agree = (reference.argmax(1) == candidate.argmax(1)).mean() * 100.0
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "top1_agreement": float(agree), "count": int(len(reference))}
+            "top1_agreement": float(agree), "count": int(len(reference)),
+            "nonfinite_reference": int((~np.isfinite(reference)).sum()),
+            "nonfinite_artifact": int((~np.isfinite(candidate)).sum())}
+
+
+def nonfinite_reason(result: dict, what: str) -> str | None:
+    """Why a comparison cannot pass because some logits are NaN/inf, or None if all are finite."""
+    ref, art = result.get("nonfinite_reference", 0), result.get("nonfinite_artifact", 0)
+    if not ref and not art and np.isfinite(result["max_abs_diff"]):
+        return None
+    side = (f"PyTorch gave {ref} non-finite logits" if ref else "") + (", " if ref and art else "") + \
+        (f"{what} gave {art} non-finite logits" if art else "")
+    return (side or f"{what}: non-finite logit difference") + "; the model's weights or the artefact are broken"
 
 
 def check_parity(result: dict, atol: float, min_agreement: float, what: str) -> None:
     """Raise a DeployError if the artefact is further from PyTorch than the user allows."""
-    if result["max_abs_diff"] > atol or result["top1_agreement"] < min_agreement:
+    reason = nonfinite_reason(result, what)
+    if reason:
+        raise DeployError(f"parity failure for {what}: {reason}")
+    # written so that a NaN compares as a failure (`nan > atol` is False)
+    if not (result["max_abs_diff"] <= atol and result["top1_agreement"] >= min_agreement):
         raise DeployError(
             f"parity failure for {what}: max |logit diff| {result['max_abs_diff']:.3g} (allowed {atol:g}), top-1 "
             f"agreement {result['top1_agreement']:.2f}% (required {min_agreement:g}%); raise --atol / lower "

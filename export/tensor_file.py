@@ -46,6 +46,8 @@ def save_tensor_file(path: str | Path, calib_images: np.ndarray, val_images: np.
 def load_tensor_file(path: str | Path, input_size: int | None = None) -> TensorFile:
     """Read a tensor file; with `input_size`, its images must be that size (the model's)."""
     path = Path(path)
+    if path.is_dir():
+        raise DeployError(f"tensor file '{path}' is a directory; pass the data.npz file inside it")
     if not path.is_file():
         raise DeployError(f"tensor file '{path}' does not exist; `sddcompress export` writes one (data.npz)")
     try:
@@ -56,8 +58,39 @@ def load_tensor_file(path: str | Path, input_size: int | None = None) -> TensorF
                                   "`sddcompress export`")
             tensors = TensorFile(z["calib_images"], z["val_images"], z["val_labels"],
                                  [str(c) for c in z["class_names"]] if "class_names" in z.files else [])
+    except PermissionError:
+        raise DeployError(f"tensor file '{path}' cannot be read (permission denied); fix its permissions") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DeployError(f"'{path}' is not a readable .npz tensor file ({type(exc).__name__})") from None
-    if input_size is not None and tensors.input_size != input_size:
-        raise DeployError(f"'{path}' holds {tensors.input_size}px images but the model expects {input_size}px")
+        raise DeployError(f"'{path}' is not a readable .npz tensor file ({type(exc).__name__}); use the data.npz "
+                          "written by `sddcompress export`") from None
+    _check_shapes(path, tensors, input_size)
     return tensors
+
+
+def _check_shapes(path: Path, t: TensorFile, input_size: int | None) -> None:
+    """Images are (N, 3, S, S) numbers, labels (N,) integers matching the validation images."""
+    for name in ("calib_images", "val_images"):
+        images = getattr(t, name)
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or \
+                images.dtype.kind not in "fiu":
+            raise DeployError(f"'{path}': {name} has shape {images.shape} ({images.dtype}); expected N x 3 x S x S "
+                              "numbers; use the data.npz written by `sddcompress export`")
+        if images.dtype.kind == "f" and not np.isfinite(images).all():
+            raise DeployError(f"'{path}': {name} holds NaN/inf pixel values; export the tensor file again")
+    sizes = {int(t.calib_images.shape[-1]), int(t.val_images.shape[-1])} if len(t.calib_images) else \
+        {int(t.val_images.shape[-1])}
+    if len(sizes) > 1:
+        raise DeployError(f"'{path}': calib_images and val_images differ in size ({sorted(sizes)} px); use the "
+                          "data.npz written by `sddcompress export`")
+    if t.val_labels.ndim != 1 or len(t.val_labels) != len(t.val_images) or t.val_labels.dtype.kind not in "iu":
+        raise DeployError(f"'{path}': val_labels has shape {t.val_labels.shape} ({t.val_labels.dtype}) for "
+                          f"{len(t.val_images)} validation images; expected one integer label per image")
+    if input_size is not None and t.input_size != input_size:
+        raise DeployError(f"'{path}' holds {t.input_size}px images but the model expects {input_size}px")
+
+
+def check_labels(path: str | Path, labels: np.ndarray, num_classes: int) -> None:
+    """Labels must be class indices of a model with `num_classes` outputs."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DeployError(f"'{path}': val_labels range {int(labels.min())}..{int(labels.max())} but the model has "
+                          f"{num_classes} classes (0..{num_classes - 1}); use the data.npz exported for this model")

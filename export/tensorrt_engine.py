@@ -168,8 +168,12 @@ def engine_metadata(engine_path: str | Path) -> ModelMetadata:
     if not side.is_file():
         raise DeployError(f"'{side}' is missing: engines carry their preprocessing in a sidecar JSON written "
                           "by `sddcompress export --trt`")
-    values = json.loads(side.read_text())
-    return ModelMetadata(**{k: v for k, v in values.items() if k in ModelMetadata.__dataclass_fields__})
+    try:
+        values = json.loads(side.read_text())
+        return ModelMetadata(**{k: v for k, v in values.items() if k in ModelMetadata.__dataclass_fields__})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DeployError(f"engine sidecar '{side}' is broken ({type(exc).__name__}); rebuild the engine with "
+                          "`sddcompress-deploy build-trt` or `sddcompress export --trt`") from None
 
 
 def profile_batches(meta: ModelMetadata) -> tuple[int, int]:

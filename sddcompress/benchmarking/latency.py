@@ -52,7 +52,9 @@ class BenchmarkOptions:
 def _validate(o: BenchmarkOptions) -> None:
     if not o.batch_sizes or any(b <= 0 for b in o.batch_sizes):
         raise UserError(f"--batch-sizes must be positive integers, got {o.batch_sizes}")
-    if o.warmup < 0 or o.min_iters <= 0 or o.min_seconds < 0:
+    if o.val_size <= 0:
+        raise UserError(f"--val-size must be > 0, got {o.val_size}")
+    if o.warmup < 0 or o.min_iters <= 0 or not (0 <= o.min_seconds < float("inf")):  # also refuses nan
         raise UserError("--warmup must be >= 0, --min-iters > 0 and --min-seconds >= 0")
     unknown = [b for b in o.backends if b not in BACKENDS]
     if unknown:
@@ -72,7 +74,7 @@ def _validation_tensors(o: BenchmarkOptions, student: ModelSource, size: int) ->
     if data and data.endswith(".npz"):
         from sddcompress_export.tensor_file import load_tensor_file
 
-        t = load_tensor_file(data)
+        t = load_tensor_file(data, size)
         idx = stratified_indices(t.val_labels, o.val_size)
         images, labels, calib = t.val_images[idx], t.val_labels[idx], t.calib_images
     elif data:
@@ -118,6 +120,10 @@ def measure_candidate(c: Candidate, images: np.ndarray, labels: np.ndarray, o: B
     if getattr(runner, "providers", None):
         row["providers"] = runner.providers
     row["accuracy"] = score(runner.predict, images, labels, min(32, largest))
+    if not np.isfinite(row["accuracy"]["loss"]):  # NaN/inf logits: its accuracy and speed mean nothing
+        runner.close()
+        return {**row, "status": "failed", "reason": "non-finite logits: the model's weights or the artefact "
+                                                     "are broken"}
     for batch in sorted(o.batch_sizes):
         handle = runner.prepare(_inputs(images, batch))
         time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing

@@ -57,7 +57,8 @@ def export_cmd(ckpt, out, onnx_only, trt, ort_int8, opset, batch, calib_size, ca
               help="A dataset name (as for eval) or a data.npz tensor file. [default: data.npz next to the model]")
 @click.option("--data-dir", default=None, help="Where the dataset's files are.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Evaluation batch size.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime threads. [default: all cores]")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime threads. [default: all cores]")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_artifact_cmd(artifact, data, data_dir, batch_size, threads, as_json) -> None:
     """Top-1 / top-5 accuracy and loss of an exported artefact on a validation split."""

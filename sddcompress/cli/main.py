@@ -52,13 +52,13 @@ def _run_training(ctx: click.Context, command: str, values: dict) -> None:
     from ..engine.config import build_config, read_config_file
     from ..engine.trainer import run
 
-    file_values = read_config_file(values.pop("config")) if values.get("config") else {}
-    values.pop("config", None)
+    config_name = values.pop("config", None)
+    file_values = read_config_file(config_name) if config_name else {}
     given = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     if command == "train":  # a distill config may be reused to train its teacher: no teacher here
         values.update(method="ce", teacher=None, teacher_ckpt=None)
         given.update({"method", "teacher", "teacher_ckpt"})
-    cfg = build_config(file_values, values, given)
+    cfg = build_config(file_values, values, given, config_name)
     result = run(cfg, echo=click.echo)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per process
         click.echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")
@@ -132,14 +132,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: every failure is one line on stderr: exit 2 for bad input, 3 for a non-finite run,
+    1 for a system fault (disk full, permission), 130 when interrupted, 70 for a bug."""
     from sddcompress_export.errors import DeployError
+    from sddcompress_export.file_checks import describe_os_error
 
+    from ..engine.checkpoint import NonFiniteWeights
     from ..engine.trainer import Interrupted, NonFiniteLoss
 
     try:
         cli.main(args=argv, prog_name="sddcompress", standalone_mode=False)
-    except NonFiniteLoss as exc:
+    except (NonFiniteLoss, NonFiniteWeights) as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(3)
     except (UserError, DeployError) as exc:
@@ -158,11 +161,22 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
-    except RuntimeError as exc:
-        if "Caught UserError" in str(exc):
+    except OSError as exc:
+        click.echo(f"error: {describe_os_error(exc)}", err=True)
+        sys.exit(1)
+    except MemoryError:
+        click.echo("error: out of memory; lower --batch-size or --input-size", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if "Caught UserError" in str(exc):  # a UserError raised inside a DataLoader worker
             click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(2)
-        raise
+        if os.environ.get("SDDCOMPRESS_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        click.echo(f"error: internal error {type(exc).__name__}: {first} (a bug: re-run with SDDCOMPRESS_DEBUG=1 "
+                   "for the traceback and report it)", err=True)
+        sys.exit(70)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,9 @@ def _image_folder(root: str, input_size: int, skip_bad: bool) -> DataBundle:
         if skip_bad:
             good = [(p, y) for p, y in ds.samples if _readable(p)]
             skipped += len(ds.samples) - len(good)
+            if not good:
+                raise UserError(f"every image in '{base / s}' is unreadable ({len(ds.samples)} skipped); "
+                                "--skip-bad-images leaves nothing to train or score: fix or replace the images")
             ds.samples = ds.imgs = good
             ds.targets = [y for _, y in good]
         splits[s] = ds

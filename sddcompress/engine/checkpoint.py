@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import random
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from sddcompress_export.file_checks import describe_os_error, existing_file
 
 from .. import __version__
 from ..errors import UserError
@@ -42,19 +42,51 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+class NonFiniteWeights(UserError):
+    """A model holds NaN/inf weights: it is never saved, and a checkpoint holding them is refused."""
+
+
+def nonfinite_tensors(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors in `state_dict` that hold a NaN or an inf."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def save_checkpoint(record: dict, paths: list[Path]) -> None:
+    """Atomically write `record` to each path, unless its model weights are non-finite (NonFiniteWeights)."""
+    bad = nonfinite_tensors(record["model"]["state_dict"])
+    if bad:
+        raise NonFiniteWeights(
+            f"the weights became non-finite ({len(bad)} tensors, e.g. {bad[0]}) at epoch {record.get('epoch', 0) + 1}; "
+            f"nothing was saved, so the last good checkpoint is intact; lower --lr, use --precision no, or resume "
+            "from it with fewer --skip-nonfinite")
+    for path in paths:
+        try:
+            atomic_save(record, path)
+        except OSError as exc:
+            raise UserError(describe_os_error(exc, "cannot save checkpoint") + " (the last good checkpoint is "
+                            "intact; re-running the command resumes from it)") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True; a missing or corrupt file is a UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint '{path}' not found")
+    """Load a checkpoint with weights_only=True; a missing, unreadable or corrupt file is a UserError."""
+    path = existing_file(path, "checkpoint", "pass the .pt file written by train/distill (RUN/checkpoints/best.pt)",
+                         error=UserError)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint '{path}' is corrupt or not a checkpoint ({first[:120]})") from None
+    except OSError as exc:
+        raise UserError(describe_os_error(exc, "cannot read checkpoint")) from None
+    except Exception as exc:  # the unpickler raises IndexError/KeyError/... on files that are not checkpoints
+        text = str(exc)
+        why = ("it holds objects other than tensors, which are never unpickled" if "Unsupported global" in text
+               else type(exc).__name__)
+        raise UserError(f"checkpoint '{path}' is corrupt or not a checkpoint ({why}); pass a .pt file written by "
+                        "train/distill") from None
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt["model"].get("state_dict"), dict):
+            raise UserError(f"checkpoint '{path}' is damaged (no model weights); use another checkpoint")
         return ckpt
-    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return {"format": "state_dict", "model": {"state_dict": ckpt}}
     raise UserError(f"checkpoint '{path}' is not an sddcompress checkpoint or a plain state_dict")
 
@@ -84,6 +116,10 @@ def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_cla
         raise UserError(f"checkpoint '{path}' has {saved_classes} classes but the data has {num_classes}; "
                         "use a checkpoint trained on this dataset")
     state = record["state_dict"]
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteWeights(f"checkpoint '{path}' holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): "
+                               "it comes from a diverged run; use an earlier checkpoint or train again")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

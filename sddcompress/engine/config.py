@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from .option_rules import check_options
 
 
 @dataclass
@@ -72,13 +73,19 @@ def shipped_configs() -> list[str]:
 def read_config_file(path_or_name: str) -> dict[str, Any]:
     """Parse a YAML config (a path, or the name of a shipped config); unknown keys are errors."""
     path = Path(path_or_name)
+    if path.is_dir():
+        raise UserError(f"config '{path}' is a directory; pass a YAML file or a shipped config name")
     if not path.is_file():
         shipped = resources.files("sddcompress.configs") / f"{path_or_name}.yaml"
         if not shipped.is_file():
             raise UserError(f"config '{path_or_name}' not found (shipped configs: {', '.join(shipped_configs())})")
         text = shipped.read_text()
     else:
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UserError(f"config '{path}' cannot be read ({why}); pass a readable YAML file") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -98,16 +105,17 @@ def read_config_file(path_or_name: str) -> dict[str, Any]:
     return values
 
 
-def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], cli_given: set[str]) -> TrainConfig:
-    """Defaults < config file < options given on the command line."""
+def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], cli_given: set[str],
+                 config_name: str | None = None) -> TrainConfig:
+    """Defaults < config file < options given on the command line; every value checked (option_rules)."""
     merged = dict(file_values)
     for key, value in cli_values.items():
         if key in CONFIG_KEYS and (key in cli_given or key not in merged):
             merged[key] = value
     merged = {k: v for k, v in merged.items() if k in CONFIG_KEYS and (v is not None or k in cli_given)}
-    if isinstance(merged.get("milestones"), str):
-        merged["milestones"] = [int(m) for m in merged["milestones"].split(",") if m.strip()]
-    cfg = TrainConfig(**merged)
+    where = f"config '{config_name}'" if config_name else "the config file"
+    sources = {k: where for k in file_values if k in merged and k not in cli_given}
+    cfg = TrainConfig(**check_options(merged, sources))
     validate(cfg)
     if cfg.out is None:
         cfg.out = default_out(cfg)
@@ -133,16 +141,58 @@ def default_out(cfg: TrainConfig) -> str:
 
 
 def validate(cfg: TrainConfig) -> None:
-    for name in ("batch_size", "epochs", "grad_accum"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
-    if cfg.lr <= 0:
-        raise UserError(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.precision not in ("no", "fp16", "bf16"):
-        raise UserError(f"--precision must be no, fp16 or bf16, got '{cfg.precision}'")
-    if cfg.schedule not in ("step", "cosine"):
-        raise UserError(f"--schedule must be step or cosine, got '{cfg.schedule}'")
-    if cfg.workers < 0 or cfg.skip_nonfinite < 0 or cfg.max_train_batches < 0:
-        raise UserError("--workers, --skip-nonfinite and --max-train-batches must be >= 0")
+    """Check (and coerce in place) every option, then the rules that involve several options."""
+    for name, value in check_options(cfg.to_dict()).items():
+        setattr(cfg, name, value)
     if cfg.resume and cfg.fresh:
         raise UserError("--resume and --fresh contradict each other; pick one")
+    if cfg.precision == "fp16" and cfg.cpu:
+        raise UserError("--precision fp16 needs a CUDA GPU and --cpu was given; use --precision bf16 (CPU "
+                        "autocast) or --precision no")
+
+
+# options that may differ when a run resumes: they do not change what the run computes
+RESUME_FREE_KEYS = ("teacher_ckpt", "teacher_pretrained", "data_dir", "download", "skip_bad_images", "workers",
+                    "compile", "cpu", "out", "resume", "fresh", "skip_nonfinite", "log_every", "epochs")
+METHOD_KEYS = ("temperature", "alpha", "beta", "gamma", "ce_weight", "kd_weight", "warmup_epochs", "scales")
+
+
+def resume_changes(saved: dict, saved_method: dict | None, cfg: TrainConfig,
+                   method: dict | None) -> dict[str, tuple[Any, Any]]:
+    """{option: (saved value, requested value)} for options a resumed run cannot change.
+
+    Loss options compare as the method resolved them (an explicit `--temperature 4` equals the default 4).
+    """
+    changed = {}
+    for key in CONFIG_KEYS - set(RESUME_FREE_KEYS) - set(RESUME_KEYS):
+        if key in METHOD_KEYS and saved_method and method and key in saved_method:
+            old, new = saved_method[key], method.get(key)
+        else:
+            old, new = saved.get(key), getattr(cfg, key)
+        if key in saved or key in METHOD_KEYS:
+            if old != new:
+                changed[key] = (old, new)
+    return dict(sorted(changed.items()))
+
+
+def check_resume(out: Path, saved: dict, saved_method: dict | None, cfg: TrainConfig, method: dict | None,
+                 say) -> None:
+    """Refuse to resume a run under different options; say what a longer/shorter --epochs does."""
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(cfg, key):
+            raise UserError(f"'{out}' holds a run with {key}={saved.get(key)!r}, not {getattr(cfg, key)!r}; "
+                            "use another --out, or --fresh to start over")
+    changes = resume_changes(saved, saved_method, cfg, method)
+    if changes:
+        was = ", ".join(f"{k}={old!r}" for k, (old, _) in changes.items())
+        now = ", ".join(f"{k}={new!r}" for k, (_, new) in changes.items())
+        raise UserError(f"'{out}' holds a run started with {was}; this command asks for {now}, which a resumed "
+                        "run cannot apply: repeat the run's options to resume, --fresh to start over, or use "
+                        "another --out")
+    old_epochs = saved.get("epochs")
+    if old_epochs is not None and old_epochs != cfg.epochs:
+        if cfg.schedule == "cosine":
+            raise UserError(f"'{out}' holds a cosine-schedule run of {old_epochs} epochs; its schedule cannot "
+                            f"stretch to --epochs {cfg.epochs}: pass --epochs {old_epochs}, or --fresh")
+        say(f"resuming with --epochs {cfg.epochs} (the run was started with {old_epochs}); the step "
+            "schedule's milestones are unchanged")

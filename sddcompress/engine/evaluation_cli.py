@@ -10,6 +10,7 @@ from ..errors import UserError
 from ..models import build_model
 from .checkpoint import load_checkpoint, load_model_weights
 from .evaluate import evaluate
+from .option_rules import check_option
 
 
 def model_from_checkpoint(path: str, model: str | None = None) -> tuple[torch.nn.Module, dict]:
@@ -28,6 +29,7 @@ def evaluate_checkpoint(path: str, model: str | None, data: str | None, data_dir
                         input_size: int | None, batch_size: int) -> dict:
     if batch_size <= 0:
         raise UserError(f"--batch-size must be > 0, got {batch_size}")
+    check_option("input_size", input_size)
     net, ckpt = model_from_checkpoint(path, model)
     data = data or ckpt.get("data")
     if data is None:

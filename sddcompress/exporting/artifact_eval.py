@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from sddcompress_export.artifacts import open_artifact
 from sddcompress_export.classifier_metrics import score, score_batches
-from sddcompress_export.tensor_file import load_tensor_file
+from sddcompress_export.tensor_file import check_labels, load_tensor_file
 
 from ..data import SeededTransform, load_dataset
 from ..errors import UserError
@@ -27,6 +27,8 @@ def evaluate_artifact(path: str, data: str | None, data_dir: str | None, batch_s
         data = str(guess)
     if data.endswith(".npz"):
         tensors = load_tensor_file(data, meta.input_size)
+        if meta.class_names:
+            check_labels(data, tensors.val_labels, len(meta.class_names))
         return {"data": data, **score(model, tensors.val_images, tensors.val_labels, batch_size)}
     bundle = load_dataset(data, data_dir, meta.input_size)
     if bundle.num_classes != len(meta.class_names):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 
 from sddcompress_export.classifier_metrics import logits_metrics, predict_all
 from sddcompress_export.errors import DeployError
-from sddcompress_export.parity import check_parity, compare_logits, write_report
+from sddcompress_export.parity import check_parity, compare_logits, nonfinite_reason, write_report
 from sddcompress_export.tensor_file import load_tensor_file
 
 from ..data import load_dataset
@@ -56,6 +57,10 @@ def _validate(o: ExportOptions) -> None:
     check_opset(o.opset)
     if o.batch not in ("1", "dynamic"):
         raise UserError(f"--batch must be 1 or dynamic, got '{o.batch}'")
+    if not (math.isfinite(o.atol) and o.atol >= 0):
+        raise UserError(f"--atol must be a finite number >= 0, got {o.atol}")
+    if not (0 <= o.min_agreement <= 100):  # also refuses nan
+        raise UserError(f"--min-agreement must be a percentage in 0..100, got {o.min_agreement}")
     if o.calib_size < 0 or (o.val_size is not None and o.val_size <= 0):
         raise UserError("--calib-size must be >= 0 and --val-size > 0")
     for p in o.trt:
@@ -65,6 +70,13 @@ def _validate(o: ExportOptions) -> None:
         raise UserError("--trt int8 needs calibration data: pass --calib-size N (> 0) or --calib-file data.npz")
     if o.ort_int8 and o.calib_size == 0 and not o.calib_file:
         raise UserError("--ort-int8 needs calibration data: pass --calib-size N (> 0) or --calib-file data.npz")
+
+
+def _fail(report: dict, path: Path, reason: str) -> None:
+    """Write the report as failed, with the reason, and stop the export."""
+    report["status"], report["reason"] = "failed", reason
+    write_report(path, report)
+    raise UserError(f"{reason} (report: {path})")
 
 
 def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
@@ -128,10 +140,8 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     report_path = out / "export_report.json"
     try:
         check_parity(parity, o.atol, o.min_agreement, f"{onnx_path}")
-    except DeployError:
-        report["status"] = "parity failure"
-        write_report(report_path, report)
-        raise
+    except DeployError as exc:
+        _fail(report, report_path, str(exc))
 
     # 3. ONNX Runtime INT8 (static, QDQ, per-channel).
     if o.ort_int8:
@@ -143,6 +153,8 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
         int8_logits = predict_all(OrtClassifier(int8_path), tensors.val_images, batch)
         int8_metrics = logits_metrics(int8_logits, labels)
         int8_parity = compare_logits(ref, int8_logits)
+        if nonfinite_reason(int8_parity, str(int8_path)):
+            _fail(report, report_path, f"INT8 model: {nonfinite_reason(int8_parity, str(int8_path))}")
         report["artifacts"]["ort_int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size,
                                            "quantize_seconds": seconds, "metrics": int8_metrics,
                                            "parity": int8_parity, "calibration_images": len(tensors.calib_images),
@@ -167,6 +179,10 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
             report["artifacts"]["tensorrt"] = build_engines(
                 onnx_path, out, o.trt, (o.min_batch, o.opt_batch, o.max_batch), meta, tensors.calib_images,
                 tensors.val_images, labels, ref, int8_path, echo)
+            for precision, engine in report["artifacts"]["tensorrt"].items():
+                reason = nonfinite_reason(engine["parity"], precision) if "parity" in engine else None
+                if reason:
+                    _fail(report, report_path, f"TensorRT {precision}: {reason}")
     report["status"] = "ok" if trt_error is None else "tensorrt unavailable"
     write_report(report_path, report)
     echo(f"report: {report_path}")

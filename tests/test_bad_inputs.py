@@ -1,0 +1,281 @@
+"""A table of bad inputs: each row is a command, its exit code and a phrase its one-line error must hold.
+
+Rows run in-process (the `cli` fixture for `sddcompress`, `deploy` for the torch-free `sddcompress-deploy`);
+every row must end in exactly one stderr line starting with `error: `, and never in a traceback.
+Placeholders in the arguments ({ckpt}, {onnx}, {npz}, {f[NAME]}) are files built once per module.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_args
+
+TRAIN = ["train", "--model", "resnet20", "--out", "{tmp}/run", *tiny_args()]
+DISTILL = ["distill", "--teacher", "resnet20", "--student", "resnet20", "--teacher-ckpt", "{ckpt}",
+           "--out", "{tmp}/run", *tiny_args()]
+
+
+def _with(base: list[str], *extra: str) -> list[str]:
+    """`base` with some options replaced (a flag already in base gets the new value) or added."""
+    args = list(base)
+    extra_list = list(extra)
+    while extra_list:
+        flag = extra_list.pop(0)
+        value = extra_list.pop(0) if extra_list and not extra_list[0].startswith("--") else None
+        if flag in args and value is not None:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag] + ([value] if value is not None else [])
+    return args
+
+
+def _cfg(name: str) -> list[str]:
+    return ["train", "--config", f"{{f[{name}]}}", "--out", "{tmp}/run"]
+
+
+# (id, args, exit code, phrase the one error line contains)
+SDDCOMPRESS_ROWS = [
+    ("lr-nan", _with(TRAIN, "--lr", "nan"), 2, "--lr must be a finite number, got nan"),
+    ("lr-inf", _with(TRAIN, "--lr", "inf"), 2, "--lr must be a finite number"),
+    ("lr-negative", _with(TRAIN, "--lr", "-1"), 2, "--lr must be > 0"),
+    ("lr-not-a-number", _with(TRAIN, "--lr", "fast"), 2, "'fast' is not a valid float"),
+    ("seed-negative", _with(TRAIN, "--seed", "-1"), 2, "--seed must be >= 0 and <= 4294967295"),
+    ("seed-too-big", _with(TRAIN, "--seed", str(2**32)), 2, "numpy's seed range"),
+    ("milestones-words", _with(TRAIN, "--milestones", "x,y"), 2, "--milestones must be a list of integers"),
+    ("milestones-zero", _with(TRAIN, "--milestones", "0,5"), 2, "--milestones must be epochs >= 1"),
+    ("input-size-huge", _with(TRAIN, "--input-size", "100000"), 2, "--input-size must be >= 8 and <= 1024"),
+    ("input-size-tiny", _with(TRAIN, "--input-size", "4"), 2, "--input-size must be >= 8"),
+    ("momentum-above-1", _with(TRAIN, "--momentum", "1.5"), 2, "--momentum must be >= 0 and < 1"),
+    ("weight-decay-negative", _with(TRAIN, "--weight-decay", "-1e-4"), 2, "--weight-decay must be >= 0"),
+    ("lr-decay-zero", _with(TRAIN, "--lr-decay", "0"), 2, "--lr-decay must be > 0"),
+    ("precision-unknown", _with(TRAIN, "--precision", "fp8"), 2, "--precision must be one of no, fp16, bf16"),
+    ("precision-fp16-on-cpu", _with(TRAIN, "--precision", "fp16"), 2, "--precision fp16 needs a CUDA GPU"),
+    ("schedule-unknown", _with(TRAIN, "--schedule", "linear"), 2, "--schedule must be one of step, cosine"),
+    ("workers-negative", _with(TRAIN, "--workers", "-1"), 2, "--workers must be >= 0"),
+    ("log-every-zero", _with(TRAIN, "--log-every", "0"), 2, "--log-every must be > 0"),
+    ("grad-accum-zero", _with(TRAIN, "--grad-accum", "0"), 2, "--grad-accum must be > 0"),
+    ("batch-size-zero", _with(TRAIN, "--batch-size", "0"), 2, "--batch-size must be > 0"),
+    ("batch-size-not-divisible", _with(TRAIN, "--batch-size", "31", "--grad-accum", "2"), 2,
+     "must be divisible by processes x --grad-accum"),
+    ("batch-bigger-than-data", _with(TRAIN, "--batch-size", "100000"), 2, "larger than the training set"),
+    ("epochs-negative", _with(TRAIN, "--epochs", "-3"), 2, "--epochs must be > 0"),
+    ("skip-nonfinite-negative", _with(TRAIN, "--skip-nonfinite", "-1"), 2, "--skip-nonfinite must be >= 0"),
+    ("max-train-batches-negative", _with(TRAIN, "--max-train-batches", "-1"), 2, "--max-train-batches must be >= 0"),
+    ("resume-and-fresh", _with(TRAIN, "--resume", "--fresh"), 2, "contradict each other"),
+    ("resume-nothing", _with(TRAIN, "--resume"), 2, "nothing to resume"),
+    ("unknown-model", _with(TRAIN, "--model", "resnet8x5"), 2, "unknown model 'resnet8x5'"),
+    ("unknown-dataset", _with(TRAIN, "--data", "mnist"), 2, "unknown dataset 'mnist'"),
+    ("out-under-a-file", _with(TRAIN, "--out", "{f[text]}/sub"), 2, "is not writable"),
+    ("all-images-unreadable", _with(TRAIN, "--data", "imagefolder:{f[unreadable_images]}", "--skip-bad-images"), 2,
+     "is unreadable (2 skipped)"),
+    ("gamma-negative", _with(DISTILL, "--gamma", "-1"), 2, "--gamma must be >= 0"),
+    ("alpha-negative", _with(DISTILL, "--alpha", "-0.5"), 2, "--alpha must be >= 0"),
+    ("beta-nan", _with(DISTILL, "--beta", "nan"), 2, "--beta must be a finite number"),
+    ("temperature-nan", _with(DISTILL, "--temperature", "nan"), 2, "--temperature must be a finite number"),
+    ("temperature-zero", _with(DISTILL, "--temperature", "0"), 2, "--temperature must be > 0"),
+    ("ce-weight-negative", _with(DISTILL, "--ce-weight", "-0.5"), 2, "--ce-weight must be >= 0"),
+    ("kd-weight-inf", _with(DISTILL, "--kd-weight", "inf"), 2, "--kd-weight must be a finite number"),
+    ("warmup-negative", _with(DISTILL, "--warmup-epochs", "-1"), 2, "--warmup-epochs must be >= 0"),
+    ("scales-zero", _with(DISTILL, "--scales", "0,2"), 2, "--scales must be positive integers"),
+    ("teacher-ckpt-text", _with(DISTILL, "--teacher-ckpt", "{f[text]}"), 2, "is corrupt or not a checkpoint"),
+    ("teacher-ckpt-nan-weights", _with(DISTILL, "--teacher-ckpt", "{f[nan_ckpt]}"), 3, "holds non-finite weights"),
+    ("config-lr-nan", _cfg("cfg_lr_nan"), 2, "lr in config"),
+    ("config-epochs-word", _cfg("cfg_epochs_word"), 2, "epochs in config"),
+    ("config-milestones-words", _cfg("cfg_milestones_words"), 2, "milestones in config"),
+    ("config-seed-fraction", _cfg("cfg_seed_fraction"), 2, "seed in config"),
+    ("config-flag-not-bool", _cfg("cfg_flag_word"), 2, "must be true or false"),
+    ("config-momentum-mapping", _cfg("cfg_momentum_map"), 2, "momentum in config"),
+    ("config-not-a-mapping", _cfg("cfg_list"), 2, "must be a mapping of option: value"),
+    ("config-bad-yaml", _cfg("cfg_broken"), 2, "is not valid YAML"),
+    ("config-unknown-key", _cfg("cfg_unknown"), 2, "unknown key(s) learning_rate"),
+    ("config-is-a-directory", ["train", "--config", "{tmp}", "--out", "{tmp}/run"], 2, "is a directory"),
+    ("config-missing", ["train", "--config", "{tmp}/none.yaml"], 2, "not found (shipped configs:"),
+    ("eval-ckpt-directory", ["eval", "--ckpt", "{tmp}"], 2, "is a directory; pass the .pt file"),
+    ("eval-ckpt-missing", ["eval", "--ckpt", "{tmp}/none.pt"], 2, "none.pt' not found"),
+    ("eval-ckpt-text", ["eval", "--ckpt", "{f[text]}"], 2, "is corrupt or not a checkpoint"),
+    ("eval-ckpt-random-bytes", ["eval", "--ckpt", "{f[random]}"], 2, "is corrupt or not a checkpoint"),
+    ("eval-ckpt-empty", ["eval", "--ckpt", "{f[empty]}"], 2, "is corrupt or not a checkpoint"),
+    ("eval-ckpt-with-code", ["eval", "--ckpt", "{f[pickled_object]}"], 2, "objects other than tensors"),
+    ("eval-ckpt-not-sddcompress", ["eval", "--ckpt", "{f[list_ckpt]}"], 2, "not an sddcompress checkpoint"),
+    ("eval-ckpt-nan-weights", ["eval", "--ckpt", "{f[nan_ckpt]}"], 3, "holds non-finite weights"),
+    ("eval-batch-size-zero", ["eval", "--ckpt", "{ckpt}", "--batch-size", "0"], 2, "--batch-size must be > 0"),
+    ("eval-input-size-huge", ["eval", "--ckpt", "{ckpt}", "--input-size", "100000"], 2, "--input-size must be"),
+    ("eval-wrong-model", ["eval", "--ckpt", "{ckpt}", "--model", "resnet32"], 2, "holds a 'resnet20', not"),
+    ("eval-unknown-data", ["eval", "--ckpt", "{ckpt}", "--data", "mnist"], 2, "unknown dataset 'mnist'"),
+    ("export-atol-nan", ["export", "--ckpt", "{ckpt}", "--atol", "nan"], 2, "--atol must be a finite number"),
+    ("export-min-agreement", ["export", "--ckpt", "{ckpt}", "--min-agreement", "200"], 2, "percentage in 0..100"),
+    ("export-opset", ["export", "--ckpt", "{ckpt}", "--opset", "5"], 2, "--opset 5 is not supported"),
+    ("export-calib-negative", ["export", "--ckpt", "{ckpt}", "--calib-size", "-1"], 2, "--calib-size must be >= 0"),
+    ("export-ckpt-random", ["export", "--ckpt", "{f[random]}"], 2, "is corrupt or not a checkpoint"),
+    ("export-ckpt-nan", ["export", "--ckpt", "{f[nan_ckpt]}", "--out", "{tmp}/x"], 3, "holds non-finite weights"),
+    ("export-out-under-a-file", ["export", "--ckpt", "{ckpt}", "--out", "{f[text]}/x"], 2, "is not writable"),
+    ("artifact-not-onnx", ["eval-artifact", "--model", "{f[text]}"], 2, "neither an .onnx file"),
+    ("artifact-directory", ["eval-artifact", "--model", "{f[onnx_dir]}", "--data", "{npz}"], 2, "is a directory"),
+    ("artifact-garbage-onnx", ["eval-artifact", "--model", "{f[garbage_onnx]}", "--data", "{npz}"], 2,
+     "is not an ONNX model"),
+    ("artifact-batch-size-zero", ["eval-artifact", "--model", "{onnx}", "--batch-size", "0"], 2,
+     "--batch-size must be > 0"),
+    ("artifact-threads-zero", ["eval-artifact", "--model", "{onnx}", "--threads", "0"], 2, "--threads"),
+    ("artifact-tall-images", ["eval-artifact", "--model", "{onnx}", "--data", "{f[tall_npz]}"], 2,
+     "expected N x 3 x S x S"),
+    ("artifact-labels-out-of-range", ["eval-artifact", "--model", "{onnx}", "--data", "{f[labels_npz]}"], 2,
+     "but the model has 10 classes"),
+    ("artifact-npz-directory", ["eval-artifact", "--model", "{onnx}", "--data", "{f[npz_dir]}"], 2,
+     "is a directory; pass the data.npz"),
+    ("benchmark-batch-sizes", ["benchmark", "--batch-sizes", "1,x"], 2, "expected comma-separated integers"),
+    ("benchmark-min-seconds-nan", ["benchmark", "--teacher", "{ckpt}", "--student", "{ckpt}", "--min-seconds", "nan"],
+     2, "--min-seconds >= 0"),
+    ("benchmark-compare-not-json", ["benchmark", "--compare", "{f[text]}", "{f[text]}"], 2,
+     "cannot read benchmark results"),
+    ("quickstart-epochs-text", ["quickstart", "--epochs", "many"], 2, "'many' is not a valid integer"),
+    ("unknown-command", ["distil"], 2, "No such command 'distil'"),
+]
+
+DEPLOY_ROWS = [
+    ("batch-size-zero", ["eval", "{onnx}", "--data", "{npz}", "--batch-size", "0"], 2, "--batch-size: must be >= 1"),
+    ("batch-size-word", ["eval", "{onnx}", "--data", "{npz}", "--batch-size", "x"], 2, "expected an integer"),
+    ("threads-negative", ["eval", "{onnx}", "--data", "{npz}", "--threads", "-2"], 2, "--threads: must be >= 1"),
+    ("tall-images", ["eval", "{onnx}", "--data", "{f[tall_npz]}"], 2, "expected N x 3 x S x S"),
+    ("labels-out-of-range", ["eval", "{onnx}", "--data", "{f[labels_npz]}"], 2, "val_labels range 100..109"),
+    ("labels-missing", ["eval", "{onnx}", "--data", "{f[nolabels_npz]}"], 2, "lacks val_labels"),
+    ("labels-short", ["eval", "{onnx}", "--data", "{f[short_labels_npz]}"], 2, "expected one integer label per image"),
+    ("nan-images", ["eval", "{onnx}", "--data", "{f[nan_npz]}"], 2, "holds NaN/inf pixel values"),
+    ("npz-is-directory", ["eval", "{onnx}", "--data", "{f[npz_dir]}"], 2, "is a directory"),
+    ("npz-is-text", ["eval", "{onnx}", "--data", "{f[text]}"], 2, "is not a readable .npz tensor file"),
+    ("npz-missing", ["eval", "{onnx}", "--data", "{tmp}/none.npz"], 2, "none.npz' does not exist"),
+    ("model-not-onnx", ["eval", "{f[text]}", "--data", "{npz}"], 2, "neither an .onnx file"),
+    ("onnx-missing", ["eval", "{tmp}/none.onnx", "--data", "{npz}"], 2, "none.onnx' not found"),
+    ("onnx-directory", ["info", "{f[onnx_dir]}"], 2, "is a directory"),
+    ("onnx-garbage", ["info", "{f[garbage_onnx]}"], 2, "is not an ONNX model"),
+    ("engine-sidecar-broken", ["info", "{f[engine]}"], 2, "sidecar"),
+    ("engine-sidecar-not-object", ["info", "{f[engine_list]}"], 2, "is broken"),
+    ("engine-sidecar-missing", ["info", "{f[engine_alone]}"], 2, "is missing"),
+    ("quantize-out-missing-folder", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{tmp}/no/such/q.onnx"], 2,
+     "does not exist; create it"),
+    ("quantize-out-directory", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{tmp}"], 2, "is a directory"),
+    ("quantize-out-under-a-file", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{f[text]}/q.onnx"], 2,
+     "cannot write --out"),
+    ("quantize-calib-size-zero", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{tmp}/q.onnx",
+                                  "--calib-size", "0"], 2, "--calib-size: must be >= 1"),
+    ("quantize-wrong-size-data", ["quantize", "{onnx}", "--data", "{f[small_npz]}", "--out", "{tmp}/q.onnx"], 2,
+     "holds 8px images but the model expects 16px"),
+    ("build-trt-max-batch-zero", ["build-trt", "{onnx}", "--max-batch", "0"], 2, "--max-batch: must be >= 1"),
+    ("build-trt-precision", ["build-trt", "{onnx}", "--precision", "int4"], 2, "invalid choice: 'int4'"),
+    ("unknown-command", ["bogus"], 2, "invalid choice: 'bogus'"),
+    ("missing-arguments", ["eval"], 2, "the following arguments are required"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
+    """Every broken input the table uses, built once."""
+    from PIL import Image  # noqa: F401  (only to be sure the image stack imports)
+
+    d = tmp_path_factory.mktemp("bad")
+    f: dict = {}
+
+    def write(name: str, data: str | bytes) -> str:
+        path = d / name
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        return str(path)
+
+    f["text"] = write("notes.txt", "hello, I am not a checkpoint\n")
+    f["random"] = write("random.pt", np.random.default_rng(0).bytes(4096))
+    f["empty"] = write("empty.pt", b"")
+    torch.save({"when": datetime.date(2026, 1, 1)}, d / "object.pt")
+    f["pickled_object"] = str(d / "object.pt")
+    torch.save([1, 2, 3], d / "list.pt")
+    f["list_ckpt"] = str(d / "list.pt")
+    ckpt = torch.load(teacher_ckpt, weights_only=True)
+    first = next(k for k, v in ckpt["model"]["state_dict"].items() if v.is_floating_point())
+    ckpt["model"]["state_dict"][first] = torch.full_like(ckpt["model"]["state_dict"][first], float("nan"))
+    torch.save(ckpt, d / "nan.pt")
+    f["nan_ckpt"] = str(d / "nan.pt")
+    for name, text in {"cfg_lr_nan": "model: resnet20\nlr: .nan\n", "cfg_epochs_word": 'epochs: "ten"\n',
+                       "cfg_milestones_words": "milestones: [a, b]\n", "cfg_seed_fraction": "seed: 1.5\n",
+                       "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
+                       "cfg_list": "- lr\n- 0.1\n", "cfg_broken": "lr: [1\n", "cfg_unknown": "learning_rate: 0.1\n"}.items():
+        f[name] = write(f"{name}.yaml", text)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (d / "imgs" / split / cls).mkdir(parents=True)
+            (d / "imgs" / split / cls / "x.png").write_bytes(b"not a png")
+    f["unreadable_images"] = str(d / "imgs")
+    (d / "dir.onnx").mkdir()
+    f["onnx_dir"] = str(d / "dir.onnx")
+    (d / "dir.npz").mkdir()
+    f["npz_dir"] = str(d / "dir.npz")
+    f["garbage_onnx"] = write("garbage.onnx", b"\x00garbage\xff" * 10)
+    f["engine"] = write("m.engine", b"x")
+    write("m.engine.json", "{broken")
+    f["engine_list"] = write("list.engine", b"x")
+    write("list.engine.json", "[1, 2]")
+    f["engine_alone"] = write("alone.engine", b"x")
+    z = dict(np.load(exported["tensor_file"]["path"]))
+    n = len(z["val_labels"])
+    variants = {"tall_npz": {"val_images": np.zeros((n, 3, 20, 16), np.float32)},
+                "labels_npz": {"val_labels": z["val_labels"] + 100},
+                "short_labels_npz": {"val_labels": z["val_labels"][:3]},
+                "nan_npz": {"val_images": np.full_like(z["val_images"], np.nan)},
+                "small_npz": {"val_images": np.zeros((n, 3, 8, 8), np.float32),
+                              "calib_images": np.zeros((4, 3, 8, 8), np.float32)}}
+    for name, change in variants.items():
+        np.savez(d / f"{name}.npz", **{**z, **change})
+        f[name] = str(d / f"{name}.npz")
+    np.savez(d / "nolabels.npz", calib_images=z["calib_images"], val_images=z["val_images"])
+    f["nolabels_npz"] = str(d / "nolabels.npz")
+    return f
+
+
+@pytest.fixture
+def deploy(capsys):
+    """Run `sddcompress-deploy ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from sddcompress_export.cli import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def _fill(args: list[str], tmp_path, teacher_ckpt, exported, bad_files) -> list[str]:
+    values = {"tmp": str(tmp_path), "ckpt": teacher_ckpt, "onnx": exported["artifacts"]["onnx"]["path"],
+              "npz": exported["tensor_file"]["path"], "f": bad_files}
+    return [a.format(**values) for a in args]
+
+
+def assert_row(result, code: int, phrase: str) -> None:
+    got, _, err = result
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert phrase in lines[0], lines[0]
+    assert got == code, (got, lines[0])
+
+
+@pytest.mark.parametrize("args, code, phrase", [r[1:] for r in SDDCOMPRESS_ROWS], ids=[r[0] for r in SDDCOMPRESS_ROWS])
+def test_sddcompress_bad_input(cli, tmp_path, teacher_ckpt, exported, bad_files, monkeypatch, args, code, phrase):
+    monkeypatch.chdir(tmp_path)  # default output folders land in the test's folder
+    assert_row(cli(*_fill(args, tmp_path, teacher_ckpt, exported, bad_files)), code, phrase)
+
+
+@pytest.mark.parametrize("args, code, phrase", [r[1:] for r in DEPLOY_ROWS], ids=[r[0] for r in DEPLOY_ROWS])
+def test_deploy_bad_input(deploy, tmp_path, teacher_ckpt, exported, bad_files, args, code, phrase):
+    assert_row(deploy(*_fill(args, tmp_path, teacher_ckpt, exported, bad_files)), code, phrase)
+
+
+def test_the_table_is_large_enough():
+    assert len(SDDCOMPRESS_ROWS) + len(DEPLOY_ROWS) >= 60
+    assert len({r[0] for r in SDDCOMPRESS_ROWS}) == len(SDDCOMPRESS_ROWS)
+    assert len({r[0] for r in DEPLOY_ROWS}) == len(DEPLOY_ROWS)
