@@ -199,7 +199,8 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     for name, text in {"cfg_lr_nan": "model: resnet20\nlr: .nan\n", "cfg_epochs_word": 'epochs: "ten"\n',
                        "cfg_milestones_words": "milestones: [a, b]\n", "cfg_seed_fraction": "seed: 1.5\n",
                        "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
-                       "cfg_list": "- lr\n- 0.1\n", "cfg_broken": "lr: [1\n", "cfg_unknown": "learning_rate: 0.1\n"}.items():
+                       "cfg_list": "- lr\n- 0.1\n", "cfg_broken": "lr: [1\n",
+                       "cfg_unknown": "learning_rate: 0.1\n"}.items():
         f[name] = write(f"{name}.yaml", text)
     for split in ("train", "val"):
         for cls in ("a", "b"):

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     from sddcompress_export.errors import DeployError
     from sddcompress_export.file_checks import describe_os_error
 
-    from ..engine.checkpoint import NonFiniteWeights
+    from ..engine.checkpoint import CheckpointWriteError, NonFiniteWeights
     from ..engine.trainer import Interrupted, NonFiniteLoss
 
     try:
@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     except (NonFiniteLoss, NonFiniteWeights) as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(3)
+    except CheckpointWriteError as exc:  # a system fault, not a bad input
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        sys.exit(1)
     except (UserError, DeployError) as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)

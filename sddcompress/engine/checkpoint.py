@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import tempfile
@@ -22,13 +23,18 @@ FORMAT = "sddcompress-checkpoint-v1"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync it, rename over `path`, fsync the folder."""
+    """torch.save to a temp file in the same folder, fsync it, rename over `path`, fsync the folder.
+
+    The bytes are serialised in memory first, so a full disk surfaces as an OSError (ENOSPC/EFBIG)
+    from the write, not as torch's opaque zip-writer RuntimeError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -52,20 +58,30 @@ def nonfinite_tensors(state_dict: dict) -> list[str]:
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def save_checkpoint(record: dict, paths: list[Path]) -> None:
-    """Atomically write `record` to each path, unless its model weights are non-finite (NonFiniteWeights)."""
-    bad = nonfinite_tensors(record["model"]["state_dict"])
+def require_finite_weights(state_dict: dict, epochs_done: int) -> None:
+    """NonFiniteWeights if any weight is NaN/inf: such a model is never saved."""
+    bad = nonfinite_tensors(state_dict)
     if bad:
         raise NonFiniteWeights(
-            f"the weights became non-finite ({len(bad)} tensors, e.g. {bad[0]}) at epoch {record.get('epoch', 0) + 1}; "
-            f"nothing was saved, so the last good checkpoint is intact; lower --lr, use --precision no, or resume "
-            "from it with fewer --skip-nonfinite")
+            f"the weights became non-finite ({len(bad)} tensors, e.g. {bad[0]}) after {epochs_done} finished "
+            "epoch(s); nothing was saved, so the last good checkpoint is intact; lower --lr, use --precision no, "
+            "or allow fewer --skip-nonfinite steps")
+
+
+class CheckpointWriteError(UserError):
+    """The file system refused a checkpoint (disk full, read-only, permission); the last one is intact."""
+
+
+def save_checkpoint(record: dict, paths: list[Path]) -> None:
+    """Atomically write `record` to each path, unless its model weights are non-finite (NonFiniteWeights)."""
+    require_finite_weights(record["model"]["state_dict"], record.get("epoch", 0))
     for path in paths:
         try:
             atomic_save(record, path)
         except OSError as exc:
-            raise UserError(describe_os_error(exc, "cannot save checkpoint") + " (the last good checkpoint is "
-                            "intact; re-running the command resumes from it)") from None
+            exc.filename = exc.filename or str(path)
+            raise CheckpointWriteError(describe_os_error(exc, "cannot save checkpoint") + " (the last good "
+                                       "checkpoint is intact; re-running the command resumes from it)") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -146,9 +146,16 @@ def validate(cfg: TrainConfig) -> None:
         setattr(cfg, name, value)
     if cfg.resume and cfg.fresh:
         raise UserError("--resume and --fresh contradict each other; pick one")
-    if cfg.precision == "fp16" and cfg.cpu:
-        raise UserError("--precision fp16 needs a CUDA GPU and --cpu was given; use --precision bf16 (CPU "
-                        "autocast) or --precision no")
+    if cfg.precision == "fp16" and (cfg.cpu or not _cuda_available()):
+        # Accelerate would train in fp32 on a CPU while the checkpoint records fp16
+        raise UserError("--precision fp16 needs a CUDA GPU" + (" and --cpu was given" if cfg.cpu else ", and there "
+                        "is none here") + "; use --precision bf16 (CPU autocast) or --precision no")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # options that may differ when a run resumes: they do not change what the run computes

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import shutil
 import signal
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,11 +31,12 @@ from ..losses import MethodConfig, Objective, make_method
 from ..models import LocalLogits, build_model
 from ..models.weights import load_torchvision_pretrained
 from ..run_paths import ensure_writable_dir
-from .checkpoint import atomic_save, base_record, load_checkpoint, load_model_weights, model_record, rng_state, \
-    set_rng_state
-from .config import RESUME_KEYS, TrainConfig, default_out, train_out, validate
+from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
+    rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, check_resume, default_out, train_out, validate
 from .evaluate import evaluate
 from .metrics import MetricsLog, format_terms
+from .run_lock import RunLock, remove_orphan_temps
 from .sync_batchnorm import convert_batchnorm
 
 
@@ -63,7 +66,7 @@ def method_from_config(cfg: TrainConfig) -> MethodConfig:
                        warmup_epochs=cfg.warmup_epochs)
 
 
-def _previous_run(cfg: TrainConfig, out: Path) -> dict | None:
+def _previous_run(cfg: TrainConfig, out: Path, method: MethodConfig, say: Callable[[str], None]) -> dict | None:
     latest = out / "checkpoints" / "latest.pt"
     if cfg.fresh:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -75,11 +78,7 @@ def _previous_run(cfg: TrainConfig, out: Path) -> dict | None:
             raise UserError(f"--resume: nothing to resume in '{out}' (no checkpoints/latest.pt)")
         return None
     ckpt = load_checkpoint(latest)
-    old = ckpt.get("config", {})
-    for key in RESUME_KEYS:
-        if old.get(key) != getattr(cfg, key):
-            raise UserError(f"'{out}' holds a run with {key}={old.get(key)!r}, not {getattr(cfg, key)!r}; "
-                            "use another --out, or --fresh to start over")
+    check_resume(out, ckpt.get("config", {}), ckpt.get("method"), cfg, method.to_dict(), say)
     return ckpt
 
 
@@ -121,10 +120,12 @@ def _make_accelerator(cfg: TrainConfig, out: Path):
 
 
 class _StopFlag:
-    """Set by SIGINT/SIGTERM; checked between optimiser steps."""
+    """Set by SIGINT/SIGTERM; checked between optimiser steps. With `outside_loop`, the signal instead
+    raises Interrupted at once (set-up, evaluation of the teacher: nothing to save yet)."""
 
-    def __init__(self) -> None:
+    def __init__(self, outside_loop: bool = False) -> None:
         self.signum = 0
+        self.outside_loop = outside_loop
         self._old: dict = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -137,6 +138,9 @@ class _StopFlag:
 
     def _set(self, signum, frame) -> None:
         self.signum = signum
+        if self.outside_loop:
+            raise Interrupted(f"interrupted ({signal.Signals(signum).name}) before training started or after it "
+                              "ended; every saved checkpoint is intact; run the same command again to resume")
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
@@ -144,16 +148,29 @@ class _StopFlag:
 
 
 def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
-    """Train (or distil into) `cfg.model`; returns the result, raises UserError for bad input."""
-    from accelerate.utils import gather_object, set_seed
+    """Train (or distil into) `cfg.model`; returns the result, raises UserError for bad input.
 
+    The output folder is locked for the whole run (one run per folder); temp files a killed
+    checkpoint write left there are removed first."""
     validate(cfg)
-    method = method_from_config(cfg)
     if cfg.out is None:
         cfg.out = default_out(cfg)
+    out = ensure_writable_dir(cfg.out)
+    first_process = int(os.environ.get("RANK", "0")) == 0
+    with _StopFlag(outside_loop=True), (RunLock(out, echo) if first_process else nullcontext()):
+        if first_process:
+            removed = remove_orphan_temps(out / "checkpoints") + remove_orphan_temps(out)
+            if removed:
+                echo(f"removed {len(removed)} temporary file(s) left by a killed run ({removed[0].name})")
+        return _run_locked(cfg, echo)
+
+
+def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
+    from accelerate.utils import gather_object, set_seed
+
+    method = method_from_config(cfg)
     out = Path(cfg.out)
-    ensure_writable_dir(out)
-    previous = _previous_run(cfg, out)
+    previous = _previous_run(cfg, out, method, echo)
     acc = _make_accelerator(cfg, out)
     say = echo if acc.is_main_process else (lambda s: None)
     per_process = cfg.batch_size // (acc.num_processes * cfg.grad_accum)
@@ -214,8 +231,8 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
         say(f"resuming {out} at epoch {start_epoch + 1}" + (f", batch {skip}" if skip else ""))
 
     log = MetricsLog(out)
-    if acc.is_main_process and previous is not None:
-        log.drop_after(start_epoch)
+    if acc.is_main_process:  # the log never runs ahead of the checkpoint the run starts from
+        log.truncate_to(start_epoch, previous.get("metrics_row") if previous else None)
     if teacher_net is not None and teacher_metrics is None:
         teacher_metrics = evaluate(teacher_net, val_p, acc)
         say(f"teacher {cfg.teacher}: val top-1 {teacher_metrics['top1']:.2f}")
@@ -230,7 +247,8 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
     last_val: dict = previous.get("last_val", {}) if previous else {}
     nonfinite_skipped = 0
 
-    def save(path_list: list[Path], epoch_done: int, step_in_epoch: int, sums: dict) -> None:
+    def save(path_list: list[Path], epoch_done: int, step_in_epoch: int, sums: dict, row: dict | None = None) -> None:
+        require_finite_weights(student.state_dict(), epoch_done)  # on every process, so all stop together
         rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
         if acc.is_main_process:
             record = base_record(
@@ -242,10 +260,9 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
                 rng=rngs, epoch=epoch_done, step_in_epoch=step_in_epoch, epoch_sums=sums,
                 best_top1=best_top1, last_val=last_val, config=cfg.to_dict(), method=method.to_dict(),
                 class_names=list(bundle.class_names), data=bundle.name, input_size=size,
-                normalization={"mean": list(bundle.mean), "std": list(bundle.std)},
+                normalization={"mean": list(bundle.mean), "std": list(bundle.std)}, metrics_row=row,
             )
-            for path in path_list:
-                atomic_save(record, path)
+            save_checkpoint(record, path_list)
         acc.wait_for_everyone()
 
     if start_epoch >= cfg.epochs:
@@ -324,13 +341,13 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
                       "val_top1": last_val["top1"], "val_top5": last_val["top5"], "val_loss": last_val["loss"],
                       "seconds": time.perf_counter() - started}
             history.append(record)
-            if acc.is_main_process:
-                log.write(record)
             if acc.log_with:
                 acc.log(record, step=epoch + 1)
             say(f"epoch {epoch + 1}/{cfg.epochs}  {format_terms(train_terms)}  train top-1 {train_top1:.2f}  "
                 f"val top-1 {last_val['top1']:.2f} top-5 {last_val['top5']:.2f}  ({record['seconds']:.1f}s)")
-            save([latest, best] if improved else [latest], epoch + 1, 0, {})
+            save([latest, best] if improved else [latest], epoch + 1, 0, {}, row=record)
+            if acc.is_main_process:  # after the checkpoint it describes
+                log.write(record)
     if acc.log_with:
         acc.end_training()
     return RunResult(out, latest, best, best_top1, last_val, teacher_metrics, params, history)

@@ -1,0 +1,201 @@
+"""Faults around a run: concurrent runs, kills inside a checkpoint write, read-only and full disks,
+signals before the loop, changed options on resume, weights that turn non-finite."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_args
+
+TRAIN = ["train", "--model", "resnet20", *tiny_args(max_train_batches=2)]
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _epochs(out: Path) -> tuple[list[int], list[int]]:
+    jsonl = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    csv_rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    return jsonl, [int(r.split(",")[0]) for r in csv_rows]
+
+
+def _cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sddcompress.cli.main", *args]
+
+
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_holder(cli, tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(_cli_cmd(*TRAIN, "--epochs", "1000", "--out", str(out)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        lock, deadline = out / ".run.lock", time.time() + 120
+        while not (lock.exists() and lock.read_text().strip()):
+            assert holder.poll() is None, holder.stderr.read()
+            assert time.time() < deadline, "the first run never took the lock"
+            time.sleep(0.1)
+        code, _, err = cli(*TRAIN, "--out", str(out))
+        assert code == 2
+        assert f"is in use by another run (PID {holder.pid})" in _one_error_line(err)
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.communicate(timeout=120)
+    assert holder.returncode in (130, 0)
+    code, out_text, err = cli(*TRAIN, "--out", str(out), "--fresh")  # the lock is free again
+    assert code == 0, err
+
+
+def test_a_stale_lock_from_a_dead_process_is_taken_over(cli, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run.lock").write_text(dead.stdout)
+    code, stdout, err = cli(*TRAIN, "--out", str(out))
+    assert code == 0, err
+    assert f"took over the lock of '{out}' from PID {dead.stdout.strip()} (no longer running)" in stdout
+    assert (out / ".run.lock").read_text() == ""  # released
+
+
+_DIE_IN_FIRST_SAVE = """
+import os, signal, sys
+real_replace = os.replace
+def die_before_rename(src, dst):
+    if ".latest.pt." in str(src):   # the temp file is written and fsynced; the rename never happens
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst)
+os.replace = die_before_rename
+from sddcompress.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_kill_inside_the_first_checkpoint_write_leaves_no_orphan_and_no_duplicate_rows(cli, tmp_path):
+    out = tmp_path / "run"
+    args = [*TRAIN, "--epochs", "2", "--out", str(out)]
+    killed = subprocess.run([sys.executable, "-c", _DIE_IN_FIRST_SAVE, *args], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert list((out / "checkpoints").glob(".latest.pt.*.tmp")), "the kill should have left a temp file"
+    assert not (out / "checkpoints" / "latest.pt").exists()
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    assert "removed 1 temporary file" in stdout
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert _epochs(out) == ([1, 2], [1, 2])
+
+
+def test_metrics_are_truncated_to_the_checkpoint_and_a_lost_row_is_restored(cli, tmp_path):
+    out = tmp_path / "run"
+    args = [*TRAIN, "--epochs", "2", "--out", str(out)]
+    assert cli(*args)[0] == 0
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    # as if killed after saving epoch 2's checkpoint but before logging it, with a stray future row
+    (out / "metrics.jsonl").write_text(rows[0] + "\n" + json.dumps({**json.loads(rows[0]), "epoch": 7}) + "\n")
+    csv_lines = (out / "metrics.csv").read_text().splitlines()
+    (out / "metrics.csv").write_text("\n".join(csv_lines[:2]) + "\n")
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    assert "already complete" in stdout
+    assert _epochs(out) == ([1, 2], [1, 2])
+
+
+def test_a_folder_that_turns_read_only_mid_run_is_one_line(cli, tmp_path, monkeypatch):
+    import sddcompress.engine.checkpoint as checkpoint
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
+    code, _, err = cli(*TRAIN, "--out", str(tmp_path / "run"))
+    line = _one_error_line(err)
+    assert code == 1
+    assert "cannot save checkpoint" in line and "read-only" in line and "re-running the command resumes" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_one_line(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli(*TRAIN, "--out", str(out))[0] == 0
+    out.chmod(0o555)
+    try:
+        code, _, err = cli(*TRAIN, "--out", str(out), "--epochs", "2")
+    finally:
+        out.chmod(0o755)
+    assert code != 0 and "not writable" in _one_error_line(err)
+
+
+def _small_file_limit() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(_cli_cmd(*TRAIN, "--out", str(out)), capture_output=True, text=True,
+                          preexec_fn=_small_file_limit)
+    line = _one_error_line(done.stderr)
+    assert done.returncode == 1, done.stderr
+    assert "cannot save checkpoint" in line and "file-size limit" in line
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert not (out / "checkpoints" / "latest.pt").exists()
+
+
+def test_sigterm_before_the_training_loop_gives_the_promised_message(cli, tmp_path, monkeypatch):
+    import sddcompress.engine.trainer as trainer
+
+    real_load = trainer.load_dataset
+
+    def load_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "load_dataset", load_then_sigterm)
+    code, _, err = cli(*TRAIN, "--out", str(tmp_path / "run"))
+    assert code == 130
+    assert "interrupted (SIGTERM) before training started" in err and "run the same command again" in err
+    assert "Traceback" not in err
+
+
+def test_resuming_with_a_changed_lr_is_refused_and_more_epochs_are_stated(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli(*TRAIN, "--out", str(out))[0] == 0
+    code, _, err = cli(*TRAIN, "--out", str(out), "--lr", "0.1", "--momentum", "0.5")
+    line = _one_error_line(err)
+    assert code == 2
+    assert "holds a run started with lr=0.05, momentum=0.9; this command asks for lr=0.1, momentum=0.5" in line
+    code, stdout, err = cli(*TRAIN, "--out", str(out), "--epochs", "2")
+    assert code == 0, err
+    assert "resuming with --epochs 2 (the run was started with 1)" in stdout
+
+
+def test_weights_that_turn_non_finite_are_never_saved(cli, tmp_path, monkeypatch):
+    import sddcompress.engine.trainer as trainer
+
+    class PoisonedSGD(torch.optim.SGD):
+        """A finite loss, then an optimiser step that leaves a NaN in the weights."""
+
+        def step(self, closure=None):
+            result = super().step(closure)
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+            return result
+
+    monkeypatch.setattr(trainer.torch.optim, "SGD", PoisonedSGD)
+    out = tmp_path / "run"
+    code, _, err = cli(*TRAIN, "--out", str(out), "--skip-nonfinite", "5")
+    assert code == 3
+    assert "weights became non-finite" in _one_error_line(err)
+    assert not list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else True
