@@ -1,6 +1,8 @@
 """Classify image files with an exported model on a deployment host (numpy, pillow, onnxruntime; no torch).
 
-The ONNX file carries everything needed to preprocess: input size, mean/std and class names.
+The ONNX file carries everything needed to preprocess: the validation transform (short-side resize,
+interpolation, centre crop, mean/std) and the class names, so the result matches the training side's
+validation preprocessing exactly, at 32 px as at 224 px.
 
     python examples/classify_image.py runs/quickstart/student-sdd-dkd/export/model.int8.onnx photo.png [...]
 """
@@ -10,28 +12,26 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from PIL import Image
 
 from sddcompress_export.artifacts import open_artifact
+from sddcompress_export.errors import DeployError
+from sddcompress_export.preprocessing import Preprocessing
 
 
-def preprocess(path: str, size: int, mean: list[float], std: list[float]) -> np.ndarray:
-    """Resize to the model's input size, scale to [0, 1], normalise; (3, size, size) float32.
-
-    The training pipeline resizes small images directly and, for 224-px models, resizes the short side
-    to size/0.875 and centre-crops; this example does the direct resize, which matches 32-px-style data.
-    """
-    image = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return x.transpose(2, 0, 1)
+def preprocess(path: str, preprocessing: Preprocessing) -> np.ndarray:
+    """(3, crop, crop) float32 of an image file, exactly as the training side's validation transform."""
+    return preprocessing.load(path)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
         sys.exit(__doc__)
-    model, meta = open_artifact(argv[0])
-    batch = np.stack([preprocess(p, meta.input_size, meta.mean, meta.std) for p in argv[1:]])
+    try:
+        model, meta = open_artifact(argv[0])
+        prep = meta.preprocessing_spec()
+        batch = np.stack([preprocess(p, prep) for p in argv[1:]])
+    except DeployError as exc:
+        sys.exit(f"error: {exc}")
     logits = model(batch)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -6,6 +6,7 @@
   sddcompress-deploy build-trt MODEL.int8.onnx --precision int8   (the Q/DQ model from `quantize`)
   sddcompress-deploy info MODEL.onnx
   sddcompress-deploy check
+  sddcompress-deploy classify MODEL.onnx IMAGE [IMAGE ...]
 """
 
 from __future__ import annotations
@@ -73,6 +74,21 @@ def _build_trt(args) -> dict:
     return {"engine": str(path), "onnx": str(source)}
 
 
+def _classify(args) -> dict:
+    import numpy as np
+
+    from .artifacts import open_artifact
+
+    model, meta = open_artifact(args.model, threads=args.threads)
+    prep = meta.preprocessing_spec()
+    logits = model(np.stack([prep.load(path) for path in args.images]))
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    return {"model": str(args.model), "preprocessing": prep.to_dict(),
+            "predictions": [{"image": path, "class": meta.class_names[int(p.argmax())],
+                             "probability": float(p.max())} for path, p in zip(args.images, probs)]}
+
+
 def _info(args) -> dict:
     from .artifacts import artifact_metadata
 
@@ -138,6 +154,11 @@ def parser() -> argparse.ArgumentParser:
     i.set_defaults(run=_info)
     c = sub.add_parser("check", help="ONNX Runtime's install and execution providers, TensorRT's availability")
     c.set_defaults(run=_check)
+    k = sub.add_parser("classify", help="classify image files, preprocessed as the model's metadata says")
+    k.add_argument("model")
+    k.add_argument("images", nargs="+")
+    k.add_argument("--threads", type=int, default=None)
+    k.set_defaults(run=_classify)
     return p
 
 

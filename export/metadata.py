@@ -8,13 +8,18 @@ from pathlib import Path
 
 from .errors import DeployError
 from .file_checks import existing_file
+from .preprocessing import Preprocessing, legacy_preprocessing
 
 _PREFIX = "sddcompress."
 
 
 @dataclass
 class ModelMetadata:
-    """What a deployment needs to feed the model: class names, input size, normalisation, provenance."""
+    """What a deployment needs to feed the model: class names, input size, preprocessing, provenance.
+
+    `preprocessing` is the whole validation transform (`Preprocessing.to_dict()`); files written before it
+    existed only have input_size/mean/std, and `preprocessing_spec()` reads those the way they were meant.
+    """
 
     class_names: list[str]
     input_size: int
@@ -27,6 +32,13 @@ class ModelMetadata:
     input_name: str = "input"
     output_name: str = "logits"
     extra: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)
+
+    def preprocessing_spec(self) -> Preprocessing:
+        """The validation preprocessing this model expects (from a file of any age)."""
+        if self.preprocessing:
+            return Preprocessing.from_dict(self.preprocessing)
+        return legacy_preprocessing(self.input_size, self.mean, self.std)
 
     def to_props(self) -> dict[str, str]:
         """Flat string key/values for ONNX `metadata_props`."""

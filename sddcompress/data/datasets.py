@@ -13,6 +13,8 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..torchvision_compat import torchvision
+from .preprocessing import (ValidationPreprocessing, large_image_preprocessing, small_image_preprocessing,
+                            validation_transform)
 
 T = torchvision.transforms
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -38,6 +40,7 @@ class DataBundle:
     std: tuple[float, ...]
     input_size: int
     skipped_images: int = 0
+    preprocessing: ValidationPreprocessing | None = None  # what val_transform does, for checkpoints and ONNX
 
     @property
     def num_classes(self) -> int:
@@ -63,14 +66,13 @@ def _small_transforms(size: int, native: int, mean, std, flip: bool) -> tuple[Ca
     resize = [T.Resize(size, antialias=True)] if size != native else []
     aug = [T.RandomCrop(size, padding=max(size // 8, 1))] + ([T.RandomHorizontalFlip()] if flip else [])
     tail = [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(resize + aug + tail), T.Compose(resize + tail)
+    return T.Compose(resize + aug + tail), validation_transform(small_image_preprocessing(size, mean, std))
 
 
 def _large_transforms(size: int, mean, std) -> tuple[Callable, Callable]:
     tail = [T.ToTensor(), T.Normalize(mean, std)]
     train = T.Compose([T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()] + tail)
-    val = T.Compose([T.Resize(round(size * 256 / 224), antialias=True), T.CenterCrop(size)] + tail)
-    return train, val
+    return train, validation_transform(large_image_preprocessing(size, mean, std))
 
 
 def _digits(input_size: int) -> DataBundle:
@@ -89,7 +91,8 @@ def _digits(input_size: int) -> DataBundle:
     mean, std = (float(level.mean()),) * 3, (float(level.std()),) * 3
     train_tf, val_tf = _small_transforms(input_size, 8, mean, std, flip=False)
     return DataBundle("digits", split(idx_train), split(idx_val), train_tf, val_tf,
-                      [str(n) for n in d.target_names], mean, std, input_size)
+                      [str(n) for n in d.target_names], mean, std, input_size,
+                      preprocessing=small_image_preprocessing(input_size, mean, std))
 
 
 def _cifar(name: str, root: str, input_size: int, download: bool) -> DataBundle:
@@ -106,7 +109,8 @@ def _cifar(name: str, root: str, input_size: int, download: bool) -> DataBundle:
         raise UserError(f"{name} in '{root}': {what}: {str(exc).splitlines()[0]}") from None
     mean, std = _CIFAR_STATS[name]
     train_tf, val_tf = _small_transforms(input_size, 32, mean, std, flip=True)
-    return DataBundle(name, train, val, train_tf, val_tf, list(train.classes), mean, std, input_size)
+    return DataBundle(name, train, val, train_tf, val_tf, list(train.classes), mean, std, input_size,
+                      preprocessing=small_image_preprocessing(input_size, mean, std))
 
 
 def load_image(path: str) -> Image.Image:
@@ -156,7 +160,9 @@ def _image_folder(root: str, input_size: int, skip_bad: bool) -> DataBundle:
     train_tf, val_tf = (_small_transforms(input_size, input_size, IMAGENET_MEAN, IMAGENET_STD, True)
                         if input_size <= 64 else _large_transforms(input_size, IMAGENET_MEAN, IMAGENET_STD))
     return DataBundle(f"imagefolder:{root}", splits["train"], splits["val"], train_tf, val_tf,
-                      list(splits["train"].classes), IMAGENET_MEAN, IMAGENET_STD, input_size, skipped)
+                      list(splits["train"].classes), IMAGENET_MEAN, IMAGENET_STD, input_size, skipped,
+                      preprocessing=(small_image_preprocessing if input_size <= 64 else large_image_preprocessing)(
+                          input_size, IMAGENET_MEAN, IMAGENET_STD))
 
 
 def load_dataset(name: str, data_dir: str | None = None, input_size: int | None = None,

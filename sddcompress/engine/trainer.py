@@ -261,6 +261,7 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
                 best_top1=best_top1, last_val=last_val, config=cfg.to_dict(), method=method.to_dict(),
                 class_names=list(bundle.class_names), data=bundle.name, input_size=size,
                 normalization={"mean": list(bundle.mean), "std": list(bundle.std)}, metrics_row=row,
+                preprocessing=bundle.preprocessing.to_dict() if bundle.preprocessing else None,
             )
             save_checkpoint(record, path_list)
         acc.wait_for_everyone()

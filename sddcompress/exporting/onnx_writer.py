@@ -26,11 +26,15 @@ def checkpoint_metadata(path: str | Path, ckpt: dict) -> ModelMetadata:
     from .. import __version__
     from ..engine.checkpoint import file_sha256
 
+    from ..data.preprocessing import from_checkpoint
+
     record, norm = ckpt["model"], ckpt.get("normalization") or {}
+    prep = from_checkpoint(ckpt)
     return ModelMetadata(class_names=[str(c) for c in (ckpt.get("class_names") or range(record["num_classes"]))],
-                         input_size=record.get("input_size") or 32, mean=list(norm.get("mean", [])),
-                         std=list(norm.get("std", [])), source_checkpoint_sha256=file_sha256(path),
-                         source_checkpoint=str(path), model_name=record["name"], sddcompress_version=__version__)
+                         input_size=record.get("input_size") or 32, mean=list(norm.get("mean", prep.mean)),
+                         std=list(norm.get("std", prep.std)), source_checkpoint_sha256=file_sha256(path),
+                         source_checkpoint=str(path), model_name=record["name"], sddcompress_version=__version__,
+                         preprocessing=prep.to_dict())
 
 
 def check_opset(opset: int) -> None:
