@@ -60,6 +60,8 @@ def training_options(student_flag: str) -> Callable:
                      help="Input size in px. [default: 32, 224 for imagefolder]"),
         click.option("--skip-bad-images", is_flag=True, default=None,
                      help="Skip unreadable images in an image folder (counted) instead of failing."),
+        click.option("--train-fraction", type=float, default=D.train_fraction, show_default=True,
+                     help="Train on this fraction of each class's training images (fixed subset; val untouched)."),
         click.option("--workers", type=int, default=D.workers, show_default=True, help="Data loader workers."),
         click.option("--epochs", type=int, default=D.epochs, show_default=True, help="Training epochs."),
         click.option("--batch-size", type=int, default=D.batch_size, show_default=True,

@@ -35,6 +35,7 @@ class TrainConfig:
     download: bool = False
     input_size: int | None = None
     skip_bad_images: bool = False
+    train_fraction: float = 1.0
     workers: int = 0
     epochs: int = 240
     batch_size: int = 64
@@ -144,6 +145,8 @@ def validate(cfg: TrainConfig) -> None:
     """Check (and coerce in place) every option, then the rules that involve several options."""
     for name, value in check_options(cfg.to_dict()).items():
         setattr(cfg, name, value)
+    if not 0.0 < cfg.train_fraction <= 1.0:
+        raise UserError(f"--train-fraction must be in (0, 1], got {cfg.train_fraction}")
     if cfg.resume and cfg.fresh:
         raise UserError("--resume and --fresh contradict each other; pick one")
     if cfg.precision == "fp16" and (cfg.cpu or not _cuda_available()):

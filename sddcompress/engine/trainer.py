@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import DataBundle, EpochShuffleSampler, SeededTransform, load_dataset
+from ..data.fraction import take_train_fraction
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
 from ..models import LocalLogits, build_model
@@ -180,6 +181,7 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
 
     set_seed(cfg.seed)
     bundle = load_dataset(cfg.data, cfg.data_dir, cfg.input_size, cfg.download, cfg.skip_bad_images)
+    bundle = take_train_fraction(bundle, cfg.train_fraction)
     if bundle.skipped_images:
         say(f"skipped {bundle.skipped_images} unreadable images")
     size, classes = bundle.input_size, bundle.num_classes

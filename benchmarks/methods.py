@@ -1,0 +1,273 @@
+"""Distillation methods compared on real data over seeds, under one budget.
+
+Trains (or reuses) one teacher on the whole training split, then one student per method and seed on a
+fixed fraction of each class's training images (`--subset`), all with the same epochs, schedule and
+batch. A teacher that learned from more data than the student sees has something to give; a teacher no
+better than the student alone has not, and then every method is noise around CE.
+
+Writes to --out: one normal train/distill run folder per run (a killed sweep resumes: finished runs are
+read back, a half-finished one continues from its checkpoint), methods.json, methods.md (mean +- std of
+the best-epoch and last-epoch val top-1 per method, the teacher's top-1, each method's gain over CE on
+the same seed with its spread) and methods.png (one point per seed; mean and spread per method).
+
+    python benchmarks/methods.py                        # the shared CIFAR-10 subset when present, ~1 h on 2 cores
+    python benchmarks/methods.py --epochs 60 --seeds 5 --subset 0.5    # scale up (e.g. on a GPU)
+    python benchmarks/methods.py --data digits --methods ce,sdd-dkd --epochs 2 --out runs/try
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
+PAPER_EPOCHS = 240  # the CIFAR-100 recipes' length; warm-ups/ramps are scaled from it to --epochs
+
+
+def default_data() -> tuple[str, int]:
+    """The shared CIFAR-10 subset at 32 px when this checkout sits next to it, else digits at 16 px."""
+    if SHARED_SUBSET.is_dir():
+        return f"imagefolder:{SHARED_SUBSET}", 32
+    return "digits", 16
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="dataset (see `sddcompress train --help`) [default: the shared "
+                                                   "CIFAR-10 subset if present, else digits]")
+    ap.add_argument("--input-size", type=int, default=None, help="[default: 32 for the subset, 16 for digits]")
+    ap.add_argument("--teacher", default="resnet56")
+    ap.add_argument("--teacher-ckpt", default=None, help="reuse this teacher instead of training one")
+    ap.add_argument("--teacher-epochs", type=int, default=12, help="teacher epochs (on the whole train split)")
+    ap.add_argument("--student", default="resnet20")
+    ap.add_argument("--methods", default=None, help="comma separated [default: every registered method]")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=12, help="student epochs")
+    ap.add_argument("--subset", type=float, default=0.1, help="fraction of each class's train images the students see")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--max-train-batches", type=int, default=0, help="cap batches per epoch (smoke tests)")
+    ap.add_argument("--out", default=str(REPO / "runs" / "methods"))
+    return ap.parse_args(argv)
+
+
+def run_config(args: argparse.Namespace, out: Path, model: str, seed: int, epochs: int, fraction: float, **extra):
+    from sddcompress.engine.config import TrainConfig
+
+    return TrainConfig(model=model, data=args.data, input_size=args.input_size, epochs=epochs,
+                       batch_size=args.batch_size, lr=args.lr, schedule="cosine", weight_decay=5e-4, seed=seed,
+                       out=str(out), train_fraction=fraction, cpu=True, log_every=10**9,
+                       max_train_batches=args.max_train_batches, **extra)
+
+
+def read_run(out: Path, epochs: int) -> dict | None:
+    """{"best", "last", "epochs", "seconds"} of a finished run folder, else None."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows or rows[-1]["epoch"] < epochs:
+        return None
+    rows = rows[:epochs]
+    return {"best": max(r["val_top1"] for r in rows), "last": rows[-1]["val_top1"], "epochs": len(rows),
+            "seconds": sum(r.get("seconds", 0.0) for r in rows)}
+
+
+def ensure_run(cfg, epochs: int, log) -> dict:
+    """Read a finished run, or train (resuming a partial one) and read it."""
+    from sddcompress.engine.trainer import run
+
+    out = Path(cfg.out)
+    done = read_run(out, epochs)
+    if done is None:
+        started = time.perf_counter()
+        run(cfg, echo=lambda s: log(f"    {s}"))
+        done = read_run(out, epochs)
+        if done is None:
+            raise RuntimeError(f"{out}: run ended without {epochs} epochs in metrics.jsonl")
+        log(f"  finished in {time.perf_counter() - started:.0f} s")
+    done["checkpoint"] = str(out / "checkpoints" / "best.pt")
+    return done
+
+
+def method_overrides(name: str, epochs: int) -> dict:
+    """Ramps/warm-ups scaled from the 240-epoch recipe to this budget (20/240 of the run)."""
+    from sddcompress.losses import make_method
+
+    default = make_method(name).warmup_epochs
+    return {"warmup_epochs": default * epochs / PAPER_EPOCHS} if default > 0 else {}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per method: mean/std of best and last top-1, and the paired (same seed) gain over ce."""
+    ce = {r["seed"]: r for r in runs.get("ce", [])}
+    table = {}
+    for method, rows in runs.items():
+        if not rows:
+            continue
+        entry = {"n": len(rows)}
+        for key in ("best", "last"):
+            entry[f"{key}_mean"], entry[f"{key}_std"] = mean_std([r[key] for r in rows])
+            gains = [r[key] - ce[r["seed"]][key] for r in rows if r["seed"] in ce]
+            if gains and method != "ce":
+                entry[f"gain_{key}_mean"], entry[f"gain_{key}_std"] = mean_std(gains)
+                entry[f"gain_{key}_n"] = len(gains)
+        table[method] = entry
+    return table
+
+
+def machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def fmt(mean: float, std: float, n: int, sign: bool = False) -> str:
+    value = f"{mean:+.2f}" if sign else f"{mean:.2f}"
+    return value if n < 2 else f"{value} ± {std:.2f}"
+
+
+def write_markdown(path: Path, result: dict) -> None:
+    s, t = result["settings"], result["teacher"]
+    lines = [
+        f"# Distillation methods over seeds ({result['date']}, {result['machine']})", "",
+        f"Teacher {s['teacher']} trained {s['teacher_epochs']} epochs on the whole train split of {s['data']} "
+        f"({s['input_size']} px): val top-1 {t['best']:.2f} (best epoch), {t['last']:.2f} (last).",
+        f"Students {s['student']}, {s['epochs']} epochs on {100 * s['subset']:g}% of each class's training images, "
+        f"cosine LR {s['lr']}, batch {s['batch_size']}, warm-ups/ramps scaled to {s['epochs']}/{PAPER_EPOCHS} of "
+        f"the paper recipes; seeds {', '.join(map(str, s['seeds']))}. Val top-1 in %, mean ± std over seeds; the "
+        "gain over ce is paired by seed.", "",
+        "| method | seeds | best-epoch top-1 | last-epoch top-1 | gain over ce (best) | gain over ce (last) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, e in result["summary"].items():
+        gains = [fmt(e[f"gain_{k}_mean"], e[f"gain_{k}_std"], e[f"gain_{k}_n"], sign=True)
+                 if f"gain_{k}_mean" in e else "—" for k in ("best", "last")]
+        lines.append(f"| {method} | {e['n']} | {fmt(e['best_mean'], e['best_std'], e['n'])} | "
+                     f"{fmt(e['last_mean'], e['last_std'], e['n'])} | {gains[0]} | {gains[1]} |")
+    lines += ["", f"teacher ({s['teacher']}): {t['best']:.2f}; total training time {result['seconds'] / 60:.0f} min."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(path: Path, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in result["summary"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, title in zip(axes, ("best", "last"), ("best-epoch val top-1", "last-epoch val top-1")):
+        for i, m in enumerate(methods):
+            rows = result["runs"][m]
+            n = len(rows)
+            xs = [i + (j - (n - 1) / 2) * 0.08 for j in range(n)]
+            ax.scatter(xs, [r[key] for r in rows], s=18, color="tab:blue", alpha=0.6, zorder=2)
+            e = result["summary"][m]
+            ax.errorbar([i + 0.25], [e[f"{key}_mean"]], yerr=[e[f"{key}_std"]], fmt="o", color="black", capsize=4,
+                        zorder=3)
+        ax.axhline(result["teacher"][key], color="tab:red", ls="--", lw=1, label=f"teacher {result['teacher'][key]:.1f}")
+        ax.set_xticks(range(len(methods)), methods, rotation=20)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_ylabel("top-1 % (dots: seeds; black: mean ± std)")
+    s = result["settings"]
+    fig.suptitle(f"{s['student']} students on {100 * s['subset']:g}% of the labels, {s['epochs']} epochs; "
+                 f"{result['date']}, {result['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    from sddcompress.losses import METHODS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.data is None:
+        args.data, size = default_data()
+        args.input_size = args.input_size or size
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+    methods = ["ce"] + [m for m in methods if m != "ce"]  # the baseline first
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS)}")
+    teacher_epochs = args.teacher_epochs
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = (out / "sweep.log").open("a")
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+        log_file.write(text + "\n")
+        log_file.flush()
+
+    seeds = list(range(args.seeds))
+    settings = {"data": args.data, "input_size": args.input_size, "teacher": args.teacher, "student": args.student,
+                "teacher_epochs": teacher_epochs, "epochs": args.epochs, "subset": args.subset,
+                "batch_size": args.batch_size, "lr": args.lr, "seeds": seeds, "methods": methods,
+                "max_train_batches": args.max_train_batches, "threads": torch.get_num_threads()}
+    log(f"methods sweep: {json.dumps(settings)}")
+    if args.teacher_ckpt:
+        from sddcompress.engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.teacher_ckpt)
+        top1 = float(ckpt.get("best_top1", float("nan")))
+        last = float(ckpt.get("last_val", {}).get("top1", top1))
+        teacher = {"best": top1, "last": last, "checkpoint": args.teacher_ckpt, "seconds": 0.0}
+    else:
+        log(f"teacher {args.teacher}: {teacher_epochs} epochs on the whole train split")
+        teacher = ensure_run(run_config(args, out / f"teacher-{args.teacher}", args.teacher, 0, teacher_epochs, 1.0),
+                             teacher_epochs, log)
+    log(f"teacher val top-1 {teacher['best']:.2f} (best), {teacher['last']:.2f} (last)")
+
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    result: dict = {}
+    for seed in seeds:
+        for method in methods:
+            name = f"{args.student}-{method}-seed{seed}"
+            extra = {} if method == "ce" else dict(teacher=args.teacher, teacher_ckpt=teacher["checkpoint"])
+            cfg = run_config(args, out / name, args.student, seed, args.epochs, args.subset, method=method,
+                             **extra, **method_overrides(method, args.epochs))
+            log(f"[seed {seed}] {method}")
+            row = ensure_run(cfg, args.epochs, log)
+            row["seed"] = seed
+            runs[method].append(row)
+            log(f"  {name}: best {row['best']:.2f} last {row['last']:.2f}")
+            result = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": settings,
+                      "teacher": teacher, "summary": summarise(runs), "runs": runs,
+                      "seconds": teacher["seconds"] + sum(r["seconds"] for rs in runs.values() for r in rs)}
+            (out / "methods.json").write_text(json.dumps(result, indent=2))
+            write_markdown(out / "methods.md", result)
+            write_plot(out / "methods.png", result)
+    log((out / "methods.md").read_text())
+    log(f"wrote {out / 'methods.json'}, {out / 'methods.md'}, {out / 'methods.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
