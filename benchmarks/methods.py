@@ -43,17 +43,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="dataset (see `sddcompress train --help`) [default: the shared "
                                                    "CIFAR-10 subset if present, else digits]")
     ap.add_argument("--input-size", type=int, default=None, help="[default: 32 for the subset, 16 for digits]")
-    ap.add_argument("--teacher", default="resnet56")
+    ap.add_argument("--teacher", default="resnet32")
     ap.add_argument("--teacher-ckpt", default=None, help="reuse this teacher instead of training one")
-    ap.add_argument("--teacher-epochs", type=int, default=12, help="teacher epochs (on the whole train split)")
+    ap.add_argument("--teacher-epochs", type=int, default=8, help="teacher epochs (on the whole train split)")
     ap.add_argument("--student", default="resnet20")
     ap.add_argument("--methods", default=None, help="comma separated [default: every registered method]")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=12, help="student epochs")
+    ap.add_argument("--epochs", type=int, default=10, help="student epochs")
     ap.add_argument("--subset", type=float, default=0.1, help="fraction of each class's train images the students see")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--shard", default="0/1", help="K/N: train only every N-th student run from the K-th, so N "
+                                                    "processes can share a sweep (each reports all finished runs)")
     ap.add_argument("--max-train-batches", type=int, default=0, help="cap batches per epoch (smoke tests)")
     ap.add_argument("--out", default=str(REPO / "runs" / "methods"))
     return ap.parse_args(argv)
@@ -102,8 +104,11 @@ def method_overrides(name: str, epochs: int) -> dict:
     """Ramps/warm-ups scaled from the 240-epoch recipe to this budget (20/240 of the run)."""
     from sddcompress.losses import make_method
 
-    default = make_method(name).warmup_epochs
-    return {"warmup_epochs": default * epochs / PAPER_EPOCHS} if default > 0 else {}
+    method, scale = make_method(name), epochs / PAPER_EPOCHS
+    over = {"warmup_epochs": method.warmup_epochs * scale} if method.warmup_epochs > 0 else {}
+    if getattr(method, "uses_msd", False):
+        over["msd_ramp_epochs"] = method.msd_ramp_epochs * scale
+    return over
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -241,29 +246,49 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = {"best": top1, "last": last, "checkpoint": args.teacher_ckpt, "seconds": 0.0}
     else:
         log(f"teacher {args.teacher}: {teacher_epochs} epochs on the whole train split")
+        shard = int(args.shard.split("/")[0])
+        while shard != 0 and read_run(out / f"teacher-{args.teacher}", teacher_epochs) is None:
+            time.sleep(30)  # shard 0 trains the teacher
         teacher = ensure_run(run_config(args, out / f"teacher-{args.teacher}", args.teacher, 0, teacher_epochs, 1.0),
                              teacher_epochs, log)
     log(f"teacher val top-1 {teacher['best']:.2f} (best), {teacher['last']:.2f} (last)")
 
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
-    result: dict = {}
-    for seed in seeds:
-        for method in methods:
-            name = f"{args.student}-{method}-seed{seed}"
-            extra = {} if method == "ce" else dict(teacher=args.teacher, teacher_ckpt=teacher["checkpoint"])
-            cfg = run_config(args, out / name, args.student, seed, args.epochs, args.subset, method=method,
-                             **extra, **method_overrides(method, args.epochs))
-            log(f"[seed {seed}] {method}")
-            row = ensure_run(cfg, args.epochs, log)
-            row["seed"] = seed
-            runs[method].append(row)
-            log(f"  {name}: best {row['best']:.2f} last {row['last']:.2f}")
-            result = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": settings,
-                      "teacher": teacher, "summary": summarise(runs), "runs": runs,
-                      "seconds": teacher["seconds"] + sum(r["seconds"] for rs in runs.values() for r in rs)}
-            (out / "methods.json").write_text(json.dumps(result, indent=2))
-            write_markdown(out / "methods.md", result)
-            write_plot(out / "methods.png", result)
+    plan = [(seed, method) for seed in seeds for method in methods]
+    shard, shards = (int(v) for v in args.shard.split("/"))
+
+    def folder(seed: int, method: str) -> Path:
+        return out / f"{args.student}-{method}-seed{seed}"
+
+    def report() -> dict:
+        """Summary of every finished run of the plan (whichever process trained it)."""
+        runs: dict[str, list[dict]] = {m: [] for m in methods}
+        for seed, method in plan:
+            row = read_run(folder(seed, method), args.epochs)
+            if row is not None:
+                runs[method].append({**row, "seed": seed, "checkpoint": str(folder(seed, method) / "checkpoints"
+                                                                               / "best.pt")})
+        runs = {m: rows for m, rows in runs.items() if rows}
+        result = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": settings,
+                  "teacher": teacher, "summary": summarise(runs), "runs": runs,
+                  "seconds": teacher["seconds"] + sum(r["seconds"] for rs in runs.values() for r in rs)}
+        tmp = out / "methods.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out / "methods.json")
+        write_markdown(out / "methods.md", result)
+        write_plot(out / "methods.png", result)
+        return result
+
+    for index, (seed, method) in enumerate(plan):
+        if index % shards != shard:
+            continue
+        extra = {} if method == "ce" else dict(teacher=args.teacher, teacher_ckpt=teacher["checkpoint"])
+        cfg = run_config(args, folder(seed, method), args.student, seed, args.epochs, args.subset, method=method,
+                         **extra, **method_overrides(method, args.epochs))
+        log(f"[seed {seed}] {method}")
+        row = ensure_run(cfg, args.epochs, log)
+        log(f"  {folder(seed, method).name}: best {row['best']:.2f} last {row['last']:.2f}")
+        report()
+    result = report()
     log((out / "methods.md").read_text())
     log(f"wrote {out / 'methods.json'}, {out / 'methods.md'}, {out / 'methods.png'}")
     return result

@@ -30,7 +30,7 @@ def distill_options(fn: Callable) -> Callable:
         click.option("--teacher-pretrained", is_flag=True, default=None,
                      help="Use torchvision ImageNet weights already in the local torch hub cache."),
         click.option("--method", default="sdd-dkd", show_default=True,
-                     help="sdd-dkd, sdd-kd, dkd, kd or ce (student alone)."),
+                     help="sdd-dkd, sdd-kd, dkd, kd, msdcrd, sdd-dkd+msdcrd or ce (student alone)."),
         click.option("--scales", default=D.scales, show_default=True,
                      help="SDD pooling scales, comma separated (1,2,4 = 1+4+16 regions)."),
         click.option("--temperature", type=float, default=None, help="Softmax temperature T. [default: 4]"),
@@ -43,6 +43,22 @@ def distill_options(fn: Callable) -> Callable:
                      help="Distillation weight. [default: 0.9 for (sdd-)kd, 1 for (sdd-)dkd]"),
         click.option("--warmup-epochs", type=float, default=None,
                      help="Epochs over which the distillation term ramps 0 -> 1. [default: 20 for (sdd-)dkd, 0 else]"),
+        click.option("--msd-scales", default=None,
+                     help="MSDCRD pooling scales, comma separated. [default: 1,2,4]"),
+        click.option("--msd-window", type=float, default=None,
+                     help="MSDCRD window side in grid cells; > 1 overlaps neighbouring windows. [default: 1]"),
+        click.option("--msd-tau", type=float, default=None, help="MSDCRD InfoNCE temperature. [default: 0.07]"),
+        click.option("--msd-space", default=None,
+                     help="MSDCRD embedding: features (student projected to the teacher's width) or logits "
+                          "(each model's own head). [default: features]"),
+        click.option("--msd-categorise", default=None,
+                     help="MSDCRD region weights: sdd (complementary regions x gamma) or none. [default: sdd]"),
+        click.option("--msd-sample-weight", type=float, default=None,
+                     help="Weight of the sample-wise contrastive term. [default: 0.8]"),
+        click.option("--msd-feature-weight", type=float, default=None,
+                     help="Weight of the feature-wise contrastive term. [default: 0.8]"),
+        click.option("--msd-ramp-epochs", type=float, default=None,
+                     help="Epochs over which the MSDCRD terms ramp 0 -> 1. [default: 20]"),
     ])(fn)
 
 

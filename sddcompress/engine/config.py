@@ -30,6 +30,14 @@ class TrainConfig:
     ce_weight: float | None = None
     kd_weight: float | None = None
     warmup_epochs: float | None = None
+    msd_scales: str | None = None
+    msd_window: float | None = None
+    msd_tau: float | None = None
+    msd_space: str | None = None
+    msd_categorise: str | None = None
+    msd_sample_weight: float | None = None
+    msd_feature_weight: float | None = None
+    msd_ramp_epochs: float | None = None
     data: str = "cifar100"
     data_dir: str | None = None
     download: bool = False
@@ -63,6 +71,7 @@ class TrainConfig:
 
 
 CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
+MSD_OPTIONS = tuple(f.name for f in fields(TrainConfig) if f.name.startswith("msd_"))
 # keys that must match for a run to resume into an existing output folder
 RESUME_KEYS = ("model", "teacher", "method", "scales", "data", "input_size", "batch_size", "seed")
 

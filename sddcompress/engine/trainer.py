@@ -29,13 +29,14 @@ from ..data import DataBundle, EpochShuffleSampler, SeededTransform, load_datase
 from ..data.fraction import take_train_fraction
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
-from ..models import LocalLogits, build_model
+from ..models import build_model
 from ..models.weights import load_torchvision_pretrained
 from ..run_paths import ensure_writable_dir
 from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
     rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, check_resume, default_out, train_out, validate
+from .config import MSD_OPTIONS, TrainConfig, check_resume, default_out, train_out, validate
 from .evaluate import evaluate
+from .method_nets import detach_outputs, load_train_only_state, method_networks, split_outputs, train_only_state
 from .metrics import MetricsLog, format_terms
 from .run_lock import RunLock, remove_orphan_temps
 from .sync_batchnorm import convert_batchnorm
@@ -64,7 +65,7 @@ class RunResult:
 def method_from_config(cfg: TrainConfig) -> MethodConfig:
     return make_method(cfg.method, scales=cfg.scales, temperature=cfg.temperature, alpha=cfg.alpha, beta=cfg.beta,
                        gamma=cfg.gamma, ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight,
-                       warmup_epochs=cfg.warmup_epochs)
+                       warmup_epochs=cfg.warmup_epochs, **{k: getattr(cfg, k) for k in MSD_OPTIONS})
 
 
 def _previous_run(cfg: TrainConfig, out: Path, method: MethodConfig, say: Callable[[str], None]) -> dict | None:
@@ -193,15 +194,14 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
         load_model_weights(student, previous, cfg.model, classes, str(out / "checkpoints" / "latest.pt"))
     if acc.num_processes > 1 and cfg.sync_bn:
         convert_batchnorm(student, cuda=acc.device.type == "cuda")
-    student_net = LocalLogits(student, size, method.scales, cfg.model) if method.uses_local_logits else student
-
-    teacher_net, teacher_info = None, None
-    if method.uses_teacher:
-        teacher, teacher_info = _load_teacher(cfg, bundle, say)
-        teacher_net = LocalLogits(teacher, size, method.scales, cfg.teacher) if method.uses_local_logits else teacher
+    teacher, teacher_info = _load_teacher(cfg, bundle, say) if method.uses_teacher else (None, None)
+    student_net, teacher_net = method_networks(student, teacher, size, method, cfg.model, cfg.teacher)
+    if teacher_net is not None:
         teacher_net.eval().requires_grad_(False).to(acc.device)
+    if previous is not None:
+        load_train_only_state(student_net, previous.get("train_only"))
 
-    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    optimizer = torch.optim.SGD(student_net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     if cfg.schedule == "step":
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, gamma=cfg.lr_decay)
@@ -261,6 +261,7 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
                 scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
                 rng=rngs, epoch=epoch_done, step_in_epoch=step_in_epoch, epoch_sums=sums,
                 best_top1=best_top1, last_val=last_val, config=cfg.to_dict(), method=method.to_dict(),
+                train_only=train_only_state(student_net),
                 class_names=list(bundle.class_names), data=bundle.name, input_size=size,
                 normalization={"mean": list(bundle.mean), "std": list(bundle.std)}, metrics_row=row,
                 preprocessing=bundle.preprocessing.to_dict() if bundle.preprocessing else None,
@@ -286,17 +287,15 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
                 if i >= steps:
                     break
                 with acc.accumulate(student_p):
-                    out_s = student_p(images)
-                    s_logits, s_local = out_s if isinstance(out_s, tuple) else (out_s, None)
-                    t_logits = t_local = None
+                    s_logits, s_local, s_msd = split_outputs(student_p(images))
+                    t_logits = t_local = t_msd = None
                     if teacher_net is not None:
                         with torch.inference_mode(), acc.autocast():
-                            out_t = teacher_net(images)
-                        t_logits, t_local = (out_t if isinstance(out_t, tuple) else (out_t, None))
-                        t_logits = t_logits.clone()
-                        t_local = t_local.clone() if t_local is not None else None
+                            out_t = split_outputs(teacher_net(images))
+                        t_logits, t_local, t_msd = detach_outputs(out_t)
                     terms = objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local,
-                                      teacher_local=t_local, epoch_progress=epoch + (i + 1) / steps)
+                                      teacher_local=t_local, epoch_progress=epoch + (i + 1) / steps,
+                                      student_msd=s_msd, teacher_msd=t_msd)
                     bad = torch.tensor([0.0 if torch.isfinite(terms["loss"]) else 1.0, float(stop.signum)],
                                        device=acc.device)
                     if acc.num_processes > 1:

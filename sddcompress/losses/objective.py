@@ -10,9 +10,10 @@ from torch.nn import functional as F
 from ..errors import UserError
 from .dkd import dkd_per_sample
 from .kd import kd_per_sample
+from .msdcrd import CATEGORISE, SPACES, category_weights, msdcrd_loss
 from .sdd import sdd_loss
 
-METHODS = ("sdd-dkd", "sdd-kd", "dkd", "kd", "ce")
+METHODS = ("sdd-dkd", "sdd-kd", "dkd", "kd", "ce", "msdcrd", "sdd-dkd+msdcrd")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,21 @@ class MethodConfig:
     warmup_epochs: float = 0.0
     gamma: float = 2.0
     scales: tuple[int, ...] = field(default=(1, 2, 4))
+    # MSDCRD-style (reconstructed) contrastive term; see losses/msdcrd.py
+    msd_scales: tuple[int, ...] = field(default=(1, 2, 4))
+    msd_window: float = 1.0
+    msd_tau: float = 0.07
+    msd_space: str = "features"
+    msd_categorise: str = "sdd"
+    msd_sample_weight: float = 0.8
+    msd_feature_weight: float = 0.8
+    msd_ramp_epochs: float = 20.0
+
+    @property
+    def logit_method(self) -> str:
+        """The logit-distillation part: 'sdd-dkd+msdcrd' -> 'sdd-dkd', 'msdcrd' -> 'ce'."""
+        base = self.name.split("+")[0]
+        return "ce" if base == "msdcrd" else base
 
     @property
     def uses_teacher(self) -> bool:
@@ -35,11 +51,16 @@ class MethodConfig:
 
     @property
     def uses_local_logits(self) -> bool:
-        return self.name.startswith("sdd-")
+        return self.logit_method.startswith("sdd-")
+
+    @property
+    def uses_msd(self) -> bool:
+        return self.name.endswith("msdcrd")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["scales"] = list(self.scales)
+        d["msd_scales"] = list(self.msd_scales)
         return d
 
 
@@ -49,6 +70,8 @@ _DEFAULTS = {
     "sdd-kd": dict(ce_weight=0.1, kd_weight=0.9),
     "dkd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20.0),
     "sdd-dkd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20.0),
+    "msdcrd": dict(ce_weight=1.0, kd_weight=0.0),
+    "sdd-dkd+msdcrd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20.0),
 }
 
 
@@ -62,15 +85,24 @@ def make_method(name: str, **overrides) -> MethodConfig:
         raise UserError(f"unknown method option(s) {sorted(unknown)}; valid: {sorted(valid)}")
     cfg = replace(MethodConfig(name), **_DEFAULTS[name])
     given = {k: v for k, v in overrides.items() if v is not None}
-    if "scales" in given:
-        given["scales"] = parse_scales(given["scales"])
+    for key in ("scales", "msd_scales"):
+        if key in given:
+            given[key] = parse_scales(given[key], "--" + key.replace("_", "-"))
     cfg = replace(cfg, **given)
     if cfg.temperature <= 0:
         raise UserError(f"temperature must be > 0, got {cfg.temperature}")
+    if cfg.msd_tau <= 0:
+        raise UserError(f"--msd-tau must be > 0, got {cfg.msd_tau}")
+    if cfg.msd_window < 1:
+        raise UserError(f"--msd-window is the window side in grid cells and must be >= 1, got {cfg.msd_window}")
+    if cfg.msd_space not in SPACES:
+        raise UserError(f"--msd-space must be {' or '.join(SPACES)}, got '{cfg.msd_space}'")
+    if cfg.msd_categorise not in CATEGORISE:
+        raise UserError(f"--msd-categorise must be {' or '.join(CATEGORISE)}, got '{cfg.msd_categorise}'")
     return cfg
 
 
-def parse_scales(value) -> tuple[int, ...]:
+def parse_scales(value, flag: str = "--scales") -> tuple[int, ...]:
     """'1,2,4' or [1, 2, 4] -> (1, 2, 4); anything else is a UserError."""
     items = value.split(",") if isinstance(value, str) else list(value)
     ok = bool(items) and all(
@@ -79,15 +111,16 @@ def parse_scales(value) -> tuple[int, ...]:
     )
     scales = tuple(int(s) for s in items) if ok else ()
     if not scales or min(scales) < 1:
-        raise UserError(f"--scales must be positive integers like 1,2,4; got '{value}'")
+        raise UserError(f"{flag} must be positive integers like 1,2,4; got '{value}'")
     return scales
 
 
-def ramp(method: MethodConfig, epoch_progress: float) -> float:
-    """Linear 0 -> 1 over `warmup_epochs` (epoch_progress counts finished epochs, fractional)."""
-    if method.warmup_epochs <= 0:
+def ramp(method: MethodConfig, epoch_progress: float, epochs: float | None = None) -> float:
+    """Linear 0 -> 1 over `epochs` (default: `warmup_epochs`; epoch_progress counts finished epochs)."""
+    length = method.warmup_epochs if epochs is None else epochs
+    if length <= 0:
         return 1.0
-    return min(max(epoch_progress, 0.0) / method.warmup_epochs, 1.0)
+    return min(max(epoch_progress, 0.0) / length, 1.0)
 
 
 class Objective:
@@ -96,19 +129,22 @@ class Objective:
     def __init__(self, method: MethodConfig) -> None:
         self.method = method
         m = method
-        if m.name.endswith("dkd"):
+        if m.logit_method.endswith("dkd"):
             self._per_sample = lambda s, t, y: dkd_per_sample(s, t, y, m.temperature, m.alpha, m.beta)
         else:
             self._per_sample = lambda s, t, y: kd_per_sample(s, t, m.temperature)
 
     def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor, *,
                  teacher_logits: torch.Tensor | None = None, student_local: torch.Tensor | None = None,
-                 teacher_local: torch.Tensor | None = None, epoch_progress: float = 0.0) -> dict[str, torch.Tensor]:
+                 teacher_local: torch.Tensor | None = None, epoch_progress: float = 0.0,
+                 student_msd: dict | None = None, teacher_msd: dict | None = None) -> dict[str, torch.Tensor]:
+        """`student_msd`/`teacher_msd` (MSDCRD methods): {"embedding": (B, N, D) unit vectors, "region_logits":
+        (B, N, K)} from `RegionEmbedding`."""
         m = self.method
         ce = F.cross_entropy(student_logits.float(), labels)
         terms: dict[str, torch.Tensor] = {"ce": ce}
         total = m.ce_weight * ce
-        if m.uses_teacher:
+        if m.uses_teacher and m.logit_method != "ce":
             if m.uses_local_logits:
                 parts = sdd_loss(student_local.float(), teacher_local.float(), labels, self._per_sample, m.gamma)
             else:
@@ -119,6 +155,15 @@ class Objective:
             terms.update(parts)
             terms["distill"] = distill
             total = total + weight * distill
+        if m.uses_msd:
+            if m.msd_categorise == "sdd":
+                weights = category_weights(teacher_msd["region_logits"].float(), teacher_logits.float(), labels, m.gamma)
+            else:
+                weights = torch.ones_like(teacher_msd["region_logits"][:, :, 0], dtype=torch.float32)
+            parts = msdcrd_loss(student_msd["embedding"], teacher_msd["embedding"], weights, m.msd_tau, m.msd_scales)
+            terms.update(parts)
+            msd = m.msd_sample_weight * parts["msd_sample"] + m.msd_feature_weight * parts["msd_feature"]
+            total = total + ramp(m, epoch_progress, m.msd_ramp_epochs) * msd
         terms["loss"] = total
         return terms
 

@@ -110,6 +110,7 @@ class LocalLogits(nn.Module):
                 "or a small-input model (see `sddcompress models`)"
             )
         self._head_input_4d = seen["x"].dim() == 4
+        self.feature_channels = int(feat.shape[1])
         rebuilt = self._apply_head(region_pool(feat, (1,)))[:, :, 0]
         if rebuilt.shape != out.shape or not torch.allclose(rebuilt, out, rtol=1e-3, atol=1e-4):
             raise UserError(
@@ -126,8 +127,17 @@ class LocalLogits(nn.Module):
         logits = self.head(flat)
         return logits.reshape(b, n, -1).permute(0, 2, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply_head(self, regions: torch.Tensor) -> torch.Tensor:
+        """The model's own classifier on pooled region vectors: (B, C, N) -> (B, K, N)."""
+        return self._apply_head(regions)
+
+    def logits_and_feature(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's logits (B, K) and the last feature map (B, C, H, W) they were computed from."""
         self._feature = None
         logits = self.model(x)
         feature, self._feature = self._feature, None
+        return logits, feature
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, feature = self.logits_and_feature(x)
         return logits, self._apply_head(region_pool(feature, self.scales))

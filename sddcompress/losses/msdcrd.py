@@ -1,0 +1,156 @@
+"""MSDCRD-style (reconstructed) multi-scale contrastive feature distillation.
+
+After "Contrastive Representation Distillation via Multi-Scale Feature Decoupling" (Wang, Wang, Chen,
+2025). Its equations are not available to us; this is our reading, every choice an option:
+
+* regions: the last feature map average-pooled over an s x s grid per scale (1,2,4 -> 21 regions),
+  optionally with windows `window` x the cell's side, centred on the cell (overlapping when > 1);
+* embeddings: region vectors L2-normalised; the student's projected to the teacher's width by a
+  training-only linear layer (space "features"), or the regions' logits from each model's own head
+  (space "logits", parameter-free);
+* sample-wise InfoNCE: student region r of image b against teacher region r of every image in the
+  batch (positive: the same image);
+* feature-wise InfoNCE: student region r of image b against the teacher's regions of image b at the
+  same scale (positive: the same region); scales with one region carry no such term;
+* SDD categorisation: a region whose teacher prediction is right where the teacher's global prediction
+  is wrong, or the reverse, weighs `gamma`, others 1 (`categorise="none"`: all 1).
+
+Everything is batched tensor algebra: no Python loop over samples or regions, no host sync.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SPACES = ("features", "logits")
+CATEGORISE = ("sdd", "none")
+
+
+def _bounds(size: int, cells: int, window: float) -> list[tuple[int, int]]:
+    """[start, end) of each cell's window along one axis of length `size`."""
+    if window == 1.0:  # exactly adaptive_avg_pool2d's bins
+        return [((i * size) // cells, -((-(i + 1) * size) // cells)) for i in range(cells)]
+    out = []
+    for i in range(cells):
+        centre, half = (i + 0.5) * size / cells, window * size / (2 * cells)
+        out.append((max(0, math.floor(centre - half + 1e-9)), min(size, math.ceil(centre + half - 1e-9))))
+    return out
+
+
+@lru_cache(maxsize=32)
+def _pool_matrix_cpu(height: int, width: int, scales: tuple[int, ...], window: float) -> torch.Tensor:
+    """(N, H*W) averaging weights of every region (built once per map size, on the host)."""
+    blocks = []
+    for s in scales:  # a handful of scales; regions are built as a tensor outer product
+        rows, cols = torch.zeros(s, height), torch.zeros(s, width)
+        for i, (a, b) in enumerate(_bounds(height, s, window)):
+            rows[i, a:b] = 1.0 / (b - a)
+        for j, (a, b) in enumerate(_bounds(width, s, window)):
+            cols[j, a:b] = 1.0 / (b - a)
+        blocks.append(torch.einsum("ih,jw->ijhw", rows, cols).reshape(s * s, height * width))
+    return torch.cat(blocks)
+
+
+@lru_cache(maxsize=64)
+def _pool_matrix_on(height: int, width: int, scales: tuple[int, ...], window: float, device: torch.device,
+                    dtype: torch.dtype) -> torch.Tensor:
+    return _pool_matrix_cpu(height, width, scales, window).to(device=device, dtype=dtype)
+
+
+def pool_matrix(height: int, width: int, scales: tuple[int, ...], window: float = 1.0,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N, H*W) region averaging weights, cached per device and dtype (no host copy per step)."""
+    return _pool_matrix_on(height, width, tuple(scales), float(window), torch.device(device), dtype)
+
+
+def pool_regions(feature: torch.Tensor, scales: tuple[int, ...], window: float = 1.0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, N): scale 1 first, each scale's regions row-major (as SDD's region_pool)."""
+    b, c, h, w = feature.shape
+    matrix = pool_matrix(h, w, scales, window, feature.device, feature.dtype)
+    return feature.flatten(2) @ matrix.t()
+
+
+@lru_cache(maxsize=32)
+def _region_tables(scales: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) scale position of every region and (N,) whether its scale has more than one region; cached per
+    device so the training step copies nothing from the host."""
+    scale_of = [i for i, s in enumerate(scales) for _ in range(s * s)]
+    multi = [scales[i] > 1 for i in scale_of]
+    return torch.tensor(scale_of, device=device), torch.tensor(multi, device=device)
+
+
+def scale_index(scales: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N,) the scale position of every region."""
+    return _region_tables(tuple(scales), torch.device(device))[0]
+
+
+def category_weights(teacher_region_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                     gamma: float) -> torch.Tensor:
+    """(B, N): 1 where a region's teacher correctness equals the global one, gamma where it differs."""
+    region_ok = teacher_region_logits.argmax(dim=2).eq(labels[:, None])
+    global_ok = teacher_logits.argmax(dim=1).eq(labels)[:, None]
+    return torch.where(region_ok.eq(global_ok), 1.0, float(gamma)).to(teacher_region_logits.dtype)
+
+
+def sample_wise(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    """(B, N) InfoNCE over the batch per region; embeddings (B, N, D), unit length."""
+    sim = torch.einsum("bnd,cnd->nbc", student, teacher) / tau  # (N, B, B)
+    positive = torch.diagonal(sim, dim1=1, dim2=2)  # (N, B)
+    return (torch.logsumexp(sim, dim=2) - positive).t()
+
+
+def feature_wise(student: torch.Tensor, teacher: torch.Tensor, tau: float, scale_of: torch.Tensor) -> torch.Tensor:
+    """(B, N) InfoNCE over the regions of the same image and scale; embeddings (B, N, D), unit length."""
+    sim = torch.einsum("bnd,bmd->bnm", student, teacher) / tau  # (B, N, N)
+    same_scale = scale_of[:, None].eq(scale_of[None, :])
+    sim = sim.masked_fill(~same_scale, float("-inf"))
+    positive = torch.diagonal(sim, dim1=1, dim2=2)  # (B, N)
+    return torch.logsumexp(sim, dim=2) - positive
+
+
+def msdcrd_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, weights: torch.Tensor, tau: float,
+                scales: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """{"msd_sample", "msd_feature"}: weighted means over regions (feature-wise: regions of scales > 1)."""
+    b, n, _ = student_emb.shape
+    scale_of, multi = _region_tables(tuple(scales), student_emb.device)
+    sample = (weights * sample_wise(student_emb, teacher_emb, tau)).sum() / (b * n)
+    n_multi = sum(s * s for s in scales if s > 1)
+    per_region = feature_wise(student_emb, teacher_emb, tau, scale_of)
+    feature = (weights * per_region * multi).sum() / max(b * n_multi, 1)
+    return {"msd_sample": sample, "msd_feature": feature}
+
+
+class RegionEmbedding(nn.Module):
+    """A network's region embeddings for MSDCRD: pooled last map -> (projection) -> unit vectors.
+
+    `projection` maps the student's channels to the teacher's; it trains with the student and is
+    not part of the exported model.
+    """
+
+    def __init__(self, scales: tuple[int, ...], window: float, space: str, in_channels: int | None = None,
+                 out_channels: int | None = None) -> None:
+        super().__init__()
+        self.scales, self.window, self.space = tuple(scales), float(window), space
+        needs_projection = space == "features" and in_channels is not None and in_channels != out_channels
+        self.projection = nn.Linear(in_channels, out_channels) if needs_projection else None
+
+    def forward(self, feature: torch.Tensor, head) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit embeddings (B, N, D), region logits (B, N, K)) from a (B, C, H, W) map and the model's head."""
+        regions = pool_regions(feature, self.scales, self.window)  # (B, C, N)
+        region_logits = head(regions).transpose(1, 2)  # (B, N, K)
+        if self.space == "logits":
+            vectors = region_logits
+        else:
+            vectors = regions.transpose(1, 2)
+            if self.projection is not None:
+                vectors = self.projection(vectors)
+        return F.normalize(vectors.float(), dim=2), region_logits
+
+
+__all__ = ["CATEGORISE", "SPACES", "RegionEmbedding", "category_weights", "feature_wise", "msdcrd_loss",
+           "pool_matrix", "pool_regions", "sample_wise", "scale_index"]
