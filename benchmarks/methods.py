@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import sys
@@ -32,17 +33,36 @@ PAPER_EPOCHS = 240  # the CIFAR-100 recipes' length; warm-ups/ramps are scaled f
 
 
 def default_data() -> tuple[str, int]:
-    """The shared CIFAR-10 subset at 32 px when this checkout sits next to it, else digits at 16 px."""
+    """The shared CIFAR-10 subset (shown at 16 px: 4x less compute) when present, else digits at 16 px."""
     if SHARED_SUBSET.is_dir():
-        return f"imagefolder:{SHARED_SUBSET}", 32
+        return f"imagefolder:{SHARED_SUBSET}", 16
     return "digits", 16
+
+
+def resized_image_folder(data: str, size: int, out: Path) -> str:
+    """An image folder's copy with every image resized to size x size (made once, PNG, under `out`)."""
+    from PIL import Image
+
+    source = Path(data.split(":", 1)[1])
+    target = out / f"data-{source.name}-{size}px"
+    marker = target / ".complete"
+    if not marker.is_file():
+        for split in ("train", "val"):
+            for path in sorted((source / split).glob("*/*")):
+                dest = target / split / path.parent.name / (path.stem + ".png")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with Image.open(path) as img:
+                    img.convert("RGB").resize((size, size), Image.Resampling.BOX).save(dest)
+        marker.write_text("ok\n")
+    return f"imagefolder:{target}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="dataset (see `sddcompress train --help`) [default: the shared "
                                                    "CIFAR-10 subset if present, else digits]")
-    ap.add_argument("--input-size", type=int, default=None, help="[default: 32 for the subset, 16 for digits]")
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="px; an image folder is first copied at this size [default: 16]")
     ap.add_argument("--teacher", default="resnet32")
     ap.add_argument("--teacher-ckpt", default=None, help="reuse this teacher instead of training one")
     ap.add_argument("--teacher-epochs", type=int, default=8, help="teacher epochs (on the whole train split)")
@@ -54,8 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--shard", default="0/1", help="K/N: train only every N-th student run from the K-th, so N "
-                                                    "processes can share a sweep (each reports all finished runs)")
     ap.add_argument("--max-train-batches", type=int, default=0, help="cap batches per epoch (smoke tests)")
     ap.add_argument("--out", default=str(REPO / "runs" / "methods"))
     return ap.parse_args(argv)
@@ -100,6 +118,44 @@ def ensure_run(cfg, epochs: int, log) -> dict:
     return done
 
 
+def _claim_file(run_dir: Path) -> Path:
+    return run_dir.parent / f".{run_dir.name}.claim"
+
+
+def claimed(run_dir: Path) -> bool:
+    """Whether a live process holds this run (a dead holder's claim is void)."""
+    try:
+        pid = int(_claim_file(run_dir).read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def claim(run_dir: Path) -> bool:
+    """Take the run for this process unless a live one holds it."""
+    path = _claim_file(run_dir)
+    if claimed(run_dir):
+        return int(path.read_text()) == os.getpid()
+    path.unlink(missing_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def release(run_dir: Path) -> None:
+    _claim_file(run_dir).unlink(missing_ok=True)
+
+
 def method_overrides(name: str, epochs: int) -> dict:
     """Ramps/warm-ups scaled from the 240-epoch recipe to this budget (20/240 of the run)."""
     from sddcompress.losses import make_method
@@ -134,8 +190,6 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def machine() -> str:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -216,14 +270,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data is None:
         args.data, size = default_data()
         args.input_size = args.input_size or size
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source_data = args.data
+    if args.data.startswith("imagefolder:") and args.input_size:
+        args.data = resized_image_folder(args.data, args.input_size, out)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
     methods = ["ce"] + [m for m in methods if m != "ce"]  # the baseline first
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         sys.exit(f"error: unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS)}")
     teacher_epochs = args.teacher_epochs
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     log_file = (out / "sweep.log").open("a")
 
     def log(text: str) -> None:
@@ -232,11 +289,14 @@ def main(argv: list[str] | None = None) -> dict:
         log_file.flush()
 
     seeds = list(range(args.seeds))
-    settings = {"data": args.data, "input_size": args.input_size, "teacher": args.teacher, "student": args.student,
+    settings = {"data": source_data, "data_used": args.data, "input_size": args.input_size, "teacher": args.teacher, "student": args.student,
                 "teacher_epochs": teacher_epochs, "epochs": args.epochs, "subset": args.subset,
                 "batch_size": args.batch_size, "lr": args.lr, "seeds": seeds, "methods": methods,
                 "max_train_batches": args.max_train_batches, "threads": torch.get_num_threads()}
-    log(f"methods sweep: {json.dumps(settings)}")
+    log(f"methods sweep (pid {os.getpid()}): {json.dumps(settings)}")
+    teacher_dir = out / f"teacher-{args.teacher}"
+    teacher = {"best": float("nan"), "last": float("nan"), "checkpoint": str(teacher_dir / "checkpoints" / "best.pt"),
+               "seconds": 0.0}
     if args.teacher_ckpt:
         from sddcompress.engine.checkpoint import load_checkpoint
 
@@ -244,23 +304,23 @@ def main(argv: list[str] | None = None) -> dict:
         top1 = float(ckpt.get("best_top1", float("nan")))
         last = float(ckpt.get("last_val", {}).get("top1", top1))
         teacher = {"best": top1, "last": last, "checkpoint": args.teacher_ckpt, "seconds": 0.0}
-    else:
-        log(f"teacher {args.teacher}: {teacher_epochs} epochs on the whole train split")
-        shard = int(args.shard.split("/")[0])
-        while shard != 0 and read_run(out / f"teacher-{args.teacher}", teacher_epochs) is None:
-            time.sleep(30)  # shard 0 trains the teacher
-        teacher = ensure_run(run_config(args, out / f"teacher-{args.teacher}", args.teacher, 0, teacher_epochs, 1.0),
-                             teacher_epochs, log)
-    log(f"teacher val top-1 {teacher['best']:.2f} (best), {teacher['last']:.2f} (last)")
-
     plan = [(seed, method) for seed in seeds for method in methods]
-    shard, shards = (int(v) for v in args.shard.split("/"))
 
     def folder(seed: int, method: str) -> Path:
         return out / f"{args.student}-{method}-seed{seed}"
 
+    def teacher_ready() -> bool:
+        nonlocal teacher
+        if args.teacher_ckpt:
+            return True
+        done = read_run(teacher_dir, teacher_epochs)
+        if done is not None:
+            teacher = {**done, "checkpoint": str(teacher_dir / "checkpoints" / "best.pt")}
+        return done is not None
+
     def report() -> dict:
         """Summary of every finished run of the plan (whichever process trained it)."""
+        teacher_ready()
         runs: dict[str, list[dict]] = {m: [] for m in methods}
         for seed, method in plan:
             row = read_run(folder(seed, method), args.epochs)
@@ -271,21 +331,43 @@ def main(argv: list[str] | None = None) -> dict:
         result = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": settings,
                   "teacher": teacher, "summary": summarise(runs), "runs": runs,
                   "seconds": teacher["seconds"] + sum(r["seconds"] for rs in runs.values() for r in rs)}
-        tmp = out / "methods.json.tmp"
+        tmp = out / f"methods.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(result, indent=2))
         tmp.replace(out / "methods.json")
-        write_markdown(out / "methods.md", result)
-        write_plot(out / "methods.png", result)
+        if runs.get("ce"):
+            write_markdown(out / "methods.md", result)
+            write_plot(out / "methods.png", result)
         return result
 
-    for index, (seed, method) in enumerate(plan):
-        if index % shards != shard:
+    # every process works through the plan, claiming runs no live process holds, so several can share a sweep
+    while True:
+        if not teacher_ready() and claim(teacher_dir):
+            log(f"teacher {args.teacher}: {teacher_epochs} epochs on the whole train split")
+            try:
+                ensure_run(run_config(args, teacher_dir, args.teacher, 0, teacher_epochs, 1.0), teacher_epochs, log)
+            finally:
+                release(teacher_dir)
+            teacher_ready()
+            log(f"teacher val top-1 {teacher['best']:.2f} (best), {teacher['last']:.2f} (last)")
+        todo = [(seed, method) for seed, method in plan if read_run(folder(seed, method), args.epochs) is None]
+        if not todo:
+            break
+        ready = [(seed, method) for seed, method in todo if method == "ce" or teacher_ready()]
+        picked = next(((seed, method) for seed, method in ready if claim(folder(seed, method))), None)
+        if picked is None:
+            if all(claimed(folder(seed, method)) for seed, method in todo):
+                break  # the rest is in other processes' hands
+            time.sleep(20)  # waiting for the teacher
             continue
+        seed, method = picked
         extra = {} if method == "ce" else dict(teacher=args.teacher, teacher_ckpt=teacher["checkpoint"])
         cfg = run_config(args, folder(seed, method), args.student, seed, args.epochs, args.subset, method=method,
                          **extra, **method_overrides(method, args.epochs))
         log(f"[seed {seed}] {method}")
-        row = ensure_run(cfg, args.epochs, log)
+        try:
+            row = ensure_run(cfg, args.epochs, log)
+        finally:
+            release(folder(seed, method))
         log(f"  {folder(seed, method).name}: best {row['best']:.2f} last {row['last']:.2f}")
         report()
     result = report()
