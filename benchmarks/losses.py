@@ -1,7 +1,9 @@
-"""Forward+backward cost of KD, DKD, SDD-KD and SDD-DKD on logits (B=64, K=100, N=21).
+"""Forward+backward cost of KD, DKD, SDD-KD, SDD-DKD, MSDCRD and SDD-DKD+MSDCRD losses (B=64, K=100, N=21).
 
-Prints each as a ratio to KD measured in the same run, plus bytes allocated per step
-(CUDA: peak memory). Run: python benchmarks/losses.py [--device cuda]
+The logit losses take logits; the MSDCRD-style terms also take (B, N, D) region embeddings (D=256, a
+wide teacher's width; the student's are normalised inside the step so their gradient is included)
+and the teacher's region logits. Prints each as a ratio to KD measured in the same run, plus bytes
+allocated per step (CUDA: peak memory). Run: python benchmarks/losses.py [--device cuda]
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import os
 
 import torch
+from torch.nn import functional as F
 
 from sddcompress.benchmarking.timer import measure
 from sddcompress.losses import Objective, make_method
@@ -46,31 +49,38 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--dim", type=int, default=256, help="MSDCRD embedding width")
     args = ap.parse_args()
     b, k, n, dev = args.batch, args.classes, 21, args.device
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, k, (b,), generator=g).to(dev)
     s_local = torch.randn(b, k, n, generator=g).to(dev).requires_grad_()
     t_local = torch.randn(b, k, n, generator=g).to(dev)
+    s_raw = torch.randn(b, n, args.dim, generator=g).to(dev).requires_grad_()
+    t_msd = {"embedding": F.normalize(torch.randn(b, n, args.dim, generator=g), dim=2).to(dev),
+             "region_logits": t_local.transpose(1, 2).contiguous()}
     sync = torch.cuda.synchronize if dev.startswith("cuda") else None
 
     rows = {}
-    for name in ("kd", "dkd", "sdd-kd", "sdd-dkd"):
+    for name in ("kd", "dkd", "sdd-kd", "sdd-dkd", "msdcrd", "sdd-dkd+msdcrd"):
         objective = Objective(make_method(name))
+        msd = name.endswith("msdcrd")
 
         def step() -> None:
-            s_local.grad = None
+            s_local.grad = s_raw.grad = None
+            s_msd = {"embedding": F.normalize(s_raw, dim=2)} if msd else None
             out = objective(s_local[:, :, 0], y, teacher_logits=t_local[:, :, 0], student_local=s_local,
-                            teacher_local=t_local, epoch_progress=100.0)
+                            teacher_local=t_local, epoch_progress=100.0, student_msd=s_msd,
+                            teacher_msd=t_msd if msd else None)
             out["loss"].backward()
 
         stats = measure(step, warmup=10, min_iters=args.iters, sync=sync)
         rows[name] = (stats.p50, allocated_bytes(step, dev))
     base = rows["kd"][0]
     print(f"loss fwd+bwd, B={b} K={k} N={n} on {dev} ({torch.get_num_threads()} threads), p50 of {args.iters}")
-    print(f"{'method':<10}{'p50 ms':>10}{'x KD':>8}{'MB alloc':>10}")
+    print(f"{'method':<16}{'p50 ms':>10}{'x KD':>8}{'MB alloc':>10}")
     for name, (p50, mem) in rows.items():
-        print(f"{name:<10}{p50:>10.3f}{p50 / base:>8.2f}{mem / 2**20:>10.2f}")
+        print(f"{name:<16}{p50:>10.3f}{p50 / base:>8.2f}{mem / 2**20:>10.2f}")
 
 
 if __name__ == "__main__":

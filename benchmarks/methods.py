@@ -69,9 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--student", default="resnet20")
     ap.add_argument("--methods", default=None, help="comma separated [default: every registered method]")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=8, help="student epochs")
-    ap.add_argument("--subset", type=float, default=0.1, help="fraction of each class's train images the students see")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=6, help="student epochs")
+    ap.add_argument("--subset", type=float, default=0.05, help="fraction of each class's train images the students see")
+    ap.add_argument("--batch-size", type=int, default=32, help="student batch")
+    ap.add_argument("--teacher-batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--max-train-batches", type=int, default=0, help="cap batches per epoch (smoke tests)")
@@ -79,11 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def run_config(args: argparse.Namespace, out: Path, model: str, seed: int, epochs: int, fraction: float, **extra):
+def run_config(args: argparse.Namespace, out: Path, model: str, seed: int, epochs: int, fraction: float,
+               batch_size: int, **extra):
     from sddcompress.engine.config import TrainConfig
 
     return TrainConfig(model=model, data=args.data, input_size=args.input_size, epochs=epochs,
-                       batch_size=args.batch_size, lr=args.lr, schedule="cosine", weight_decay=5e-4, seed=seed,
+                       batch_size=batch_size, lr=args.lr, schedule="cosine", weight_decay=5e-4, seed=seed,
                        out=str(out), train_fraction=fraction, cpu=True, log_every=10**9,
                        max_train_batches=args.max_train_batches, **extra)
 
@@ -213,7 +215,7 @@ def write_markdown(path: Path, result: dict) -> None:
         f"Teacher {s['teacher']} trained {s['teacher_epochs']} epochs on the whole train split of {s['data']} "
         f"({s['input_size']} px): val top-1 {t['best']:.2f} (best epoch), {t['last']:.2f} (last).",
         f"Students {s['student']}, {s['epochs']} epochs on {100 * s['subset']:g}% of each class's training images, "
-        f"cosine LR {s['lr']}, batch {s['batch_size']}, warm-ups/ramps scaled to {s['epochs']}/{PAPER_EPOCHS} of "
+        f"cosine LR {s['lr']}, batch {s['batch_size']} (teacher {s['teacher_batch_size']}), warm-ups/ramps scaled to {s['epochs']}/{PAPER_EPOCHS} of "
         f"the paper recipes; seeds {', '.join(map(str, s['seeds']))}. Val top-1 in %, mean ± std over seeds; the "
         "gain over ce is paired by seed.", "",
         "| method | seeds | best-epoch top-1 | last-epoch top-1 | gain over ce (best) | gain over ce (last) |",
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(args.seeds))
     settings = {"data": source_data, "data_used": args.data, "input_size": args.input_size, "teacher": args.teacher, "student": args.student,
                 "teacher_epochs": teacher_epochs, "epochs": args.epochs, "subset": args.subset,
-                "batch_size": args.batch_size, "lr": args.lr, "seeds": seeds, "methods": methods,
+                "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size, "lr": args.lr, "seeds": seeds, "methods": methods,
                 "max_train_batches": args.max_train_batches, "threads": torch.get_num_threads()}
     log(f"methods sweep (pid {os.getpid()}): {json.dumps(settings)}")
     teacher_dir = out / f"teacher-{args.teacher}"
@@ -344,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not teacher_ready() and claim(teacher_dir):
             log(f"teacher {args.teacher}: {teacher_epochs} epochs on the whole train split")
             try:
-                ensure_run(run_config(args, teacher_dir, args.teacher, 0, teacher_epochs, 1.0), teacher_epochs, log)
+                ensure_run(run_config(args, teacher_dir, args.teacher, 0, teacher_epochs, 1.0, args.teacher_batch_size),
+                           teacher_epochs, log)
             finally:
                 release(teacher_dir)
             teacher_ready()
@@ -361,7 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         seed, method = picked
         extra = {} if method == "ce" else dict(teacher=args.teacher, teacher_ckpt=teacher["checkpoint"])
-        cfg = run_config(args, folder(seed, method), args.student, seed, args.epochs, args.subset, method=method,
+        cfg = run_config(args, folder(seed, method), args.student, seed, args.epochs, args.subset, args.batch_size,
+                         method=method,
                          **extra, **method_overrides(method, args.epochs))
         log(f"[seed {seed}] {method}")
         try:

@@ -2,9 +2,11 @@
 
   (a) student, cross-entropy only     (b) teacher forward alone (inference mode)
   (c) KD      (d) SDD-KD      (e) SDD-DKD           -- each includes the teacher forward
+  (f) MSDCRD  (g) SDD-DKD+MSDCRD                    -- MSDCRD-style (reconstructed), with its projection
 
 Same student, teacher, batch and data for all. The goal is (e) <= 1.05 x ((a) + (b)): the multi-scale
-local logits and the SDD weighting should cost next to nothing beyond running both networks.
+local logits and the SDD weighting should cost next to nothing beyond running both networks; and
+(g) <= 1.10 x (e): the contrastive terms add at most 10% to an SDD-DKD step.
 The five cases are measured in interleaved rounds and each reports its median over rounds, so slow
 drift of a noisy machine hits all of them alike.
 
@@ -20,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from sddcompress.benchmarking.timer import measure
+from sddcompress.engine.method_nets import detach_outputs, method_networks, split_outputs
 from sddcompress.losses import Objective, make_method
 from sddcompress.models import build_model
 from sddcompress.models.local_logits import LocalLogits
@@ -44,6 +47,11 @@ def main() -> None:
     student_local = LocalLogits(student, args.size, (1, 2, 4), args.student)
     opt = torch.optim.SGD(student.parameters(), lr=1e-4, momentum=0.9)  # tiny lr: weights barely move
     objectives = {m: Objective(make_method(m)) for m in ("kd", "sdd-kd", "sdd-dkd")}
+    msd_nets = {}
+    for m in ("msdcrd", "sdd-dkd+msdcrd"):
+        s_net, t_net = method_networks(student, teacher, args.size, make_method(m), args.student, args.teacher)
+        opt.add_param_group({"params": list(s_net.msd.parameters())})  # the projection trains with the student
+        msd_nets[m] = (s_net.train(), t_net.eval(), Objective(make_method(m)))
 
     def ce_step() -> None:
         loss = F.cross_entropy(student(x), y)
@@ -70,8 +78,23 @@ def main() -> None:
             opt.step()
         return step
 
+    def msd_step(method: str):
+        s_net, t_net, objective = msd_nets[method]
+
+        def step() -> None:
+            with torch.inference_mode():
+                t_logits, t_loc, t_msd = detach_outputs(split_outputs(t_net(x)))
+            s_logits, s_loc, s_msd = split_outputs(s_net(x))
+            terms = objective(s_logits, y, teacher_logits=t_logits, student_local=s_loc, teacher_local=t_loc,
+                              epoch_progress=100.0, student_msd=s_msd, teacher_msd=t_msd)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            opt.step()
+        return step
+
     cases = {"(a) student CE": ce_step, "(b) teacher forward": teacher_forward, "(c) KD": distill_step("kd"),
-             "(d) SDD-KD": distill_step("sdd-kd"), "(e) SDD-DKD": distill_step("sdd-dkd")}
+             "(d) SDD-KD": distill_step("sdd-kd"), "(e) SDD-DKD": distill_step("sdd-dkd"),
+             "(f) MSDCRD": msd_step("msdcrd"), "(g) SDD-DKD+MSDCRD": msd_step("sdd-dkd+msdcrd")}
     per_round: dict[str, list[float]] = {k: [] for k in cases}
     for r in range(args.rounds):
         for name, fn in cases.items():
@@ -85,6 +108,8 @@ def main() -> None:
         print(f"{name:<22}{ms:>10.2f}{ms / a:>8.2f}{ms / (a + b):>11.2f}")
     ratio = p50["(e) SDD-DKD"] / (a + b)
     print(f"goal (e) <= 1.05 x ((a)+(b)): {ratio:.3f} -> {'met' if ratio <= 1.05 else 'NOT met'}")
+    msd_ratio = p50["(g) SDD-DKD+MSDCRD"] / p50["(e) SDD-DKD"]
+    print(f"goal (g) <= 1.10 x (e): {msd_ratio:.3f} -> {'met' if msd_ratio <= 1.10 else 'NOT met'}")
 
 
 if __name__ == "__main__":

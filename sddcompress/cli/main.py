@@ -1,4 +1,4 @@
-"""`sddcompress` command line: models, train, distill, eval, export, eval-artifact, benchmark, quickstart."""
+"""`sddcompress` command line: models, train, distill, eval, runs, export, eval-artifact, benchmark, quickstart."""
 
 from __future__ import annotations
 
@@ -119,9 +119,11 @@ def quickstart_cmd(out: str, epochs: int | None, seeds: int, fresh: bool) -> Non
 
 from .benchmark_command import benchmark_cmd as _benchmark_cmd  # noqa: E402
 from .deploy_commands import register as _register_deploy  # noqa: E402
+from .runs_command import runs_cmd as _runs_cmd  # noqa: E402
 
 _register_deploy(cli)
 cli.add_command(_benchmark_cmd)
+cli.add_command(_runs_cmd)
 
 
 def _one_line(exc: BaseException) -> str:
