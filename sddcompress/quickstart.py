@@ -20,7 +20,7 @@ from .run_paths import QUICKSTART_DIR, SUMMARY_NAME
 
 TEACHER, STUDENT, DATA, SIZE = "resnet56", "resnet20", "digits", 16
 STUDENT_FRACTION = 0.1  # of each class's training images; the teacher sees them all
-DEFAULT_EPOCHS, STUDENT_EPOCH_FACTOR, DEFAULT_SEEDS = 10, 3, 3
+DEFAULT_EPOCHS, STUDENT_EPOCH_FACTOR, DEFAULT_SEEDS = 8, 3, 3
 
 
 def _config(out: Path, model: str, epochs: int, fresh: bool, **extra) -> TrainConfig:

@@ -105,7 +105,7 @@ def eval_cmd(ckpt: str, model: str | None, data: str | None, data_dir: str | Non
 @cli.command("quickstart")
 @click.option("--out", default=str(QUICKSTART_DIR), show_default=True, help="Where runs and the summary go.")
 @click.option("--epochs", type=int, default=None,
-              help="Teacher epochs; the students (10% of the labels) train 3x as many. [default: 10]")
+              help="Teacher epochs; the students (10% of the labels) train 3x as many. [default: 8]")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Student seeds; the comparison is reported as mean ± std over them.")
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming finished parts.")
