@@ -238,7 +238,8 @@ def write_markdown(path: Path, result: dict) -> None:
         f"({s['input_size']} px): val top-1 {t['best']:.2f} (best epoch), {t['last']:.2f} (last)"
         + (f"; {t['student_val']:.2f} on the students' val images." if t.get("student_val") is not None else "."),
         f"Students {s['student']}, {s['epochs']} epochs on {100 * s['subset']:g}% of each class's training images, "
-        f"cosine LR {s['lr']}, batch {s['batch_size']} (teacher {s['teacher_batch_size']}), warm-ups/ramps scaled to {s['epochs']}/{PAPER_EPOCHS} of "
+        f"cosine LR {s['lr']}, batch {s['batch_size']} (teacher {s['teacher_batch_size']}), warm-ups/ramps scaled "
+        f"to {s['epochs']}/{PAPER_EPOCHS} of "
         f"the paper recipes; seeds {', '.join(map(str, s['seeds']))}. Val top-1 in % on "
         + (f"{s['val_per_class']} val images per class" if s.get("val_per_class") else "the val split")
         + ", mean ± std over seeds; the gain over ce is paired by seed.", "",
@@ -250,7 +251,8 @@ def write_markdown(path: Path, result: dict) -> None:
                  if f"gain_{k}_mean" in e else "—" for k in ("best", "last")]
         lines.append(f"| {method} | {e['n']} | {fmt(e['best_mean'], e['best_std'], e['n'])} | "
                      f"{fmt(e['last_mean'], e['last_std'], e['n'])} | {gains[0]} | {gains[1]} |")
-    lines += ["", f"Total training time {result['seconds'] / 60:.0f} min (sum of epoch times; the runs shared the CPU)."]
+    lines += ["", f"Total training time {result['seconds'] / 60:.0f} min (sum of epoch times; the runs shared the "
+                  "CPU)."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -320,9 +322,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     seeds = list(range(args.seeds))
     settings = {"data": source_data, "data_used": args.data, "teacher_data": teacher_data,
-                "val_per_class": args.val_per_class, "input_size": args.input_size, "teacher": args.teacher, "student": args.student,
+                "val_per_class": args.val_per_class, "input_size": args.input_size, "teacher": args.teacher,
+                "student": args.student,
                 "teacher_epochs": teacher_epochs, "epochs": args.epochs, "subset": args.subset,
-                "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size, "lr": args.lr, "seeds": seeds, "methods": methods,
+                "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size, "lr": args.lr,
+                "seeds": seeds, "methods": methods,
                 "max_train_batches": args.max_train_batches, "threads": torch.get_num_threads()}
     log(f"methods sweep (pid {os.getpid()}): {json.dumps(settings)}")
     teacher_dir = out / f"teacher-{args.teacher}"

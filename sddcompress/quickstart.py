@@ -63,7 +63,8 @@ def run_quickstart(out: Path, epochs: int | None, fresh: bool, echo: Callable[[s
     results: dict[str, list[RunResult]] = {"ce": [], "sdd-dkd": []}
     for seed in range(seeds):
         for method in ("sdd-dkd", "ce"):
-            echo(f"[seed {seed}] student {STUDENT}, {'SDD-DKD from the teacher' if method != 'ce' else 'cross-entropy only'}")
+            how = "SDD-DKD from the teacher" if method != "ce" else "cross-entropy only"
+            echo(f"[seed {seed}] student {STUDENT}, {how}")
             extra = dict(teacher=TEACHER, teacher_ckpt=t_ckpt, method=method,
                          warmup_epochs=max(1.0, n / 12)) if method != "ce" else {}
             results[method].append(run(_config(_student_dir(out, method, seed), STUDENT, n, fresh, batch_size=32,
@@ -81,7 +82,8 @@ def run_quickstart(out: Path, epochs: int | None, fresh: bool, echo: Callable[[s
     summary = {"data": DATA, "input_size": SIZE, "epochs": n, "teacher_epochs": n_teacher,
                "student_fraction": STUDENT_FRACTION, "seeds": seeds, "rows": rows,
                "gain_sdd_dkd_over_ce": {"mean": _mean_std(gains)[0], "std": _mean_std(gains)[1], "per_seed": gains},
-               "verdict": verdict(gains), "teacher_checkpoint": t_ckpt, "student_checkpoint": str(results["sdd-dkd"][0].best)}
+               "verdict": verdict(gains), "teacher_checkpoint": t_ckpt,
+               "student_checkpoint": str(results["sdd-dkd"][0].best)}
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     _print_table(rows, seeds, echo)
     echo(summary["verdict"])
@@ -89,7 +91,8 @@ def run_quickstart(out: Path, epochs: int | None, fresh: bool, echo: Callable[[s
     student_ckpt = summary["student_checkpoint"]
     ckpt_flag = "" if default_out else f" --ckpt {student_ckpt}"
     echo(f"\nnext: sddcompress export{ckpt_flag} --ort-int8        # ONNX + parity + INT8 (add --trt fp16 on a GPU)")
-    echo("      python benchmarks/latency.py" + ("" if default_out else f" --teacher {t_ckpt} --student {student_ckpt}"))
+    flags = "" if default_out else f" --teacher {t_ckpt} --student {student_ckpt}"
+    echo("      python benchmarks/latency.py" + flags)
     return summary
 
 

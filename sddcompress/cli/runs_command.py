@@ -22,7 +22,8 @@ def _from_metrics(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     if not rows:
         return {}
-    return {"epoch": rows[-1]["epoch"], "best_top1": max(r["val_top1"] for r in rows), "last_top1": rows[-1]["val_top1"]}
+    return {"epoch": rows[-1]["epoch"], "best_top1": max(r["val_top1"] for r in rows),
+            "last_top1": rows[-1]["val_top1"]}
 
 
 def describe_run(run_dir: Path) -> dict:

@@ -157,7 +157,8 @@ class Objective:
             total = total + weight * distill
         if m.uses_msd:
             if m.msd_categorise == "sdd":
-                weights = category_weights(teacher_msd["region_logits"].float(), teacher_logits.float(), labels, m.gamma)
+                weights = category_weights(teacher_msd["region_logits"].float(), teacher_logits.float(), labels,
+                                           m.gamma)
             else:
                 weights = torch.ones_like(teacher_msd["region_logits"][:, :, 0], dtype=torch.float32)
             parts = msdcrd_loss(student_msd["embedding"], teacher_msd["embedding"], weights, m.msd_tau, m.msd_scales)
