@@ -83,6 +83,18 @@ def test_grid_pooling_is_sdds_region_pool(size):
     torch.testing.assert_close(pool_regions(feature, scales), loop_windows(feature, scales, 1.0))
 
 
+def test_tables_first_built_in_inference_mode_serve_training_steps():
+    feature = torch.randn(2, 3, 6, 6)
+    embed = RegionEmbedding((1, 3), 1.5, "features", 3, 5)
+    head = lambda r: r  # noqa: E731
+    with torch.inference_mode():  # e.g. the teacher's forward or an evaluation comes first
+        t_emb, _ = embed(feature, head)
+        msdcrd_loss(t_emb, t_emb, torch.ones(2, 10), 0.1, (1, 3))
+    s_emb, _ = embed(feature.requires_grad_(), head)
+    msdcrd_loss(s_emb, t_emb.clone(), torch.ones(2, 10), 0.1, (1, 3))["msd_feature"].backward()
+    assert feature.grad is not None and embed.projection.weight.grad is not None
+
+
 def test_overlapping_windows_match_the_loop_reference_and_overlap():
     feature = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     pooled = pool_regions(feature, SCALES, window=2.0)

@@ -45,6 +45,11 @@ def _bounds(size: int, cells: int, window: float) -> list[tuple[int, int]]:
 @lru_cache(maxsize=32)
 def _pool_matrix_cpu(height: int, width: int, scales: tuple[int, ...], window: float) -> torch.Tensor:
     """(N, H*W) averaging weights of every region (built once per map size, on the host)."""
+    with torch.inference_mode(False):
+        return _build_pool_matrix(height, width, scales, window)
+
+
+def _build_pool_matrix(height: int, width: int, scales: tuple[int, ...], window: float) -> torch.Tensor:
     blocks = []
     for s in scales:  # a handful of scales; regions are built as a tensor outer product
         rows, cols = torch.zeros(s, height), torch.zeros(s, width)
@@ -59,7 +64,8 @@ def _pool_matrix_cpu(height: int, width: int, scales: tuple[int, ...], window: f
 @lru_cache(maxsize=64)
 def _pool_matrix_on(height: int, width: int, scales: tuple[int, ...], window: float, device: torch.device,
                     dtype: torch.dtype) -> torch.Tensor:
-    return _pool_matrix_cpu(height, width, scales, window).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):  # cached: it must also serve steps that autograd records
+        return _pool_matrix_cpu(height, width, scales, window).to(device=device, dtype=dtype)
 
 
 def pool_matrix(height: int, width: int, scales: tuple[int, ...], window: float = 1.0,
@@ -81,7 +87,8 @@ def _region_tables(scales: tuple[int, ...], device: torch.device) -> tuple[torch
     device so the training step copies nothing from the host."""
     scale_of = [i for i, s in enumerate(scales) for _ in range(s * s)]
     multi = [scales[i] > 1 for i in scale_of]
-    return torch.tensor(scale_of, device=device), torch.tensor(multi, device=device)
+    with torch.inference_mode(False):  # cached: it must also serve steps that autograd records
+        return torch.tensor(scale_of, device=device), torch.tensor(multi, device=device)
 
 
 def scale_index(scales: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
