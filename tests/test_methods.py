@@ -100,7 +100,7 @@ def test_quickstart_layout_seeds_and_runs_table(tmp_path, monkeypatch, cli):
     monkeypatch.setattr(qs, "_config", lambda *a, **k: original(*a, **{**k, "max_train_batches": 1}))
     summary = qs.run_quickstart(tmp_path / "qs", epochs=1, fresh=False, echo=lambda s: None, seeds=2)
     assert [r["role"] for r in summary["rows"]] == ["teacher", "student (CE)", "student (SDD-DKD)"]
-    assert len(summary["rows"][2]["top1_seeds"]) == 2 and summary["epochs"] == 3
+    assert len(summary["rows"][2]["top1_seeds"]) == 2 and summary["epochs"] == 1 and summary["teacher_epochs"] == 2
     assert summary["student_checkpoint"].endswith("student-sdd-dkd/checkpoints/best.pt")
     assert Path(summary["teacher_checkpoint"]).is_file()
     saved = json.loads((tmp_path / "qs" / "summary.json").read_text())
@@ -112,8 +112,8 @@ def test_quickstart_layout_seeds_and_runs_table(tmp_path, monkeypatch, cli):
     assert set(rows) == {"teacher", "student-ce", "student-sdd-dkd", "student-ce-seed1", "student-sdd-dkd-seed1"}
     sdd = rows["student-sdd-dkd-seed1"]
     assert (sdd["model"], sdd["teacher"], sdd["method"], sdd["seed"], sdd["train_fraction"]) == \
-        ("resnet20", "resnet20", "sdd-dkd", 1, 0.1)
-    assert sdd["epoch"] == 3 and sdd["best_top1"] == summary["rows"][2]["top1_seeds"][1]
+        ("resnet20", "resnet20", "sdd-dkd", 1, 1.0)
+    assert sdd["epoch"] == 1 and sdd["best_top1"] == summary["rows"][2]["top1_seeds"][1]
     code, out, _ = cli("runs", str(tmp_path / "qs"))
     assert code == 0 and "student-sdd-dkd-seed1" in out and "sdd-dkd" in out
 
