@@ -63,6 +63,7 @@ def test_sweep_writes_reports_and_resumes_without_retraining(tmp_path, monkeypat
     data = _image_folder(tmp_path / "data")
     args = ["--data", f"imagefolder:{data}", "--input-size", "16", "--teacher", "resnet20", "--methods", "ce,kd",
             "--seeds", "2", "--epochs", "1", "--teacher-epochs", "1", "--subset", "0.5", "--batch-size", "4",
+            "--teacher-batch-size", "4",
             "--max-train-batches", "1", "--out", str(tmp_path / "sweep")]
     first = methods_benchmark.main(args)
     assert set(first["summary"]) == {"ce", "kd"} and first["summary"]["kd"]["gain_best_n"] == 2
