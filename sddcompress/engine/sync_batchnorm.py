@@ -25,10 +25,12 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         c = x.shape[1]
         count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        # two passes (mean, then the mean squared deviation): E[x^2] - E[x]^2 in float32 cancels
+        # catastrophically when |mean| >> std and makes N processes drift from one
+        sums = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
+        n = sums[-1]
+        mean = sums[:c] / n
+        var = all_reduce(((x - mean.view(1, c, 1, 1)) ** 2).sum((0, 2, 3))) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -111,7 +111,11 @@ def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], Non
 
 def _make_accelerator(cfg: TrainConfig, out: Path):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # Accelerate keeps its settings in a per-process singleton; a second run in the same process
+    # (quickstart, tests, notebooks) with another --precision must not inherit the first one's.
+    AcceleratorState._reset_state()
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
     try:
         return Accelerator(cpu=cfg.cpu, mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
