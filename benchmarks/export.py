@@ -1,80 +1,114 @@
-"""Export cost and what it buys, for one student checkpoint, measured in one run:
+"""Export cost and what INT8 buys, per calibration method, for one checkpoint, measured in one run:
 
-  export time and ONNX size; PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime INT8 latency (p50) at
-  batch 1 and 32, as ratios, with the top-1 of each on the same validation images.
+  export time and ONNX size; then, side by side, PyTorch eager, ONNX Runtime fp32 and one ONNX Runtime INT8
+  model per calibration method (minmax, percentile, entropy, auto), each with its top-1 on the same
+  validation images, the drop against fp32, the layers it keeps in float, and its latency (p50) at batch 1
+  and 32 as a ratio to ORT fp32. Latencies are interleaved round by round so drift hits every model alike.
 
-Goals on a CPU: ORT fp32 <= 0.5 x eager at batch 1; INT8 <= 0.7 x fp32 with <= 0.5 point top-1 drop.
+Goals on a CPU: ORT fp32 <= 0.5 x eager at batch 1; INT8 <= 0.7 x fp32 at batch 32 with <= 0.5 point drop.
 
     python benchmarks/export.py                 # the quickstart's SDD student
-    python benchmarks/export.py --ckpt runs/X/checkpoints/best.pt --out /tmp/export-bench
+    python benchmarks/export.py --ckpt runs/quickstart/teacher/checkpoints/best.pt --out /tmp/export-bench
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from sddcompress.benchmarking.backends import ArtifactRunner, TorchRunner
 from sddcompress.benchmarking.timer import measure
 from sddcompress.engine.evaluation_cli import model_from_checkpoint
+from sddcompress.exporting.int8_report import GOAL_DROP
 from sddcompress.exporting.pipeline import ExportOptions, default_checkpoint, run_export
+from sddcompress_export.classifier_metrics import score
 from sddcompress_export.onnxruntime_runner import OrtClassifier
+from sddcompress_export.ort_quantization import CALIBRATION_CHOICES, quantize_int8
 from sddcompress_export.tensor_file import load_tensor_file
+
+BATCHES = (1, 32)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--data", default=None, help="dataset, if the checkpoint's is not the one to score on")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--calib-size", type=int, default=256)
+    ap.add_argument("--val-size", type=int, default=None)
+    ap.add_argument("--methods", default=",".join(("minmax", "percentile", "entropy", "auto")))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     args = ap.parse_args()
     ckpt = args.ckpt or default_checkpoint()
-    out = args.out or tempfile.mkdtemp(prefix="sddcompress-export-bench-")
+    out = Path(args.out or tempfile.mkdtemp(prefix="sddcompress-export-bench-"))
     started = time.perf_counter()
-    report = run_export(ExportOptions(ckpt=ckpt, out=out, ort_int8=True), echo=lambda s: None)
-    total = time.perf_counter() - started
-    onnx_info, int8_info = report["artifacts"]["onnx"], report["artifacts"]["ort_int8"]
+    report = run_export(ExportOptions(ckpt=ckpt, out=str(out), data=args.data, data_dir=args.data_dir,
+                                      calib_size=args.calib_size, val_size=args.val_size), echo=lambda s: None)
+    export_seconds = time.perf_counter() - started
+    onnx_info = report["artifacts"]["onnx"]
     data = load_tensor_file(report["tensor_file"]["path"])
-    net, _ = model_from_checkpoint(ckpt)
-    runners = {"torch eager": TorchRunner(net), "ORT fp32": ArtifactRunner(OrtClassifier(onnx_info["path"])),
-               "ORT int8": ArtifactRunner(OrtClassifier(int8_info["path"]))}
-    top1 = {"torch eager": report["torch_metrics"]["top1"], "ORT fp32": onnx_info["metrics"]["top1"],
-            "ORT int8": int8_info["metrics"]["top1"]}
+    fp32_top1 = onnx_info["metrics"]["top1"]
+
+    rows: dict[str, dict] = {"torch eager": {"top1": report["torch_metrics"]["top1"]},
+                             "ORT fp32": {"top1": fp32_top1}}
+    runners = {"torch eager": TorchRunner(model_from_checkpoint(ckpt)[0]),
+               "ORT fp32": ArtifactRunner(OrtClassifier(onnx_info["path"]))}
+    for method in args.methods.split(","):
+        if method not in CALIBRATION_CHOICES:
+            raise SystemExit(f"--methods: unknown '{method}'; use {', '.join(CALIBRATION_CHOICES)}")
+        t0 = time.perf_counter()
+        result = quantize_int8(onnx_info["path"], out / f"model.int8.{method}.onnx", data.calib_images,
+                               data.calib_labels, method=method)
+        metrics = score(OrtClassifier(result.path), data.val_images, data.val_labels)
+        name = f"INT8 {method}" + (f"->{result.method}" if method == "auto" else "")
+        rows[name] = {"top1": metrics["top1"], "drop": fp32_top1 - metrics["top1"], "float": result.float_nodes,
+                      "quantize_seconds": time.perf_counter() - t0, "bytes": result.path.stat().st_size,
+                      "held_out_drop": result.held_out_drop()}
+        runners[name] = ArtifactRunner(OrtClassifier(result.path))
+
     p50: dict[tuple[str, int], float] = {}
-    for batch in (1, 32):
+    for batch in BATCHES:
         x = data.val_images[[i % len(data.val_images) for i in range(batch)]]
         handles = {name: r.prepare(x) for name, r in runners.items()}
         rounds: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(args.rounds):  # interleaved, so drift hits all three alike
+        for _ in range(args.rounds):  # interleaved, so drift hits every model alike
             for name, r in runners.items():
                 time.sleep(0.2)  # let the previous runtime's spinning worker threads go idle first
                 rounds[name].append(measure(lambda: r.run(handles[name]), warmup=3, min_iters=args.iters).p50)
         for name in runners:
             p50[(name, batch)] = statistics.median(rounds[name])
 
-    print(f"student {report['model']} from {ckpt}; {torch.get_num_threads()} threads; "
-          f"{len(data.val_images)} validation images")
-    print(f"export (tensor file + ONNX + parity + INT8): {total:.1f}s; ONNX write {onnx_info['export_seconds']:.1f}s; "
-          f"INT8 quantisation {int8_info['quantize_seconds']:.1f}s")
-    print(f"ONNX size {onnx_info['bytes'] / 1e6:.2f} MB (opset {onnx_info['opset']}), "
-          f"INT8 size {int8_info['bytes'] / 1e6:.2f} MB ({int8_info['bytes'] / onnx_info['bytes']:.2f}x)")
-    print(f"{'backend':<13}{'top-1':>8}{'p50 b=1 ms':>12}{'x eager':>9}{'p50 b=32 ms':>13}{'x eager':>9}")
-    for name in runners:
-        e1, e32 = p50[("torch eager", 1)], p50[("torch eager", 32)]
-        print(f"{name:<13}{top1[name]:>8.2f}{p50[(name, 1)]:>12.3f}{p50[(name, 1)] / e1:>9.2f}"
-              f"{p50[(name, 32)]:>13.3f}{p50[(name, 32)] / e32:>9.2f}")
+    print(f"{report['model']} from {ckpt}; {torch.get_num_threads()} threads; {len(data.val_images)} validation, "
+          f"{len(data.calib_images)} calibration (training) images")
+    print(f"export (tensor file + ONNX + parity): {export_seconds:.1f}s; ONNX {onnx_info['bytes'] / 1e6:.2f} MB "
+          f"(opset {onnx_info['opset']})")
+    print(f"{'model':<22}{'top-1':>7}{'drop':>7}{'float':>6}{'quant s':>8}{'b=1 ms':>9}{'x fp32':>7}"
+          f"{'b=32 ms':>9}{'x fp32':>7}")
+    for name, row in rows.items():
+        f1, f32 = p50[("ORT fp32", 1)], p50[("ORT fp32", 32)]
+        drop = f"{row['drop']:+.2f}" if "drop" in row else ""
+        floats = str(len(row["float"])) if "float" in row else ""
+        quant = f"{row['quantize_seconds']:.1f}" if "quantize_seconds" in row else ""
+        print(f"{name:<22}{row['top1']:>7.2f}{drop:>7}{floats:>6}{quant:>8}{p50[(name, 1)]:>9.3f}"
+              f"{p50[(name, 1)] / f1:>7.2f}{p50[(name, 32)]:>9.3f}{p50[(name, 32)] / f32:>7.2f}")
+        row.update({f"p50_ms_b{b}": p50[(name, b)] for b in BATCHES})
+        row.update({f"x_fp32_b{b}": p50[(name, b)] / p50[("ORT fp32", b)] for b in BATCHES})
     fp32_vs_eager = p50[("ORT fp32", 1)] / p50[("torch eager", 1)]
-    int8_vs_fp32 = {b: p50[("ORT int8", b)] / p50[("ORT fp32", b)] for b in (1, 32)}
-    drop = top1["ORT fp32"] - top1["ORT int8"]
     print(f"goal ORT fp32 <= 0.5 x eager at b=1: {fp32_vs_eager:.2f} -> {'met' if fp32_vs_eager <= 0.5 else 'NOT met'}")
-    for b, r in int8_vs_fp32.items():
-        print(f"goal INT8 <= 0.7 x fp32 at b={b}: {r:.2f} -> {'met' if r <= 0.7 else 'NOT met'}")
-    print(f"goal INT8 top-1 drop <= 0.5 points: {drop:+.2f} -> {'met' if drop <= 0.5 else 'NOT met'}")
+    for name, row in rows.items():
+        if name.startswith("INT8"):
+            ok = row["drop"] <= GOAL_DROP and row["x_fp32_b32"] <= 0.7
+            print(f"goal {name}: drop {row['drop']:+.2f} <= {GOAL_DROP}, b=32 {row['x_fp32_b32']:.2f} <= 0.7 x fp32 "
+                  f"-> {'met' if ok else 'NOT met'}; float layers: {', '.join(row['float']) or 'none'}")
+    (out / "export_bench.json").write_text(json.dumps({"checkpoint": ckpt, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

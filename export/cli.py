@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import DeployError
 from .file_checks import describe_os_error, writable_file_path
+from .ort_quantization import CALIBRATION_CHOICES
 
 
 def _eval(args) -> dict:
@@ -48,8 +49,11 @@ def _quantize(args) -> dict:
 
     writable_file_path(args.out, "--out")
     data = load_tensor_file(args.data, read_metadata(args.model).input_size)
-    out = quantize_int8(args.model, args.out, data.calib_images[: args.calib_size], method=args.method)
-    return {"int8_model": str(out)}
+    labels = None if data.calib_labels is None else data.calib_labels[: args.calib_size]
+    result = quantize_int8(args.model, args.out, data.calib_images[: args.calib_size], labels,
+                           method=args.int8_calibration, keep_float=args.int8_keep_float,
+                           max_drop=args.int8_max_drop)
+    return {"int8_model": str(result.path), **result.to_report()}
 
 
 def _build_trt(args) -> dict:
@@ -133,12 +137,17 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_count(1), default=64)
     e.add_argument("--threads", type=_count(1), default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     e.set_defaults(run=_eval)
-    q = sub.add_parser("quantize", help="static INT8 (QDQ, per-channel) with ONNX Runtime")
+    q = sub.add_parser("quantize", help="static INT8 (symmetric QDQ, per-channel) for ONNX Runtime and TensorRT")
     q.add_argument("model")
-    q.add_argument("--data", required=True)
+    q.add_argument("--data", required=True, help="tensor file whose calib_images (training images) calibrate")
     q.add_argument("--out", required=True)
     q.add_argument("--calib-size", type=_count(1), default=512)
-    q.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    q.add_argument("--int8-calibration", "--method", default="auto", choices=list(CALIBRATION_CHOICES),
+                   help="auto tries each method and keeps the best on held-out calibration images")
+    q.add_argument("--int8-keep-float", default="auto",
+                   help="auto (only if needed), none, ends (first conv + classifier) or comma-separated node names")
+    q.add_argument("--int8-max-drop", type=float, default=0.5,
+                   help="top-1 points INT8 may lose on the held-out calibration images before layers stay float")
     q.set_defaults(run=_quantize)
     t = sub.add_parser("build-trt", help="build a strongly typed TensorRT engine (needs an NVIDIA GPU)")
     t.add_argument("model", help="fp32 ONNX for fp32/fp16 (fp16 is converted first); the Q/DQ ONNX for int8")

@@ -1,9 +1,29 @@
-"""Static INT8 quantisation (QDQ, per-channel weights) of an ONNX classifier with ONNX Runtime's tools."""
+"""Static INT8 quantisation of an ONNX classifier with ONNX Runtime's tools: one artefact for ORT and TensorRT.
+
+The model is QDQ with symmetric signed 8-bit activations and weights (every zero point is 0, as TensorRT's
+explicit quantisation requires) and per-output-channel weight scales. Calibration uses training images only
+(the tensor file's `calib_images`); they are split into a calibration slice and a held-out slice, and every
+decision is scored on the held-out slice, never on the validation images a report scores:
+
+- the calibration method (`minmax`, `percentile`, `entropy`, or `auto`: each is tried, the best held-out
+  top-1 wins, ties go to agreement with fp32 and then to the smaller logit error);
+- which layers stay in float (`keep_float`): `auto` keeps all layers quantised if that already meets
+  `max_drop` on the held-out slice, else tries keeping the first conv and the classifier in float, else runs
+  a per-layer sensitivity pass (quantise one layer at a time, rank by logit error) and keeps the most
+  sensitive layers in float one by one until the held-out drop is within `max_drop` or a quarter of the
+  layers are float.
+
+Each method is calibrated once (ONNX Runtime's calibration cache); later variants only re-quantise.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,47 +31,277 @@ import numpy as np
 from .errors import DeployError
 from .metadata import load_onnx
 
+METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_CHOICES = ("auto",) + METHODS
+KEEP_FLOAT_CHOICES = ("auto", "none", "ends")  # or a comma-separated list of node names
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.ndarray, batch_size: int = 16,
-                  method: str = "minmax") -> Path:
-    """Calibrate on `calib_images` (preprocessed, N x 3 x H x W) and write a QDQ INT8 model.
 
-    Activations are unsigned 8-bit, weights signed 8-bit per output channel; the graph is pre-processed
-    (shape inference, fusions) first, as ONNX Runtime recommends. Metadata is carried over.
+@dataclass
+class HeldOutScore:
+    """An INT8 variant on the held-out calibration images, against the fp32 model on the same images."""
+
+    top1: float | None  # None when the tensor file has no calibration labels
+    agreement: float  # % of images where INT8 and fp32 predict the same class
+    logit_mse: float
+
+    def key(self) -> tuple:
+        """Larger is better."""
+        return (self.top1 if self.top1 is not None else self.agreement, self.agreement, -self.logit_mse)
+
+
+@dataclass
+class QuantizationResult:
+    path: Path
+    method: str
+    float_nodes: list[str]
+    float_reason: str
+    calibration_images: int
+    held_out_images: int
+    held_out_fp32_top1: float | None
+    held_out: HeldOutScore | None
+    candidates: dict[str, dict] = field(default_factory=dict)
+    sensitivity: list[dict] = field(default_factory=list)
+
+    def held_out_drop(self) -> float | None:
+        if self.held_out is None:
+            return None
+        if self.held_out.top1 is not None and self.held_out_fp32_top1 is not None:
+            return self.held_out_fp32_top1 - self.held_out.top1
+        return 100.0 - self.held_out.agreement
+
+    def to_report(self) -> dict:
+        values = asdict(self)
+        values["path"] = str(self.path)
+        values["held_out_drop"] = self.held_out_drop()
+        return values
+
+
+def _ort_session(path: str, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _predict(path: str, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    session = _ort_session(path)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: images[s:s + batch_size]})[0]
+                           for s in range(0, len(images), batch_size)])
+
+
+def _score(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> HeldOutScore:
+    pred = logits.argmax(1)
+    top1 = None if labels is None else float(100.0 * (pred == labels).mean())
+    return HeldOutScore(top1, float(100.0 * (pred == ref.argmax(1)).mean()), float(((logits - ref) ** 2).mean()))
+
+
+def weighted_nodes(model) -> list[str]:
+    """Names of the nodes with weights to quantise (Conv/Gemm/MatMul), in graph order."""
+    return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS]
+
+
+def end_nodes(model) -> list[str]:
+    """The first weighted node (the stem conv) and the last one (the classifier)."""
+    names = weighted_nodes(model)
+    return sorted({names[0], names[-1]}, key=names.index) if names else []
+
+
+def split_calibration(images: np.ndarray, labels: np.ndarray | None,
+                      held_out_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(images to calibrate on, held-out images, held-out labels): the last fraction is held out."""
+    held = int(round(len(images) * held_out_fraction)) if len(images) >= 8 else 0
+    cut = len(images) - held
+    return images[:cut], images[cut:], (None if labels is None else labels[cut:])
+
+
+class _Quantizer:
+    """Calibrate once per method (cache file), quantise any number of variants of one prepared model."""
+
+    def __init__(self, prepared: str, fit_images: np.ndarray, workdir: str, batch_size: int) -> None:
+        from onnxruntime.quantization import quantize_static
+
+        # equal-sized batches: the histogram calibrators (percentile, entropy) stack what each batch yields
+        batch_size = max(d for d in range(1, min(batch_size, len(fit_images)) + 1) if len(fit_images) % d == 0)
+        self.prepared, self.fit_images, self.workdir, self.batch_size = prepared, fit_images, workdir, batch_size
+        self.input_name = load_onnx(prepared).graph.input[0].name
+        self.cached = "calibration_cache_path" in inspect.signature(quantize_static).parameters
+        self.count = 0
+
+    def _reader(self):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        images, batch, name = self.fit_images, self.batch_size, self.input_name
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter([images[s:s + batch] for s in range(0, len(images), batch)])
+
+            def get_next(self):
+                chunk = next(self.batches, None)
+                return None if chunk is None else {name: chunk}
+
+        return Reader()
+
+    def _entropy_ranges(self, cache: str) -> None:
+        """Entropy (KL) ranges over a 512-bin histogram (TensorRT uses 2048; 512 keeps the search fast).
+
+        `quantize_static` gives its entropy calibrator 128 histogram bins for 128 quantised bins, which
+        leaves one candidate threshold (the full range) and so reproduces min-max exactly; calibrating
+        here with more bins and handing the ranges over through ORT's calibration cache avoids that.
+        """
+        from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            calibrator = create_calibrator(
+                Path(self.prepared), sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+                augmented_model_path=os.path.join(self.workdir, "augmented_model.onnx"),
+                calibrate_method=CalibrationMethod.Entropy,
+                extra_options={"num_bins": 512, "num_quantized_bins": 128, "symmetric": True})
+            calibrator.collect_data(self._reader())
+            save_tensors_data(calibrator.compute_data(), cache)
+
+    def quantize(self, method: str, float_nodes: list[str] = (), only: list[str] | None = None) -> str:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        self.count += 1
+        out = os.path.join(self.workdir, f"int8-{self.count}.onnx")
+        kwargs = {}
+        if self.cached:
+            kwargs["calibration_cache_path"] = os.path.join(self.workdir, f"calibration-{method}.json")
+            if method == "entropy" and not os.path.exists(kwargs["calibration_cache_path"]):
+                self._entropy_ranges(kwargs["calibration_cache_path"])
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+            quantize_static(self.prepared, out, self._reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], nodes_to_exclude=list(float_nodes),
+                            nodes_to_quantize=list(only) if only else None,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, **kwargs)
+        return out
+
+
+def _parse_keep_float(keep_float: str, model) -> list[str] | None:
+    """None for 'auto'; else the node names to keep in float."""
+    if keep_float == "auto":
+        return None
+    if keep_float == "none":
+        return []
+    if keep_float == "ends":
+        return end_nodes(model)
+    names = [n for n in keep_float.split(",") if n]
+    known = {n.name for n in model.graph.node}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise DeployError(f"--int8-keep-float: no node named {unknown[0]!r} in the model; use auto, none, ends "
+                          f"or node names such as {', '.join(weighted_nodes(model)[:2])}")
+    return names
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.ndarray,
+                  calib_labels: np.ndarray | None = None, method: str = "auto", keep_float: str = "auto",
+                  max_drop: float = 0.5, held_out_fraction: float = 0.25, batch_size: int = 32,
+                  echo=lambda s: None) -> QuantizationResult:
+    """Calibrate on training images (preprocessed, N x 3 x H x W) and write the QDQ INT8 model.
+
+    `calib_labels` (optional) lets the held-out slice be scored by top-1; without them INT8 is scored by its
+    agreement with fp32. Metadata is carried over from the fp32 file.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(calib_images) == 0:
         raise DeployError("INT8 quantisation needs calibration images; pass --calib-size N > 0")
+    if method not in CALIBRATION_CHOICES:
+        raise DeployError(f"unknown calibration method '{method}'; use one of {', '.join(CALIBRATION_CHOICES)}")
+    if calib_labels is not None and len(calib_labels) != len(calib_images):
+        raise DeployError(f"{len(calib_images)} calibration images but {len(calib_labels)} labels")
     source = load_onnx(fp32_path)
-    input_name = source.graph.input[0].name
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
-        raise DeployError(f"unknown calibration method '{method}'; use one of {', '.join(methods)}")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([calib_images[s:s + batch_size].astype(np.float32)
-                                 for s in range(0, len(calib_images), batch_size)])
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
-
+    images = np.ascontiguousarray(calib_images, np.float32)
+    fit, held, held_labels = split_calibration(images, calib_labels, held_out_fraction)
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
         quant_pre_process(str(fp32_path), prepared, skip_symbolic_shape=True)
-        staged = os.path.join(tmp, "int8.onnx")
-        quantize_static(prepared, staged, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
-        model = onnx.load(staged)
+        graph = load_onnx(prepared)  # node names as the quantiser sees them
+        forced = _parse_keep_float(keep_float, graph)
+        quantizer = _Quantizer(prepared, fit, tmp, batch_size)
+        ref = _predict(prepared, held) if len(held) else None
+        fp32_top1 = None if ref is None or held_labels is None else float(100.0 * (ref.argmax(1) == held_labels).mean())
+
+        def evaluate(path: str) -> HeldOutScore | None:
+            return None if ref is None else _score(_predict(path, held), ref, held_labels)
+
+        def drop(s: HeldOutScore | None) -> float:
+            if s is None:
+                return 0.0
+            return fp32_top1 - s.top1 if s.top1 is not None else 100.0 - s.agreement
+
+        # 1. calibration method
+        start_float = forced or []
+        candidates: dict[str, dict] = {}
+        variants: dict[str, tuple[str, HeldOutScore | None]] = {}
+        for m in (METHODS if method == "auto" else (method,)):
+            path = quantizer.quantize(m, start_float)
+            score = evaluate(path)
+            variants[m] = (path, score)
+            candidates[m] = {"held_out": None if score is None else asdict(score), "held_out_drop": drop(score)}
+            echo(f"INT8 {m}: held-out drop {drop(score):+.2f}")
+        chosen = max(variants, key=lambda m: variants[m][1].key() if variants[m][1] else (0,)) \
+            if method == "auto" and ref is not None else next(iter(variants))
+        best_path, best_score = variants[chosen]
+        float_nodes, reason, sensitivity = list(start_float), "requested" if forced else "none needed", []
+
+        # 2. layers kept in float, only when asked to decide and the held-out drop is too large
+        if forced is None and ref is not None and drop(best_score) > max_drop:
+            ends = end_nodes(graph)
+            path = quantizer.quantize(chosen, ends)
+            score = evaluate(path)
+            echo(f"INT8 {chosen} with {ends} in float: held-out drop {drop(score):+.2f}")
+            if score.key() > best_score.key():
+                best_path, best_score, float_nodes, reason = path, score, ends, "first conv and classifier"
+            if drop(best_score) > max_drop:
+                names = weighted_nodes(graph)
+                for name in names:
+                    s = evaluate(quantizer.quantize(chosen, only=[name]))
+                    sensitivity.append({"node": name, "logit_mse": s.logit_mse, "agreement": s.agreement})
+                ranked = [r["node"] for r in sorted(sensitivity, key=lambda r: -r["logit_mse"])]
+                kept: list[str] = []
+                for name in ranked[: max(1, len(names) // 4)]:
+                    kept.append(name)
+                    path = quantizer.quantize(chosen, kept)
+                    score = evaluate(path)
+                    if score.key() > best_score.key():
+                        best_path, best_score, float_nodes = path, score, list(kept)
+                        reason = "per-layer sensitivity"
+                    if drop(score) <= max_drop:
+                        break
+                echo(f"INT8 {chosen}: sensitivity pass keeps {float_nodes} in float "
+                     f"(held-out drop {drop(best_score):+.2f})")
+
+        model = onnx.load(best_path)
         del model.metadata_props[:]
         model.metadata_props.extend(source.metadata_props)
-        onnx.save(model, str(out_path))
-    return out_path
+        tmp_out = out_path.with_name(out_path.name + ".tmp")
+        onnx.save(model, str(tmp_out))
+        tmp_out.replace(out_path)
+    return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), fp32_top1, best_score,
+                              candidates, sensitivity)
+
+
+def zero_points(model) -> dict[str, list[int]]:
+    """Every QuantizeLinear/DequantizeLinear zero point of a model, by tensor name (for checks and tests)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            found[node.input[2]] = numpy_helper.to_array(inits[node.input[2]]).ravel().tolist()
+    return found

@@ -2,7 +2,8 @@
 
 Written by the torch side (`sddcompress export`), read here so a deployment host can calibrate
 and score artefacts with numpy alone. Keys: `calib_images`, `val_images` (N, 3, H, W float32),
-`val_labels` (N,) int64, `class_names`, `mean`, `std`.
+`val_labels` (N,) int64, `class_names`, `mean`, `std`, and `calib_labels` (the calibration images' training labels,
+which INT8 method picking scores on; older files lack them and are still read).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class TensorFile:
     val_images: np.ndarray
     val_labels: np.ndarray
     class_names: list[str]
+    calib_labels: np.ndarray | None = None
 
     @property
     def input_size(self) -> int:
@@ -32,13 +34,14 @@ class TensorFile:
 
 
 def save_tensor_file(path: str | Path, calib_images: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
-                     class_names: list[str], mean, std) -> Path:
+                     class_names: list[str], mean, std, calib_labels: np.ndarray | None = None) -> Path:
     """Write the file atomically (temp + rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, calib_images=calib_images.astype(np.float32), val_images=val_images.astype(np.float32),
                         val_labels=val_labels.astype(np.int64), class_names=np.array(class_names),
-                        mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
+                        mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
+                        **({} if calib_labels is None else {"calib_labels": np.asarray(calib_labels, np.int64)}))
     os.replace(tmp, path)
     return path
 
@@ -57,7 +60,8 @@ def load_tensor_file(path: str | Path, input_size: int | None = None) -> TensorF
                 raise DeployError(f"'{path}' lacks {', '.join(missing)}; use the data.npz written by "
                                   "`sddcompress export`")
             tensors = TensorFile(z["calib_images"], z["val_images"], z["val_labels"],
-                                 [str(c) for c in z["class_names"]] if "class_names" in z.files else [])
+                                 [str(c) for c in z["class_names"]] if "class_names" in z.files else [],
+                                 z["calib_labels"] if "calib_labels" in z.files else None)
     except PermissionError:
         raise DeployError(f"tensor file '{path}' cannot be read (permission denied); fix its permissions") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:

@@ -183,3 +183,121 @@ def test_tensor_file_of_another_input_size_is_refused(exported, tmp_path, cli):
                           msg)
     done = _deploy("eval", exported["artifacts"]["onnx"]["path"], "--data", str(small))
     assert done.returncode == 2 and msg in done.stderr
+
+
+# ---- INT8: one symmetric QDQ artefact, calibrated and picked on training images only ----
+
+def _quant_nodes(model) -> list:
+    return [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def test_int8_zero_points_are_all_zero_int8(exported):
+    from onnx import TensorProto
+
+    from sddcompress_export.ort_quantization import zero_points
+
+    model = onnx.load(exported["artifacts"]["ort_int8"]["path"])
+    points = zero_points(model)
+    assert len(points) >= len(_quant_nodes(model)) // 2 > 0  # activations and weights
+    assert all(v == 0 for values in points.values() for v in values)
+    inits = {i.name: i for i in model.graph.initializer}
+    activation_points = {n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert activation_points and {inits[name].data_type for name in activation_points} == {TensorProto.INT8}
+    # weights int8 (signed, symmetric around 0); only biases are int32, as QDQ biases always are
+    assert {inits[name].data_type for name in points} == {TensorProto.INT8, TensorProto.INT32}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and inits[n.input[0]].data_type == TensorProto.INT8 and len(inits[n.input[0]].dims) == 4]
+    assert weight_dq and all(len(inits[n.input[1]].dims) == 1 for n in weight_dq)  # per-channel conv weights
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_each_calibration_method_produces_a_model(exported, tmp_path, method):
+    from sddcompress_export.ort_quantization import quantize_int8, zero_points
+
+    data = load_tensor_file(exported["tensor_file"]["path"])
+    result = quantize_int8(exported["artifacts"]["onnx"]["path"], tmp_path / "q.onnx", data.calib_images[:32],
+                           data.calib_labels[:32], method=method, keep_float="none")
+    assert result.method == method and result.float_nodes == [] and result.held_out_images == 8
+    model = onnx.load(str(result.path))
+    assert _quant_nodes(model) and all(v == 0 for vs in zero_points(model).values() for v in vs)
+    logits = OrtClassifier(result.path)(data.val_images[:4])
+    assert logits.shape == (4, len(data.class_names)) and np.isfinite(logits).all()
+
+
+def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tmp_path, monkeypatch):
+    """Every image ONNX Runtime sees while quantising is a calibration (training) image: calibration runs on
+    the first 3/4, method/layer choices are scored on the last 1/4, and no validation image is ever fed."""
+    import onnxruntime as ort
+
+    import sddcompress.exporting.int8_report as int8_report
+    from sddcompress.exporting.pipeline import ExportOptions, run_export
+
+    data = load_tensor_file(exported["tensor_file"]["path"])
+    seen: list[tuple[str, np.ndarray]] = []
+    quantising = []
+    real_run, real_quantize = ort.InferenceSession.run, int8_report.quantize_int8
+
+    def recording_run(self, output_names, feed, *args, **kwargs):
+        if quantising:
+            seen.extend((str(getattr(self, "_model_path", "")), x) for x in feed.values())
+        return real_run(self, output_names, feed, *args, **kwargs)
+
+    def recording_quantize(*args, **kwargs):
+        quantising.append(True)
+        try:
+            return real_quantize(*args, **kwargs)
+        finally:
+            quantising.clear()
+
+    monkeypatch.setattr(ort.InferenceSession, "run", recording_run)
+    monkeypatch.setattr(int8_report, "quantize_int8", recording_quantize)
+    report = run_export(ExportOptions(ckpt=exported["checkpoint"], out=str(tmp_path), ort_int8=True,
+                                      calib_file=exported["tensor_file"]["path"]), echo=lambda s: None)
+    info = report["artifacts"]["ort_int8"]
+    fit, held = data.calib_images[:48], data.calib_images[48:]
+    assert info["calibration_images"] == 48 and info["held_out_images"] == 16
+
+    def rows_in(batch: np.ndarray, pool: np.ndarray) -> bool:
+        flat = pool.reshape(len(pool), -1)
+        return all((flat == row.reshape(1, -1)).all(1).any() for row in batch)
+
+    calibration = [x for path, x in seen if "augmented" in path]
+    scoring = [x for path, x in seen if "augmented" not in path]
+    assert calibration and scoring
+    assert all(rows_in(x, fit) for x in calibration)
+    assert all(rows_in(x, held) for x in scoring)
+    assert not any(rows_in(x[:1], data.val_images) for _, x in seen)
+    candidates = info["quantization"]["candidates"]
+    assert set(candidates) == {"minmax", "percentile", "entropy"} and info["calibration_requested"] == "auto"
+    best = min(candidates[m]["held_out_drop"] for m in candidates)
+    assert candidates[info["calibration_method"]]["held_out_drop"] == best
+
+
+def test_int8_report_names_method_float_layers_and_drop(exported):
+    report = json.loads((Path(exported["out"]) / "export_report.json").read_text())
+    info = report["artifacts"]["ort_int8"]
+    assert info["calibration_method"] in ("minmax", "percentile", "entropy")
+    assert isinstance(info["float_nodes"], list) and info["float_reason"]
+    assert info["top1_drop"] == pytest.approx(report["artifacts"]["onnx"]["metrics"]["top1"] - info["metrics"]["top1"])
+    assert info["goal"].startswith("met" if info["top1_drop"] <= 0.5 else "NOT met")
+    assert info["quantization"]["held_out_fp32_top1"] is not None
+
+
+def test_keep_float_ends_leaves_first_conv_and_classifier_unquantised(exported, tmp_path):
+    from sddcompress_export.ort_quantization import end_nodes, quantize_int8
+
+    data = load_tensor_file(exported["tensor_file"]["path"])
+    result = quantize_int8(exported["artifacts"]["onnx"]["path"], tmp_path / "q.onnx", data.calib_images[:32],
+                           method="minmax", keep_float="ends")
+    model = onnx.load(str(result.path))
+    produced_by = {out: n for n in model.graph.node for out in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    kept = [n for n in model.graph.node if n.name in result.float_nodes]
+    assert len(kept) == 2 and {n.op_type for n in kept} <= {"Conv", "Gemm", "MatMul"}
+    for node in kept:  # float weights straight from an initializer, no DequantizeLinear in front
+        assert node.input[1] in inits and node.input[1] not in produced_by
+    quantised = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in result.float_nodes]
+    assert quantised and all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in quantised)
+    with pytest.raises(DeployError, match="no node named 'nope'"):
+        quantize_int8(exported["artifacts"]["onnx"]["path"], tmp_path / "r.onnx", data.calib_images[:16],
+                      keep_float="nope")

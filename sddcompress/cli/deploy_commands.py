@@ -15,14 +15,21 @@ import click
 @click.option("--trt", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Also build a strongly typed TensorRT engine (repeatable; needs an NVIDIA GPU): fp32 from the "
                    "ONNX, fp16 from an fp16 copy of it, int8 from the Q/DQ model.")
-@click.option("--ort-int8", is_flag=True, help="Also write a static INT8 (QDQ, per-channel) ONNX Runtime model.")
+@click.option("--ort-int8", is_flag=True,
+              help="Also write model.int8.onnx: static INT8, symmetric QDQ, per-channel (ORT and TensorRT).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..21).")
 @click.option("--batch", default="dynamic", show_default=True, type=click.Choice(["1", "dynamic"]),
               help="Batch axis of the ONNX input.")
 @click.option("--calib-size", type=int, default=256, show_default=True,
               help="Training images used to calibrate INT8 (the Q/DQ model ORT and TensorRT both run).")
-@click.option("--calib-method", default="minmax", show_default=True,
-              type=click.Choice(["minmax", "entropy", "percentile"]), help="ORT INT8 calibration method.")
+@click.option("--int8-calibration", "--calib-method", "calib_method", default="auto", show_default=True,
+              type=click.Choice(["auto", "minmax", "entropy", "percentile"]),
+              help="INT8 calibration method; auto tries each and keeps the best on held-out calibration images.")
+@click.option("--int8-keep-float", default="auto", show_default=True,
+              help="Layers left in float in model.int8.onnx: auto (only if needed to meet --int8-max-drop on "
+                   "held-out calibration images), none, ends (first conv and classifier) or node names, comma-separated.")
+@click.option("--int8-max-drop", type=float, default=0.5, show_default=True,
+              help="Largest top-1 drop (points, on held-out calibration images) INT8 may cost before layers stay float.")
 @click.option("--calib-file", default=None, type=click.Path(),
               help="Use this tensor file (.npz from a previous export) instead of reading the dataset.")
 @click.option("--val-size", type=int, default=None,
@@ -38,8 +45,9 @@ import click
 @click.option("--opt-batch", type=int, default=8, show_default=True, help="TensorRT profile: batch tuned for.")
 @click.option("--max-batch", type=int, default=32, show_default=True, help="TensorRT profile: largest batch.")
 @click.option("--no-slim", is_flag=True, help="Skip onnxslim graph simplification.")
-def export_cmd(ckpt, out, onnx_only, trt, ort_int8, opset, batch, calib_size, calib_method, calib_file, val_size,
-               data, data_dir, atol, min_agreement, min_batch, opt_batch, max_batch, no_slim) -> None:
+def export_cmd(ckpt, out, onnx_only, trt, ort_int8, opset, batch, calib_size, calib_method, int8_keep_float,
+               int8_max_drop, calib_file, val_size, data, data_dir, atol, min_agreement, min_batch, opt_batch,
+               max_batch, no_slim) -> None:
     """Export a checkpoint's plain model to ONNX (checked against PyTorch), and optionally to an ONNX Runtime
     INT8 model and TensorRT engines. Writes model.onnx, data.npz and export_report.json."""
     from ..exporting.pipeline import ExportOptions, run_export
@@ -48,7 +56,8 @@ def export_cmd(ckpt, out, onnx_only, trt, ort_int8, opset, batch, calib_size, ca
                              calib_size=calib_size, val_size=val_size, calib_file=calib_file, data=data,
                              data_dir=data_dir, atol=atol, min_agreement=min_agreement, min_batch=min_batch,
                              opt_batch=opt_batch, max_batch=max_batch, slim=not no_slim,
-                             calib_method=calib_method), echo=click.echo)
+                             calib_method=calib_method, int8_keep_float=int8_keep_float,
+                             int8_max_drop=int8_max_drop), echo=click.echo)
 
 
 @click.command("eval-artifact")

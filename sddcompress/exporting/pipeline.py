@@ -42,7 +42,9 @@ class ExportOptions:
     opt_batch: int = 8
     max_batch: int = 32
     slim: bool = True
-    calib_method: str = "minmax"
+    calib_method: str = "auto"
+    int8_keep_float: str = "auto"
+    int8_max_drop: float = 0.5
 
 
 def default_checkpoint() -> str:
@@ -68,6 +70,8 @@ def _validate(o: ExportOptions) -> None:
             raise UserError(f"--trt {p}: use fp32, fp16 or int8")
     if "int8" in o.trt and o.calib_size == 0 and not o.calib_file:
         raise UserError("--trt int8 needs calibration data: pass --calib-size N (> 0) or --calib-file data.npz")
+    if o.int8_max_drop < 0:
+        raise UserError(f"--int8-max-drop must be >= 0, got {o.int8_max_drop}")
     if o.ort_int8 and o.calib_size == 0 and not o.calib_file:
         raise UserError("--ort-int8 needs calibration data: pass --calib-size N (> 0) or --calib-file data.npz")
 
@@ -143,25 +147,15 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     except DeployError as exc:
         _fail(report, report_path, str(exc))
 
-    # 3. ONNX Runtime INT8 (static, QDQ, per-channel).
+    # 3. INT8 (static, symmetric QDQ, per-channel): one model.int8.onnx for ONNX Runtime and TensorRT.
     if o.ort_int8:
-        from sddcompress_export.ort_quantization import quantize_int8
+        from .int8_report import int8_section
 
-        started = time.perf_counter()
-        int8_path = quantize_int8(onnx_path, out / "model.int8.onnx", tensors.calib_images, method=o.calib_method)
-        seconds = time.perf_counter() - started
-        int8_logits = predict_all(OrtClassifier(int8_path), tensors.val_images, batch)
-        int8_metrics = logits_metrics(int8_logits, labels)
-        int8_parity = compare_logits(ref, int8_logits)
-        if nonfinite_reason(int8_parity, str(int8_path)):
-            _fail(report, report_path, f"INT8 model: {nonfinite_reason(int8_parity, str(int8_path))}")
-        report["artifacts"]["ort_int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size,
-                                           "quantize_seconds": seconds, "metrics": int8_metrics,
-                                           "parity": int8_parity, "calibration_images": len(tensors.calib_images),
-                                           "calibration_method": o.calib_method}
-        echo(f"ORT INT8: {int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s): top-1 "
-             f"{int8_metrics['top1']:.2f} vs fp32 {fp32_metrics['top1']:.2f} "
-             f"({int8_metrics['top1'] - fp32_metrics['top1']:+.2f} points)")
+        report["artifacts"]["ort_int8"] = int8_section(onnx_path, out / "model.int8.onnx", tensors, fp32_metrics,
+                                                       ref, batch, o, echo)
+        int8_info = report["artifacts"]["ort_int8"]
+        if nonfinite_reason(int8_info["parity"], int8_info["path"]):
+            _fail(report, report_path, f"INT8 model: {nonfinite_reason(int8_info['parity'], int8_info['path'])}")
 
     # 4. TensorRT engines (GPU hosts), strongly typed: each precision is its own ONNX file.
     trt_error = None

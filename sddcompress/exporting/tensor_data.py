@@ -26,9 +26,9 @@ def preprocess(base, transform, indices: Iterable[int], batch_size: int = 128) -
     return np.concatenate(images).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
-def preprocessed_splits(bundle: DataBundle, calib_size: int, val_size: int | None,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(calibration images, validation images, validation labels).
+def labelled_splits(bundle: DataBundle, calib_size: int, val_size: int | None,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(calibration images, validation images, validation labels, calibration labels).
 
     Calibration: `calib_size` training images drawn with a fixed seed, preprocessed like validation
     images (no augmentation). Validation: the first `val_size` validation images (all if None).
@@ -36,12 +36,19 @@ def preprocessed_splits(bundle: DataBundle, calib_size: int, val_size: int | Non
     g = torch.Generator().manual_seed(seed)
     calib_idx = torch.randperm(len(bundle.train), generator=g)[: max(calib_size, 0)].tolist()
     val_idx = range(len(bundle.val) if val_size is None else min(val_size, len(bundle.val)))
-    calib, _ = preprocess(bundle.train, bundle.val_transform, calib_idx)
+    calib, calib_labels = preprocess(bundle.train, bundle.val_transform, calib_idx)
     val, labels = preprocess(bundle.val, bundle.val_transform, val_idx)
-    return calib, val, labels
+    return calib, val, labels, calib_labels
+
+
+def preprocessed_splits(bundle: DataBundle, calib_size: int, val_size: int | None,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibration images, validation images, validation labels); see `labelled_splits`."""
+    return labelled_splits(bundle, calib_size, val_size, seed)[:3]
 
 
 def write_tensor_file(bundle: DataBundle, path: str | Path, calib_size: int, val_size: int | None,
                       seed: int = 0) -> Path:
-    calib, val, labels = preprocessed_splits(bundle, calib_size, val_size, seed)
-    return save_tensor_file(path, calib, val, labels, list(bundle.class_names), bundle.mean, bundle.std)
+    calib, val, labels, calib_labels = labelled_splits(bundle, calib_size, val_size, seed)
+    return save_tensor_file(path, calib, val, labels, list(bundle.class_names), bundle.mean, bundle.std,
+                            calib_labels=calib_labels)

@@ -1,0 +1,55 @@
+"""The INT8 step of `sddcompress export`: quantise on training images, score on validation, report plainly."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sddcompress_export.classifier_metrics import logits_metrics, predict_all
+from sddcompress_export.onnxruntime_runner import OrtClassifier
+from sddcompress_export.ort_quantization import quantize_int8
+from sddcompress_export.parity import compare_logits
+from sddcompress_export.tensor_file import TensorFile
+
+GOAL_DROP = 0.5  # top-1 points INT8 may lose against fp32 on the validation images
+
+
+def verdict(drop: float, max_drop: float, float_nodes: list[str]) -> str:
+    """One line: goal met, or why not and what to do about it."""
+    if drop <= max_drop:
+        return f"met: top-1 drop {drop:+.2f} <= {max_drop} points"
+    return (f"NOT met: post-training quantisation loses {drop:.2f} top-1 points here "
+            f"({len(float_nodes)} layers in float); fix: keep more layers float (--int8-keep-float with the "
+            "most sensitive nodes listed under 'sensitivity'), calibrate on more images (--calib-size), or "
+            "fine-tune with quantisation-aware training")
+
+
+def int8_section(onnx_path: Path, int8_path: Path, tensors: TensorFile, fp32_metrics: dict, ref: np.ndarray,
+                 batch: int, o, echo: Callable[[str], None]) -> dict:
+    """Write model.int8.onnx and return its report entry (method, layers kept in float, drop, verdict).
+
+    Only `tensors.calib_images` (training images) reach the quantiser; the validation images are used
+    afterwards, to score the chosen model.
+    """
+    started = time.perf_counter()
+    result = quantize_int8(onnx_path, int8_path, tensors.calib_images, tensors.calib_labels,
+                           method=o.calib_method, keep_float=o.int8_keep_float, max_drop=o.int8_max_drop,
+                           echo=echo)
+    seconds = time.perf_counter() - started
+    logits = predict_all(OrtClassifier(int8_path), tensors.val_images, batch)
+    metrics = logits_metrics(logits, tensors.val_labels)
+    drop = fp32_metrics["top1"] - metrics["top1"]
+    line = verdict(drop, o.int8_max_drop, result.float_nodes)
+    echo(f"INT8: {int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s), calibration "
+         f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float layers: "
+         f"{', '.join(result.float_nodes) or 'none'}; top-1 {metrics['top1']:.2f} vs fp32 "
+         f"{fp32_metrics['top1']:.2f}; goal {line}")
+    return {"path": str(int8_path), "bytes": int8_path.stat().st_size, "quantize_seconds": seconds,
+            "metrics": metrics, "parity": compare_logits(ref, logits),
+            "calibration_method": result.method, "calibration_requested": o.calib_method,
+            "calibration_images": result.calibration_images, "held_out_images": result.held_out_images,
+            "float_nodes": result.float_nodes, "float_reason": result.float_reason,
+            "top1_drop": drop, "goal": line, "quantization": result.to_report()}
