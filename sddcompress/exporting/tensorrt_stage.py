@@ -30,7 +30,7 @@ def precision_onnx(onnx_path: Path, precision: str, out: Path, calib_images: np.
         return Path(int8_path)
     from sddcompress_export.ort_quantization import quantize_int8
 
-    return Path(quantize_int8(onnx_path, out / "model.int8.onnx", calib_images))
+    return quantize_int8(onnx_path, out / "model.int8.onnx", calib_images).path
 
 
 def build_engines(onnx_path: Path, out: Path, precisions: list[str], batches: tuple[int, int, int],
