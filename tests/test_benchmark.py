@@ -106,6 +106,7 @@ def test_plot_and_report_written(bench):
     report = (out / "report.md").read_text()
     assert "| student | ort-int8 |" in report and "trt-fp16 | skipped" in report
     assert "latency_accuracy.png" in report
+    assert "(class-stratified sample)" in report and "INSIDE the timing" in report
 
 
 def test_backend_that_fails_to_start_is_reported(teacher_ckpt, tmp_path, monkeypatch):

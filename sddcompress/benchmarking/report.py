@@ -105,8 +105,8 @@ def write_markdown(doc: dict, path: Path, plot_name: str | None) -> Path:
            f"tensorrt {env['versions']['tensorrt']}.", "",
            f"Method: {m['warmup']} warm-up iterations, then at least {m['min_iters']} timed iterations and at least "
            f"{m['min_seconds']} s per (model, backend, batch); clock: {m['clock']}. Every backend gets the same "
-           f"preprocessed inputs (the first images of the validation split). Accuracy on {doc['data']['val_images']} "
-           f"validation images of {doc['data']['name']}. Peak memory: {m['memory']}.", ""]
+           f"preprocessed inputs. Accuracy on {doc['data']['val_images']} validation images of {doc['data']['name']} "
+           f"({doc['data'].get('sample', 'first images')} sample). Peak memory: {m['memory']}.", ""]
     cols = header(doc)
     out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(c.replace("|", "/") for c in line) + " |" for line in rows_for_table(doc)]
