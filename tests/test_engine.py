@@ -138,7 +138,7 @@ def test_shipped_paper_configs(name):
     cfg = build_config(read_config_file(name), {}, set())
     assert (cfg.epochs, cfg.batch_size, cfg.milestones, cfg.weight_decay, cfg.method) == (
         240, 64, [150, 180, 210], 5e-4, "sdd-dkd")
-    small = cfg.model in ("mobilenetv2", "shufflenetv1", "shufflenetv2")
+    small = cfg.model in ("mobilenetv2", "shufflenetv1", "shufflenetv2", "mobile_half", "shufflev1_paper", "shufflev2_paper")
     assert cfg.lr == (0.01 if small else 0.05)
     assert cfg.out == f"runs/{cfg.model}-from-{cfg.teacher}-sdd-dkd-cifar100"
 

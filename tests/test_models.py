@@ -25,7 +25,8 @@ def _check_global_and_local(name, input_size, scales=(1, 2, 4)):
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_named_model_at_32px(name):
-    _check_global_and_local(name, 32)
+    # the papers' mobile_half ends on a 2x2 map at 32 px: SDD's 4x4 regions do not exist there
+    _check_global_and_local(name, 32, (1, 2) if name == "mobile_half" else (1, 2, 4))
 
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "shufflenetv2", "mobilenet_v3_small",

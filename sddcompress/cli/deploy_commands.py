@@ -9,7 +9,13 @@ import click
 
 @click.command("export")
 @click.option("--ckpt", default=None, type=click.Path(),
-              help="Checkpoint from train/distill. [default: the quickstart's SDD student]")
+              help="Checkpoint from train/distill, or any state dict (.pt/.pth/.safetensors, CIFAR teacher zoo) with "
+                   "--model. [default: the quickstart's SDD student]")
+@click.option("--model", default=None, help="Architecture of a state dict from elsewhere (see `sddcompress models`).")
+@click.option("--num-classes", type=int, default=None,
+              help="Class count of a state dict from elsewhere. [default: read from its classifier]")
+@click.option("--input-size", type=int, default=None,
+              help="Input size of a state dict from elsewhere. [default: 32 for the CIFAR models]")
 @click.option("--out", default=None, help="Output folder. [default: RUN_DIR/export next to the checkpoint's run]")
 @click.option("--onnx", "onnx_only", is_flag=True, help="Write the ONNX file (always done; the flag is for clarity).")
 @click.option("--trt", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
@@ -45,14 +51,15 @@ import click
 @click.option("--opt-batch", type=int, default=8, show_default=True, help="TensorRT profile: batch tuned for.")
 @click.option("--max-batch", type=int, default=32, show_default=True, help="TensorRT profile: largest batch.")
 @click.option("--no-slim", is_flag=True, help="Skip onnxslim graph simplification.")
-def export_cmd(ckpt, out, onnx_only, trt, ort_int8, opset, batch, calib_size, calib_method, int8_keep_float,
-               int8_max_drop, calib_file, val_size, data, data_dir, atol, min_agreement, min_batch, opt_batch,
-               max_batch, no_slim) -> None:
+def export_cmd(ckpt, model, num_classes, input_size, out, onnx_only, trt, ort_int8, opset, batch, calib_size,
+               calib_method, int8_keep_float, int8_max_drop, calib_file, val_size, data, data_dir, atol, min_agreement,
+               min_batch, opt_batch, max_batch, no_slim) -> None:
     """Export a checkpoint's plain model to ONNX (checked against PyTorch), and optionally to an ONNX Runtime
     INT8 model and TensorRT engines. Writes model.onnx, data.npz and export_report.json."""
     from ..exporting.pipeline import ExportOptions, run_export
 
-    run_export(ExportOptions(ckpt=ckpt, out=out, opset=opset, batch=batch, ort_int8=ort_int8, trt=list(trt),
+    run_export(ExportOptions(ckpt=ckpt, model=model, num_classes=num_classes, input_size=input_size, out=out,
+                             opset=opset, batch=batch, ort_int8=ort_int8, trt=list(trt),
                              calib_size=calib_size, val_size=val_size, calib_file=calib_file, data=data,
                              data_dir=data_dir, atol=atol, min_agreement=min_agreement, min_batch=min_batch,
                              opt_batch=opt_batch, max_batch=max_batch, slim=not no_slim,

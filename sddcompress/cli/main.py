@@ -82,19 +82,25 @@ def distill_cmd(ctx: click.Context, **values) -> None:
 
 
 @cli.command("eval")
-@click.option("--ckpt", required=True, type=click.Path(), help="Checkpoint written by train/distill.")
-@click.option("--model", default=None, help="Model name; must match the checkpoint's. [default: from checkpoint]")
+@click.option("--ckpt", required=True, type=click.Path(),
+              help="Checkpoint written by train/distill, or any state dict (.pt/.pth/.safetensors, CIFAR teacher zoo).")
+@click.option("--model", default=None,
+              help="Model name; must match the checkpoint's; required for a state dict from elsewhere. "
+                   "[default: from checkpoint]")
+@click.option("--num-classes", type=int, default=None,
+              help="Class count of a state dict from elsewhere. [default: read from its classifier]")
 @click.option("--data", default=None, help="Dataset. [default: the checkpoint's]")
 @click.option("--data-dir", default=None, help="Where the dataset's files are.")
-@click.option("--input-size", type=int, default=None, help="Input size in px. [default: the checkpoint's]")
+@click.option("--input-size", type=int, default=None,
+              help="Input size in px. [default: the checkpoint's; 32 for a CIFAR model's state dict]")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Evaluation batch size.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_cmd(ckpt: str, model: str | None, data: str | None, data_dir: str | None, input_size: int | None,
-             batch_size: int, as_json: bool) -> None:
+def eval_cmd(ckpt: str, model: str | None, num_classes: int | None, data: str | None, data_dir: str | None,
+             input_size: int | None, batch_size: int, as_json: bool) -> None:
     """Top-1 / top-5 accuracy and loss of a checkpoint on a dataset's validation split."""
     from ..engine.evaluation_cli import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(ckpt, model, data, data_dir, input_size, batch_size)
+    metrics = evaluate_checkpoint(ckpt, model, data, data_dir, input_size, batch_size, num_classes)
     if as_json:
         click.echo(json.dumps(metrics))
     else:

@@ -20,6 +20,7 @@ from .. import __version__
 from ..errors import UserError
 
 FORMAT = "sddcompress-checkpoint-v1"
+FOREIGN = "foreign"  # a state dict from elsewhere, see models/foreign_checkpoints.py
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -84,27 +85,27 @@ def save_checkpoint(record: dict, paths: list[Path]) -> None:
                                        "checkpoint is intact; re-running the command resumes from it)") from None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True; a missing, unreadable or corrupt file is a UserError."""
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint without unpickling code; a missing, unreadable, corrupt or unsafe file is a UserError.
+
+    Our own checkpoints come back as written. Any other file holding a state dict (plain, nested under
+    model/state_dict/net, `module.`-prefixed, .safetensors, the CIFAR teacher zoo) comes back as
+    {"format": "foreign", "model": {"state_dict": ...}, "facts": {...}}; `load_model_weights` maps it.
+    """
+    from ..models.foreign_checkpoints import find_state_dict, read_weights_file
+
     path = existing_file(path, "checkpoint", "pass the .pt file written by train/distill (RUN/checkpoints/best.pt)",
                          error=UserError)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = read_weights_file(path)
     except OSError as exc:
         raise UserError(describe_os_error(exc, "cannot read checkpoint")) from None
-    except Exception as exc:  # the unpickler raises IndexError/KeyError/... on files that are not checkpoints
-        text = str(exc)
-        why = ("it holds objects other than tensors, which are never unpickled" if "Unsupported global" in text
-               else type(exc).__name__)
-        raise UserError(f"checkpoint '{path}' is corrupt or not a checkpoint ({why}); pass a .pt file written by "
-                        "train/distill") from None
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt["model"].get("state_dict"), dict):
             raise UserError(f"checkpoint '{path}' is damaged (no model weights); use another checkpoint")
         return ckpt
-    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return {"format": "state_dict", "model": {"state_dict": ckpt}}
-    raise UserError(f"checkpoint '{path}' is not an sddcompress checkpoint or a plain state_dict")
+    state, facts = find_state_dict(ckpt, path)
+    return {"format": FOREIGN, "model": {"state_dict": state}, "facts": facts}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -115,13 +116,24 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_record(name: str, model: nn.Module, num_classes: int, input_size: int) -> dict:
-    return {"name": name, "num_classes": num_classes, "input_size": input_size,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+def model_record(name: str, model: nn.Module, num_classes: int, input_size: int, imagenet_stem: bool = False) -> dict:
+    """`imagenet_stem`: the network was built as published (pretrained layout), not as its small-input variant."""
+    record = {"name": name, "num_classes": num_classes, "input_size": input_size,
+              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if imagenet_stem:
+        record["imagenet_stem"] = True
+    return record
 
 
 def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_classes: int, path: str) -> None:
     """Copy checkpoint weights into `model`; architecture or class-count mismatch is a UserError."""
+    if ckpt.get("format") == FOREIGN:
+        from ..models.foreign_checkpoints import fit_state_dict
+
+        state, layout = fit_state_dict(model, expected_name, num_classes, ckpt["model"]["state_dict"], path)
+        ckpt["layout"] = layout
+        model.load_state_dict(state)
+        return
     record = ckpt["model"]
     saved_name = record.get("name")
     if saved_name is not None and saved_name != expected_name:

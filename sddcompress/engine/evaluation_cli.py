@@ -8,29 +8,62 @@ from torch.utils.data import DataLoader
 from ..data import SeededTransform, load_dataset
 from ..errors import UserError
 from ..models import build_model
-from .checkpoint import load_checkpoint, load_model_weights
+from .checkpoint import FOREIGN, load_checkpoint, load_model_weights
 from .evaluate import evaluate
 from .option_rules import check_option
 
 
-def model_from_checkpoint(path: str, model: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """The plain model stored in an sddcompress checkpoint, in eval mode, and the checkpoint."""
+def model_from_checkpoint(path: str, model: str | None = None, num_classes: int | None = None,
+                          input_size: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The plain model a checkpoint holds, in eval mode, and the checkpoint.
+
+    Our checkpoints say their model, class count and input size; for any other state dict (plain,
+    .safetensors, the CIFAR teacher zoo) pass them: `model` always, `num_classes` unless the
+    classifier shows it, `input_size` unless the model is a 32-px CIFAR model. The returned
+    checkpoint then carries a complete model record like ours.
+    """
     ckpt = load_checkpoint(path)
     record = ckpt["model"]
+    if ckpt.get("format") == FOREIGN:
+        record.update(foreign_model_record(path, ckpt, model, num_classes, input_size))
+    elif num_classes is not None and num_classes != record.get("num_classes"):
+        raise UserError(f"'{path}' has {record.get('num_classes')} classes, not {num_classes}; drop --num-classes")
     name = model or record.get("name")
-    if name is None or record.get("num_classes") is None:
-        raise UserError(f"'{path}' is a bare state_dict; pass --model and use a checkpoint from train/distill")
-    net = build_model(name, record["num_classes"], record.get("input_size") or 32)
+    net = build_model(name, record["num_classes"], record.get("input_size") or 32,
+                      imagenet_stem=bool(record.get("imagenet_stem")))
     load_model_weights(net, ckpt, name, record["num_classes"], path)
     return net.eval(), ckpt
 
 
+def foreign_model_record(path: str, ckpt: dict, model: str | None, num_classes: int | None,
+                         input_size: int | None) -> dict:
+    """name / num_classes / input_size for a state dict from elsewhere, from the options or the file."""
+    from ..models.foreign_checkpoints import infer_num_classes
+    from ..models.registry import REGISTRY
+
+    if not model:
+        raise UserError(f"'{path}' is a state dict from elsewhere and does not say its architecture; pass "
+                        "--model NAME (see `sddcompress models`; teacher-zoo files: resnet32x4, wrn_40_2, vgg13, ...)")
+    fixed_size = model in REGISTRY and REGISTRY[model].family in ("cifar-resnet", "wrn", "vgg", "shufflenet",
+                                                                  "paper-cifar")
+    if input_size is None and not fixed_size:
+        raise UserError(f"'{path}' does not say its input size; pass --input-size (e.g. 32 for CIFAR, 224 for "
+                        "ImageNet-style data)")
+    size = input_size or 32
+    classes = num_classes
+    if classes is None:
+        classes = infer_num_classes(build_model(model, 2, size), model, ckpt["model"]["state_dict"])
+        if classes is None:
+            raise UserError(f"cannot tell the class count of '{path}'; pass --num-classes")
+    return {"name": model, "num_classes": classes, "input_size": size}
+
+
 def evaluate_checkpoint(path: str, model: str | None, data: str | None, data_dir: str | None,
-                        input_size: int | None, batch_size: int) -> dict:
+                        input_size: int | None, batch_size: int, num_classes: int | None = None) -> dict:
     if batch_size <= 0:
         raise UserError(f"--batch-size must be > 0, got {batch_size}")
     check_option("input_size", input_size)
-    net, ckpt = model_from_checkpoint(path, model)
+    net, ckpt = model_from_checkpoint(path, model, num_classes, input_size)
     data = data or ckpt.get("data")
     if data is None:
         raise UserError("pass --data: the checkpoint does not say which dataset it was trained on")

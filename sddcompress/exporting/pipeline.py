@@ -17,6 +17,7 @@ from sddcompress_export.parity import check_parity, compare_logits, nonfinite_re
 from sddcompress_export.tensor_file import load_tensor_file
 
 from ..data import load_dataset
+from ..engine.checkpoint import FOREIGN
 from ..engine.evaluation_cli import model_from_checkpoint
 from ..errors import UserError
 from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints
@@ -27,6 +28,9 @@ from .tensor_data import write_tensor_file
 class ExportOptions:
     ckpt: str | None = None
     out: str | None = None
+    model: str | None = None  # for a state dict from elsewhere: its architecture, class count, input size
+    num_classes: int | None = None
+    input_size: int | None = None
     opset: int = DEFAULT_OPSET
     batch: str = "dynamic"
     ort_int8: bool = False
@@ -45,6 +49,12 @@ class ExportOptions:
     calib_method: str = "auto"
     int8_keep_float: str = "auto"
     int8_max_drop: float = 0.5
+
+
+def tensor_file_normalization(path: Path) -> dict:
+    """The mean/std a tensor file's images were normalised with (empty if it does not say)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: [float(v) for v in z[k]] for k in ("mean", "std") if k in z.files}
 
 
 def default_checkpoint() -> str:
@@ -87,11 +97,12 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     """Run the export; returns the report (also written to OUT/export_report.json)."""
     _validate(o)
     ckpt_path = Path(o.ckpt or default_checkpoint())
-    net, ckpt = model_from_checkpoint(str(ckpt_path))
+    net, ckpt = model_from_checkpoint(str(ckpt_path), o.model, o.num_classes, o.input_size)
     record = ckpt["model"]
-    out = ensure_writable_dir(o.out or export_dir_for(ckpt_path))
-    meta = checkpoint_metadata(ckpt_path, ckpt)
-    size = meta.input_size
+    foreign = ckpt.get("format") == FOREIGN
+    default_out = ckpt_path.with_name(ckpt_path.stem + "-export") if foreign else export_dir_for(ckpt_path)
+    out = ensure_writable_dir(o.out or default_out)
+    size = record.get("input_size") or 32
     report: dict = {"checkpoint": str(ckpt_path), "model": record["name"], "out": str(out), "artifacts": {}}
 
     # 1. The tensor file: calibration + validation images, preprocessed exactly as at evaluation.
@@ -110,6 +121,10 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
         val_size = o.val_size if o.val_size is not None else (2000 if size <= 64 else 500)
         write_tensor_file(bundle, tensors_path, o.calib_size, val_size)
         tensors = load_tensor_file(tensors_path)
+    if foreign:  # the file does not say how its inputs look: the data's classes and normalisation
+        ckpt.setdefault("class_names", tensors.class_names or None)
+        ckpt.setdefault("normalization", tensor_file_normalization(tensors_path))
+    meta = checkpoint_metadata(ckpt_path, ckpt)
     report["tensor_file"] = {"path": str(tensors_path), "calib_images": int(len(tensors.calib_images)),
                              "val_images": int(len(tensors.val_images))}
     echo(f"tensor file: {tensors_path} ({len(tensors.calib_images)} calibration, {len(tensors.val_images)} "

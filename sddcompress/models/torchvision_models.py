@@ -50,11 +50,12 @@ def _adapter(name: str):
     return None
 
 
-def build_torchvision(name: str, num_classes: int, input_size: int, **kwargs) -> nn.Module:
-    """Build torchvision model `name` (random init); adapt its stem for small inputs."""
+def build_torchvision(name: str, num_classes: int, input_size: int, small_input: bool = True,
+                      **kwargs) -> nn.Module:
+    """Build torchvision model `name` (random init); adapt its stem for small inputs unless told not to."""
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     adapt = _adapter(name)
-    if adapt is not None and input_size <= SMALL_INPUT_MAX:
+    if small_input and adapt is not None and input_size <= SMALL_INPUT_MAX:
         adapt(model)
     return model
 

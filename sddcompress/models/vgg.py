@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 # convolutions per stage; a 2x2 max-pool follows each of the first three stages
-_STAGES = {
+STAGES = {
     "vgg8": [[64], [128], [256], [512], [512]],
     "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
     "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
@@ -38,6 +38,6 @@ class CifarVGG(nn.Module):
 
 def vgg(name: str):
     def build(num_classes: int) -> CifarVGG:
-        return CifarVGG(_STAGES[name], num_classes)
+        return CifarVGG(STAGES[name], num_classes)
 
     return build
