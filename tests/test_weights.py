@@ -320,13 +320,15 @@ class Payload:
 
 
 def test_malicious_pickle_is_refused_in_one_line(cli, tmp_path):
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "hook": Payload()}, path)
+    assert_one_line_error(cli("eval", "--ckpt", str(path), "--model", "resnet20", "--data", "digits"),
+                          "refused", "would run code", "system", "safetensors")
+    raw = tmp_path / "evil_raw.pth"  # a bare protocol-4 pickle: never unpickled either
+    with open(raw, "wb") as f:
         pickle.dump({"model": Payload()}, f)
-    torch.save({"model": {"w": torch.zeros(1)}, "hook": Payload()}, tmp_path / "evil_zip.pt")
-    for bad in (path, tmp_path / "evil_zip.pt"):
-        assert_one_line_error(cli("eval", "--ckpt", str(bad), "--model", "resnet20", "--data", "digits"),
-                              "refused", "would run code", "safetensors")
+    code, _, err = cli("eval", "--ckpt", str(raw), "--model", "resnet20", "--data", "digits")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "evil_raw.pth" in err
 
 
 def test_teacher_zoo_file_as_distill_teacher(cli, tmp_path):

@@ -44,12 +44,11 @@ def read_weights_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text or "weights_only" in text:
-            found = re.search(r"(?:Unsupported global|Unsupported operand|GLOBAL)[:\s]+([^\s.,;]+(?:\.[^\s,;]+)*)", text)
-            what = f" ({found.group(0).strip().rstrip('.')})" if found else ""
-            raise UserError(f"checkpoint '{path}' refused: unpickling it would run code{what}; only plain tensors "
-                            "are loaded. Re-save it as a state_dict (torch.save(model.state_dict(), ...)) or "
-                            ".safetensors") from None
+        found = re.search(r"(?:Unsupported global:?|GLOBAL)\s+([\w.]+)", text)
+        if found:  # the file names a Python callable to run: never unpickled
+            raise UserError(f"checkpoint '{path}' refused: it holds objects other than tensors, which are never "
+                            f"unpickled (unpickling it would run code: {found.group(0).strip()}). Re-save it as a state_dict (torch.save(model.state_dict(), "
+                            "...)) or .safetensors") from None
         raise UserError(f"checkpoint '{path}' is corrupt or not a checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # the unpickler raises IndexError/KeyError/... on files that are not checkpoints
         raise UserError(f"checkpoint '{path}' is corrupt or not a checkpoint ({_first_line(exc)})") from None
@@ -84,7 +83,8 @@ def find_state_dict(obj: Any, path: str | Path) -> tuple[dict[str, torch.Tensor]
                     break
     if state is None:
         keys = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, dict) else type(obj).__name__
-        raise UserError(f"checkpoint '{path}' holds no state_dict (a dict of tensors, possibly under "
+        raise UserError(f"checkpoint '{path}' is not an sddcompress checkpoint or a state dict (a dict of tensors, "
+                        "under "
                         f"{'/'.join(STATE_DICT_KEYS[:4])}); found: {keys}")
     state = {str(k): v for k, v in state.items()}
     while all(k.startswith("module.") for k in state):
