@@ -34,10 +34,8 @@ def exported(teacher_ckpt, tmp_path_factory) -> dict:
                       echo=lambda s: None)
 
 
-@pytest.fixture
-def cli(capsys):
-    """Run `sddcompress ARGS` in-process; returns (exit code, stdout, stderr)."""
-    from sddcompress.cli.main import main
+def in_process(main, capsys):
+    """A function running `main(ARGS)` in-process; it returns (exit code, stdout, stderr)."""
 
     def invoke(*args: str) -> tuple[int, str, str]:
         code = 0
@@ -49,6 +47,22 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return invoke
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `sddcompress ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from sddcompress.cli.main import main
+
+    return in_process(main, capsys)
+
+
+@pytest.fixture
+def deploy(capsys):
+    """Run `sddcompress-deploy ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from sddcompress_export.cli import main
+
+    return in_process(main, capsys)
 
 
 def tiny_args(**over) -> list[str]:

@@ -233,23 +233,6 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     return f
 
 
-@pytest.fixture
-def deploy(capsys):
-    """Run `sddcompress-deploy ARGS` in-process; returns (exit code, stdout, stderr)."""
-    from sddcompress_export.cli import main
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        code = 0
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
-
-
 def _fill(args: list[str], tmp_path, teacher_ckpt, exported, bad_files) -> list[str]:
     values = {"tmp": str(tmp_path), "ckpt": teacher_ckpt, "onnx": exported["artifacts"]["onnx"]["path"],
               "npz": exported["tensor_file"]["path"], "f": bad_files}
