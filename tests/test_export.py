@@ -284,7 +284,7 @@ def test_int8_report_names_method_float_layers_and_drop(exported):
 
 
 def test_keep_float_ends_leaves_first_conv_and_classifier_unquantised(exported, tmp_path):
-    from sddcompress_export.ort_quantization import end_nodes, quantize_int8
+    from sddcompress_export.ort_quantization import quantize_int8
 
     data = load_tensor_file(exported["tensor_file"]["path"])
     result = quantize_int8(exported["artifacts"]["onnx"]["path"], tmp_path / "q.onnx", data.calib_images[:32],

@@ -15,8 +15,7 @@ from sddcompress.engine.method_nets import MSDNet, method_networks, split_output
 from sddcompress.engine.trainer import run
 from sddcompress.errors import UserError
 from sddcompress.losses import Objective, make_method
-from sddcompress.losses.msdcrd import (RegionEmbedding, category_weights, feature_wise, msdcrd_loss, pool_regions,
-                                       sample_wise)
+from sddcompress.losses.msdcrd import RegionEmbedding, category_weights, feature_wise, msdcrd_loss, pool_regions
 from sddcompress.models import build_model
 from sddcompress.models.local_logits import region_pool
 
