@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from .closed_pipe import exit_on_closed_pipe
 from .errors import DeployError
 from .file_checks import describe_os_error, writable_file_path
 from .ort_quantization import CALIBRATION_CHOICES
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         result = args.run(args)
+        print(json.dumps(result, indent=2), flush=True)
+    except BrokenPipeError:
+        exit_on_closed_pipe()
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -194,7 +198,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: internal error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(a bug: re-run with SDDCOMPRESS_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         sys.exit(70)
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

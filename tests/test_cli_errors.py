@@ -133,3 +133,21 @@ def test_corrupt_image_is_named_and_can_be_skipped(cli, tmp_path):
     code, out, err = cli(*base, "--skip-bad-images", "--fresh")
     assert code == 0, err
     assert "skipped 1 unreadable images" in out
+
+
+@pytest.mark.parametrize("command", [
+    ["-c", "from sddcompress.cli.main import main; main()", "runs"],
+    ["-m", "sddcompress_export.cli", "check"],
+])
+def test_reader_closing_the_pipe_is_no_error(tmp_path, command):
+    """`sddcompress ... | head` ends quietly, no BrokenPipe traceback: sddcompress-deploy with the shell's
+    SIGPIPE status 141, sddcompress through click's own handling (status 1)."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, *command] + ([str(tmp_path)] if command[-1] == "runs" else [])
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == (1 if command[-1] == "runs" else 141), err
+    assert err == "", err
