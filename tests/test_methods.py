@@ -38,6 +38,13 @@ def test_warmups_scale_with_the_budget():
     assert methods_benchmark.method_overrides("sdd-dkd+msdcrd", 24) == {"warmup_epochs": 2.0, "msd_ramp_epochs": 2.0}
 
 
+def test_beta_goes_only_to_the_dkd_methods():
+    assert methods_benchmark.method_overrides("sdd-dkd", 24, beta=2.0) == {"warmup_epochs": 2.0, "beta": 2.0}
+    assert methods_benchmark.method_overrides("dkd", 24, beta=2.0)["beta"] == 2.0
+    assert "beta" not in methods_benchmark.method_overrides("sdd-kd", 24, beta=2.0)
+    assert "beta" not in methods_benchmark.method_overrides("msdcrd", 24, beta=2.0)
+
+
 def _image_folder(root: Path, per_class: int = 12) -> Path:
     for split in ("train", "val"):
         for c, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
