@@ -7,6 +7,7 @@ produced here, never downloaded, and its logits are the reference our models mus
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import pickle
@@ -376,3 +377,115 @@ def test_paper_student_configs_split_at_their_scales(name):
     cfg = build_config(read_config_file(name), {}, set())
     scales = tuple(int(s) for s in cfg.scales.split(","))
     LocalLogits(build_model(cfg.model, 100, 32), 32, scales, cfg.model)  # raises if the last map is too small
+
+
+# --- ImageNet-pretrained backbones through the torch hub cache -----------------------------------
+
+def fake_imagenet_weights(hub_home, name="mobilenet_v3_small") -> tuple[dict, "object"]:
+    """A state dict in the layout of torchvision's `name` weights, written where torch hub caches them."""
+    from sddcompress.torchvision_compat import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    torch.manual_seed(3)
+    state = randomise_batchnorm(torchvision.models.get_model(name, weights=None)).state_dict()
+    folder = hub_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / weights.url.rsplit("/", 1)[-1])
+    return state, weights
+
+
+def test_pretrained_loads_every_backbone_tensor_and_a_fresh_head(tmp_path, monkeypatch):
+    from sddcompress.models.foreign_checkpoints import head_keys
+    from sddcompress.models.pretrained import build_pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state, _ = fake_imagenet_weights(tmp_path)
+    model, result = build_pretrained("mobilenet_v3_small", 3, 224)
+    head = head_keys(model)
+    assert head == ["classifier.3.weight", "classifier.3.bias"]
+    own = model.state_dict()
+    assert all(torch.equal(own[k], state[k]) for k in own if k not in head)
+    assert own["classifier.3.weight"].shape == (3, 1024) and state["classifier.3.weight"].shape == (1000, 1024)
+    assert (result.head, result.loaded_tensors) == ("replaced", len(state) - 2)
+    assert result.source == "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    prep = result.preprocessing
+    assert (prep.resize, prep.crop, prep.mean) == (256, 224, (0.485, 0.456, 0.406))
+
+
+def test_pretrained_offline_without_the_file_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from conftest import tiny_args
+
+    result = cli("train", "--model", "mobilenet_v3_small", "--pretrained", "--out", str(tmp_path / "run"),
+                 *tiny_args())
+    assert_one_line_error(result, "mobilenet_v3_small-047dcff4.pth", str(tmp_path / "empty" / "hub" / "checkpoints"))
+
+
+def test_pretrained_downloads_into_the_hub_cache_when_online(tmp_path, monkeypatch):
+    """Online, torch hub fetches the file once into its cache (the transfer itself is faked here)."""
+    from urllib.error import URLError
+
+    from sddcompress.errors import UserError
+    from sddcompress.models.pretrained import build_pretrained
+
+    source = tmp_path / "server"
+    state, weights = fake_imagenet_weights(source)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    fetched = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        fetched.append(url)
+        (tmp_path / "home" / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        os.link(source / "hub" / "checkpoints" / url.rsplit("/", 1)[-1], dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    build_pretrained("mobilenet_v3_small", 3, 224)
+    build_pretrained("mobilenet_v3_small", 3, 224)
+    assert fetched == [weights.url]  # the second build reads the cache
+
+    def unreachable(url, dst, hash_prefix=None, progress=True):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "other"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    with pytest.raises(UserError, match="could not be downloaded \\(Name or service not known\\): put "
+                                        "mobilenet_v3_small-047dcff4.pth"):
+        build_pretrained("mobilenet_v3_small", 3, 224)
+
+
+def test_pretrained_is_refused_for_models_without_imagenet_weights():
+    from sddcompress.errors import UserError
+    from sddcompress.models.pretrained import build_pretrained
+
+    with pytest.raises(UserError, match="'resnet8x4' has no ImageNet weights.*teacher-zoo"):
+        build_pretrained("resnet8x4", 3, 32)
+
+
+def test_pretrained_keeps_the_imagenet_stem_at_small_inputs(tmp_path, monkeypatch):
+    """At 32 px the small-input stem would be re-initialised, so the published stem stays; SDD then
+    says the last map is too small instead of training on a silently replaced stem."""
+    from sddcompress.errors import UserError
+    from sddcompress.models import LocalLogits
+    from sddcompress.models.pretrained import build_pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state, _ = fake_imagenet_weights(tmp_path, "resnet18")
+    model, _ = build_pretrained("resnet18", 3, 32)
+    assert torch.equal(model.conv1.weight, state["conv1.weight"]) and model.conv1.kernel_size == (7, 7)
+    assert build_model("resnet18", 3, 32).conv1.kernel_size == (3, 3)  # the from-scratch variant differs
+    with pytest.raises(UserError, match="1x1 at 32 px"):
+        LocalLogits(model, 32, (1, 2, 4), "resnet18")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is an optional extra (sddcompress[timm])")
+def test_timm_pretrained_offline_is_one_line_and_says_its_preprocessing(cli, tmp_path):
+    from sddcompress.models.pretrained import expected_preprocessing
+
+    prep = expected_preprocessing("timm/resnet18")  # from timm's pretrained_cfg, no download
+    assert (prep.crop, prep.resize, prep.interpolation) == (224, round(224 / 0.95), "bicubic")
+    from conftest import tiny_args
+
+    result = cli("train", "--model", "timm/resnet18", "--pretrained", "--out", str(tmp_path / "run"), *tiny_args())
+    assert_one_line_error(result, "timm weights for 'timm/resnet18'", "Hugging Face cache", "hf download timm/resnet18")

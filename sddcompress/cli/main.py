@@ -56,8 +56,8 @@ def _run_training(ctx: click.Context, command: str, values: dict) -> None:
     file_values = read_config_file(config_name) if config_name else {}
     given = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     if command == "train":  # a distill config may be reused to train its teacher: no teacher here
-        values.update(method="ce", teacher=None, teacher_ckpt=None)
-        given.update({"method", "teacher", "teacher_ckpt"})
+        values.update(method="ce", teacher=None, teacher_ckpt=None, teacher_pretrained=False)
+        given.update({"method", "teacher", "teacher_ckpt", "teacher_pretrained"})
     cfg = build_config(file_values, values, given, config_name)
     result = run(cfg, echo=click.echo)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per process

@@ -28,7 +28,9 @@ def distill_options(fn: Callable) -> Callable:
                      help="Teacher checkpoint. [default: runs/TEACHER-DATA/checkpoints/best.pt if `sddcompress "
                           "train` wrote it]"),
         click.option("--teacher-pretrained", is_flag=True, default=None,
-                     help="Use torchvision ImageNet weights already in the local torch hub cache."),
+                     help="Teacher from ImageNet weights (torchvision via torch hub, timm/NAME via Hugging Face; "
+                          "downloaded once, then cached); only for 1000-class data, otherwise fine-tune it first "
+                          "with `sddcompress train --pretrained`."),
         click.option("--method", default="sdd-dkd", show_default=True,
                      help="sdd-dkd, sdd-kd, dkd, kd, msdcrd, sdd-dkd+msdcrd or ce (student alone)."),
         click.option("--scales", default=D.scales, show_default=True,
@@ -69,6 +71,11 @@ def training_options(student_flag: str) -> Callable:
                           "these options; the command line wins."),
         click.option(student_flag, "model", default=D.model, show_default=True,
                      help="Model to train (see `sddcompress models`)."),
+        click.option("--pretrained" if student_flag == "--model" else "--student-pretrained", "pretrained",
+                     is_flag=True, default=None,
+                     help="Start from ImageNet weights (torchvision via torch hub, timm/NAME via Hugging Face; "
+                          "downloaded once, then cached) with a new classifier for the data's classes; the data "
+                          "is normalised as the weights expect."),
         click.option("--data", default=D.data, show_default=True, help=f"Dataset: {DATASET_HELP}."),
         click.option("--data-dir", default=None, help="Dataset folder for cifar10/cifar100. [default: data/NAME]"),
         click.option("--download", is_flag=True, default=None, help="Download CIFAR if it is missing."),

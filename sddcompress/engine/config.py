@@ -18,6 +18,7 @@ class TrainConfig:
     """Everything a `train` or `distill` run needs; field names are the CLI option names."""
 
     model: str = "resnet8x4"
+    pretrained: bool = False  # start the model (train) / student (distill) from ImageNet weights
     teacher: str | None = None
     teacher_ckpt: str | None = None
     teacher_pretrained: bool = False

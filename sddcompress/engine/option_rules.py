@@ -51,7 +51,7 @@ _FLAG = Rule("bool", optional=True)
 
 RULES: dict[str, Rule] = {
     "model": Rule("str"), "teacher": Rule("str", optional=True), "teacher_ckpt": Rule("str", optional=True),
-    "teacher_pretrained": _FLAG, "method": Rule("str"), "scales": Rule("str"),
+    "teacher_pretrained": _FLAG, "pretrained": _FLAG, "method": Rule("str"), "scales": Rule("str"),
     "temperature": Rule("float", 0, low_open=True, optional=True),
     "alpha": _NONNEG_FLOAT, "beta": _NONNEG_FLOAT, "gamma": _NONNEG_FLOAT, "ce_weight": _NONNEG_FLOAT,
     "kd_weight": _NONNEG_FLOAT, "warmup_epochs": _NONNEG_FLOAT,

@@ -30,7 +30,7 @@ from ..data.fraction import take_train_fraction
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
 from ..models import build_model
-from ..models.weights import load_torchvision_pretrained
+from ..models.pretrained import build_pretrained
 from ..run_paths import ensure_writable_dir
 from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
     rng_state, save_checkpoint, set_rng_state
@@ -87,22 +87,29 @@ def _previous_run(cfg: TrainConfig, out: Path, method: MethodConfig, say: Callab
 def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], None]) -> tuple[nn.Module, dict]:
     if not cfg.teacher:
         raise UserError(f"method '{cfg.method}' needs a teacher: pass --teacher NAME --teacher-ckpt PATH")
-    teacher = build_model(cfg.teacher, bundle.num_classes, bundle.input_size)
     trained_here = Path(train_out(cfg.teacher, cfg.data)) / "checkpoints" / "best.pt"
     if not cfg.teacher_ckpt and not cfg.teacher_pretrained and trained_here.is_file():
         say(f"teacher weights: {trained_here} (from `sddcompress train`)")
         cfg.teacher_ckpt = str(trained_here)
     if cfg.teacher_ckpt:
         ckpt = load_checkpoint(cfg.teacher_ckpt)
+        teacher = build_model(cfg.teacher, bundle.num_classes, bundle.input_size,
+                              imagenet_stem=bool(ckpt["model"].get("imagenet_stem")))
         load_model_weights(teacher, ckpt, cfg.teacher, bundle.num_classes, cfg.teacher_ckpt)
+        if ckpt.get("layout"):
+            say(f"teacher weights: {cfg.teacher_ckpt} ({ckpt['layout']} layout, mapped onto {cfg.teacher})")
         saved_size = ckpt["model"].get("input_size")
         if saved_size not in (None, bundle.input_size):
             raise UserError(f"teacher checkpoint '{cfg.teacher_ckpt}' was trained at {saved_size} px, the data "
                             f"is {bundle.input_size} px; pass --input-size {saved_size}")
         info = {"name": cfg.teacher, "ckpt": str(cfg.teacher_ckpt)}
     elif cfg.teacher_pretrained:
-        load_torchvision_pretrained(teacher, cfg.teacher, bundle.num_classes, bundle.input_size)
-        info = {"name": cfg.teacher, "ckpt": "torchvision-pretrained"}
+        teacher, pretrained = build_pretrained(cfg.teacher, bundle.num_classes, bundle.input_size)
+        if pretrained.head != "kept":
+            raise UserError(f"pretrained '{cfg.teacher}' has ImageNet's classes, the data has {bundle.num_classes}: "
+                            f"a fresh classifier would teach nothing. Fine-tune it first: `sddcompress train --model "
+                            f"{cfg.teacher} --pretrained --data {cfg.data}`, then pass --teacher-ckpt")
+        info = {"name": cfg.teacher, "ckpt": pretrained.source}
     else:
         raise UserError(f"the teacher has no weights: pass --teacher-ckpt PATH, or train it first with "
                         f"`sddcompress train --model {cfg.teacher} --data {cfg.data}` (writes {trained_here})")
@@ -193,7 +200,14 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
     if len(bundle.train) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(bundle.train)})")
 
-    student = build_model(cfg.model, classes, size)
+    student_source = previous.get("pretrained") if previous is not None else None
+    if cfg.pretrained and previous is None:
+        student, pretrained = build_pretrained(cfg.model, classes, size)
+        student_source = pretrained.source
+        say(f"{cfg.model}: {pretrained.loaded_tensors} tensors from {pretrained.source}, classifier "
+            f"{pretrained.head} for {classes} classes")
+    else:
+        student = build_model(cfg.model, classes, size, imagenet_stem=cfg.pretrained)
     if previous is not None:
         load_model_weights(student, previous, cfg.model, classes, str(out / "checkpoints" / "latest.pt"))
     if acc.num_processes > 1 and cfg.sync_bn:
@@ -259,7 +273,8 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
         if acc.is_main_process:
             record = base_record(
                 command="distill" if method.uses_teacher else "train",
-                model=model_record(cfg.model, student, classes, size),
+                model=model_record(cfg.model, student, classes, size, imagenet_stem=cfg.pretrained),
+                pretrained=student_source,
                 teacher=teacher_info, teacher_metrics=teacher_metrics,
                 optimizer=optimizer_p.state_dict(), scheduler=scheduler.state_dict(),
                 scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
