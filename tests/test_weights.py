@@ -489,3 +489,23 @@ def test_timm_pretrained_offline_is_one_line_and_says_its_preprocessing(cli, tmp
 
     result = cli("train", "--model", "timm/resnet18", "--pretrained", "--out", str(tmp_path / "run"), *tiny_args())
     assert_one_line_error(result, "timm weights for 'timm/resnet18'", "Hugging Face cache", "hf download timm/resnet18")
+
+
+def test_train_pretrained_end_to_end_records_weights_and_their_preprocessing(cli, tmp_path, monkeypatch):
+    """train --pretrained: ImageNet statistics replace the data's own, the checkpoint says where the
+    weights came from and rebuilds the published architecture for eval."""
+    from conftest import tiny_args
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    fake_imagenet_weights(tmp_path)
+    out = tmp_path / "run"
+    code, stdout, err = cli("train", "--model", "mobilenet_v3_small", "--pretrained", "--out", str(out),
+                            *tiny_args(max_train_batches=1))
+    assert code == 0, err
+    assert "classifier replaced for 10 classes" in stdout and "mean (0.485, 0.456, 0.406)" in stdout
+    ckpt = load_checkpoint(out / "checkpoints" / "latest.pt")
+    assert ckpt["pretrained"] == "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    assert ckpt["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert ckpt["model"]["imagenet_stem"] is True
+    net, _ = model_from_checkpoint(str(out / "checkpoints" / "latest.pt"))
+    assert net.features[0][0].stride == (2, 2)  # the published stem, not the small-input variant

@@ -48,6 +48,16 @@ class WeightsPreprocessing:
                                     self.mean, self.std)
 
 
+def checkpoint_preprocessing(ckpt: dict) -> WeightsPreprocessing:
+    """The preprocessing a checkpoint of ours was trained with (its record, else its normalisation)."""
+    record = ckpt.get("preprocessing")
+    if record:
+        return WeightsPreprocessing(int(record["resize"]), int(record["crop"]), record.get("interpolation", "bilinear"),
+                                    tuple(record["mean"]), tuple(record["std"]))
+    norm, size = ckpt.get("normalization") or {}, ckpt["model"].get("input_size") or 224
+    return WeightsPreprocessing(round(size * 256 / 224), size, "bilinear", tuple(norm["mean"]), tuple(norm["std"]))
+
+
 @dataclass
 class PretrainedResult:
     source: str  # e.g. "torchvision:ResNet50_Weights.IMAGENET1K_V2" or "timm:resnet18.a1_in1k"
