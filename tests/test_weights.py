@@ -509,3 +509,6 @@ def test_train_pretrained_end_to_end_records_weights_and_their_preprocessing(cli
     assert ckpt["model"]["imagenet_stem"] is True
     net, _ = model_from_checkpoint(str(out / "checkpoints" / "latest.pt"))
     assert net.features[0][0].stride == (2, 2)  # the published stem, not the small-input variant
+    from sddcompress.engine.evaluation_cli import dataset_for_checkpoint
+
+    assert dataset_for_checkpoint(ckpt, "digits", None, 16).mean == (0.485, 0.456, 0.406)  # eval/export see the same

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import SeededTransform, load_dataset
+from ..data import DataBundle, SeededTransform, load_dataset
+from ..data.weights_inputs import as_weights_expect
 from ..errors import UserError
 from ..models import build_model
+from ..models.pretrained import checkpoint_preprocessing
 from .checkpoint import FOREIGN, load_checkpoint, load_model_weights
 from .evaluate import evaluate
 from .option_rules import check_option
@@ -58,6 +60,15 @@ def foreign_model_record(path: str, ckpt: dict, model: str | None, num_classes: 
     return {"name": model, "num_classes": classes, "input_size": size}
 
 
+def dataset_for_checkpoint(ckpt: dict, data: str, data_dir: str | None, size: int | None) -> DataBundle:
+    """The dataset, preprocessed as the checkpoint's model was trained (a pretrained start keeps the
+    statistics of its weights, not the dataset's)."""
+    bundle = load_dataset(data, data_dir, size)
+    if ckpt.get("pretrained"):
+        bundle = as_weights_expect(bundle, checkpoint_preprocessing(ckpt))
+    return bundle
+
+
 def evaluate_checkpoint(path: str, model: str | None, data: str | None, data_dir: str | None,
                         input_size: int | None, batch_size: int, num_classes: int | None = None) -> dict:
     if batch_size <= 0:
@@ -68,7 +79,7 @@ def evaluate_checkpoint(path: str, model: str | None, data: str | None, data_dir
     if data is None:
         raise UserError("pass --data: the checkpoint does not say which dataset it was trained on")
     size = input_size or ckpt["model"].get("input_size")
-    bundle = load_dataset(data, data_dir, size)
+    bundle = dataset_for_checkpoint(ckpt, data, data_dir, size)
     if bundle.num_classes != ckpt["model"]["num_classes"]:
         raise UserError(f"'{path}' has {ckpt['model']['num_classes']} classes but {data} has {bundle.num_classes}")
     loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform), batch_size=batch_size)

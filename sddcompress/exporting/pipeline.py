@@ -16,9 +16,8 @@ from sddcompress_export.errors import DeployError
 from sddcompress_export.parity import check_parity, compare_logits, nonfinite_reason, write_report
 from sddcompress_export.tensor_file import load_tensor_file
 
-from ..data import load_dataset
 from ..engine.checkpoint import FOREIGN
-from ..engine.evaluation_cli import model_from_checkpoint
+from ..engine.evaluation_cli import dataset_for_checkpoint, model_from_checkpoint
 from ..errors import UserError
 from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints
 from .onnx_writer import DEFAULT_OPSET, check_opset, checkpoint_metadata, write_onnx
@@ -115,7 +114,7 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
         data = o.data or ckpt.get("data")
         if not data:
             raise UserError("pass --data: the checkpoint does not say which dataset it was trained on")
-        bundle = load_dataset(data, o.data_dir, size)
+        bundle = dataset_for_checkpoint(ckpt, data, o.data_dir, size)
         if bundle.num_classes != record["num_classes"]:
             raise UserError(f"'{ckpt_path}' has {record['num_classes']} classes but {data} has {bundle.num_classes}")
         val_size = o.val_size if o.val_size is not None else (2000 if size <= 64 else 500)
