@@ -84,7 +84,8 @@ class ZooWideBlock(nn.Module):
 class ZooStage(nn.Module):
     def __init__(self, n, inp, out, stride):
         super().__init__()
-        self.layer = nn.Sequential(*[ZooWideBlock(inp if i == 0 else out, out, stride if i == 0 else 1) for i in range(n)])
+        self.layer = nn.Sequential(*[ZooWideBlock(inp if i == 0 else out, out, stride if i == 0 else 1)
+                                     for i in range(n)])
 
     def forward(self, x):
         return self.layer(x)

@@ -9,7 +9,7 @@ from ..data import DataBundle, SeededTransform, load_dataset
 from ..data.weights_inputs import as_weights_expect
 from ..errors import UserError
 from ..models import build_model
-from ..models.pretrained import checkpoint_preprocessing
+from ..models.pretrained import checkpoint_preprocessing, trained_on_other_statistics
 from .checkpoint import FOREIGN, load_checkpoint, load_model_weights
 from .evaluate import evaluate
 from .option_rules import check_option
@@ -61,10 +61,10 @@ def foreign_model_record(path: str, ckpt: dict, model: str | None, num_classes: 
 
 
 def dataset_for_checkpoint(ckpt: dict, data: str, data_dir: str | None, size: int | None) -> DataBundle:
-    """The dataset, preprocessed as the checkpoint's model was trained (a pretrained start keeps the
-    statistics of its weights, not the dataset's)."""
+    """The dataset, preprocessed as the checkpoint's model was trained (a model started from pretrained
+    weights, or distilled from one, keeps the statistics of those weights, not the dataset's)."""
     bundle = load_dataset(data, data_dir, size)
-    if ckpt.get("pretrained"):
+    if trained_on_other_statistics(ckpt, bundle.mean, bundle.std):
         bundle = as_weights_expect(bundle, checkpoint_preprocessing(ckpt))
     return bundle
 

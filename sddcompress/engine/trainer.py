@@ -31,7 +31,8 @@ from ..data.weights_inputs import as_weights_expect
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
 from ..models import build_model
-from ..models.pretrained import WeightsPreprocessing, build_pretrained, checkpoint_preprocessing, expected_preprocessing
+from ..models.pretrained import (WeightsPreprocessing, build_pretrained, checkpoint_preprocessing,
+                                 expected_preprocessing, trained_on_other_statistics)
 from ..run_paths import ensure_writable_dir
 from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
     rng_state, save_checkpoint, set_rng_state
@@ -117,7 +118,8 @@ def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], Non
     return teacher, info
 
 
-def _pretrained_inputs(cfg: TrainConfig, uses_teacher: bool) -> tuple[str, WeightsPreprocessing] | None:
+def _pretrained_inputs(cfg: TrainConfig, uses_teacher: bool,
+                       bundle: DataBundle) -> tuple[str, WeightsPreprocessing] | None:
     """(whose, preprocessing) when pretrained weights in this run expect their own image statistics:
     the model's or student's (--pretrained), the teacher's (--teacher-pretrained, or a teacher checkpoint
     fine-tuned from pretrained weights). Teacher and student see the same images, so they must agree."""
@@ -128,7 +130,7 @@ def _pretrained_inputs(cfg: TrainConfig, uses_teacher: bool) -> tuple[str, Weigh
             wanted.append((f"the pretrained teacher {cfg.teacher}", expected_preprocessing(cfg.teacher)))
         elif Path(path).is_file():
             ckpt = load_checkpoint(path)
-            if ckpt.get("pretrained"):
+            if trained_on_other_statistics(ckpt, bundle.mean, bundle.std):
                 wanted.append((f"the teacher checkpoint {path}", checkpoint_preprocessing(ckpt)))
     if cfg.pretrained:
         wanted.append((f"the pretrained {cfg.model}", expected_preprocessing(cfg.model)))
@@ -219,7 +221,7 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
 
     set_seed(cfg.seed)
     bundle = load_dataset(cfg.data, cfg.data_dir, cfg.input_size, cfg.download, cfg.skip_bad_images)
-    expected = _pretrained_inputs(cfg, method.uses_teacher)
+    expected = _pretrained_inputs(cfg, method.uses_teacher, bundle)
     if expected is not None:
         bundle = as_weights_expect(bundle, expected[1])
         say(f"images preprocessed as {expected[0]} expects: mean {bundle.mean}, std {bundle.std}")

@@ -58,6 +58,15 @@ def checkpoint_preprocessing(ckpt: dict) -> WeightsPreprocessing:
     return WeightsPreprocessing(round(size * 256 / 224), size, "bilinear", tuple(norm["mean"]), tuple(norm["std"]))
 
 
+def trained_on_other_statistics(ckpt: dict, mean, std) -> bool:
+    """Whether a checkpoint of ours was trained on images normalised otherwise than `mean`/`std` (e.g.
+    fine-tuned from pretrained weights, or distilled from such a teacher)."""
+    norm = ckpt.get("normalization") or {}
+    if ckpt.get("format") == "foreign" or not norm.get("mean"):
+        return False
+    return (tuple(norm["mean"]), tuple(norm["std"])) != (tuple(mean), tuple(std))
+
+
 @dataclass
 class PretrainedResult:
     source: str  # e.g. "torchvision:ResNet50_Weights.IMAGENET1K_V2" or "timm:resnet18.a1_in1k"
