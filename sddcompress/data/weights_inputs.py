@@ -39,4 +39,7 @@ def as_weights_expect(bundle: DataBundle, expected) -> DataBundle:
         resize, interpolation = round(size * expected.resize / expected.crop), expected.interpolation
         val = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode(interpolation), antialias=True),
                          T.CenterCrop(size), T.ToTensor(), T.Normalize(list(mean), list(std))])
-    return replace(bundle, train_transform=train, val_transform=val, mean=mean, std=std)
+    from .preprocessing import ValidationPreprocessing
+
+    return replace(bundle, train_transform=train, val_transform=val, mean=mean, std=std,
+                   preprocessing=ValidationPreprocessing(resize, size, interpolation, mean, std))
