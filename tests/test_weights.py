@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sddcompress.engine.checkpoint import atomic_save, base_record, model_record
+from sddcompress.engine.checkpoint import atomic_save, base_record, load_checkpoint, model_record
 from sddcompress.engine.evaluation_cli import model_from_checkpoint
 from sddcompress.models import build_model
 

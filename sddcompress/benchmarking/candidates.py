@@ -9,6 +9,7 @@ import numpy as np
 
 from sddcompress_export.artifacts import artifact_kind, artifact_metadata
 from sddcompress_export.metadata import ModelMetadata
+from sddcompress_export.preprocessing import Preprocessing
 
 from ..errors import UserError
 from ..run_paths import export_dir_for
@@ -51,6 +52,7 @@ class ModelSource:
         self.role, self.ckpt, self.work_dir, self.say = role, ckpt, work_dir / role, say
         self.net = None
         self.ckpt_meta: ModelMetadata | None = None  # what an export of the checkpoint carries
+        self.artifact_meta: ModelMetadata | None = None  # the first artefact's, when there is no checkpoint
         self.record: dict = {}
         self.artifacts: dict[str, str] = {}
         if ckpt:
@@ -73,9 +75,15 @@ class ModelSource:
             raise UserError(f"no {role}: pass --{role} CKPT and/or --{role}-artifact FILE")
         if self.artifacts:
             first = next(iter(self.artifacts.values()))
-            meta = artifact_metadata(first)
+            meta = self.artifact_meta = artifact_metadata(first)
             self.record.setdefault("name", meta.model_name or Path(first).stem)
             self.record.setdefault("input_size", meta.input_size)
+
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """The model's own preprocessing record (checkpoint, else artefact metadata); None if it says none."""
+        meta = self.ckpt_meta or self.artifact_meta
+        return meta.preprocessing_spec() if meta is not None and (meta.preprocessing or meta.mean) else None
 
     @property
     def input_size(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,35 +64,56 @@ def _validate(o: BenchmarkOptions) -> None:
         raise UserError(f"--plot-batch {o.plot_batch} is not one of --batch-sizes {o.batch_sizes}")
 
 
-def _validation_tensors(o: BenchmarkOptions, student: ModelSource, size: int) -> tuple[dict, np.ndarray, np.ndarray,
-                                                                                      np.ndarray]:
-    """(data description, val images, val labels, calibration images), preprocessed once for all backends.
+def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
+                       size: int) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """(data description, {role: (val images, calibration images)}, val labels), preprocessed once per model
+    as that model's own preprocessing record says (never with the dataset's statistics when they differ).
 
     The validation images are a class-stratified sample of `val_size` (every class its share), never
-    the first N of a split that may be sorted by class.
+    the first N of a split that may be sorted by class; every model sees the same images and labels.
     """
+    student = sources[-1]
     data = o.data or student.record.get("data")
+    inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if data and data.endswith(".npz"):
         from sddcompress_export.tensor_file import load_tensor_file
 
+        from ..exporting.pipeline import tensor_file_normalization
+
         t = load_tensor_file(data, size)
         idx = stratified_indices(t.val_labels, o.val_size)
-        images, labels, calib = t.val_images[idx], t.val_labels[idx], t.calib_images
+        images, labels = t.val_images[idx], t.val_labels[idx]
+        file_mean = tensor_file_normalization(Path(data)).get("mean")
+        for source in sources:
+            spec = source.preprocessing
+            if spec is not None and file_mean and not np.allclose(file_mean, spec.mean):
+                raise UserError(f"'{data}' holds images normalised with mean {[round(m, 4) for m in file_mean]} but "
+                                f"the {source.role} expects mean {list(spec.mean)}; pass the dataset name as --data "
+                                "so each model gets its own preprocessing")
+            inputs[source.role] = (images, t.calib_images)
     elif data:
         from ..data import load_dataset
+        from ..data.preprocessing import preprocessed_as
         from ..exporting.tensor_data import preprocess, preprocessed_splits
 
         bundle = load_dataset(data, o.data_dir, size)
-        calib, _, _ = preprocessed_splits(bundle, o.calib_size, 0)
         idx = stratified_indices(dataset_labels(bundle.val), o.val_size)
-        images, labels = preprocess(bundle.val, bundle.val_transform, idx.tolist())
+        made: dict = {}
+        for source in sources:
+            own = bundle if source.preprocessing is None else preprocessed_as(bundle, source.preprocessing)
+            if own.preprocessing not in made:
+                calib, _, _ = preprocessed_splits(own, o.calib_size, 0)
+                images, labels = preprocess(own.val, own.val_transform, idx.tolist())
+                made[own.preprocessing] = (images, calib)
+            inputs[source.role] = made[own.preprocessing]
     else:
         raise UserError("pass --data (a dataset name or a data.npz): the models do not say which dataset to use")
     if images.shape[-1] != size:
         raise UserError(f"'{data}' gives {images.shape[-1]}px images but the models expect {size}px")
     classes = int(len(np.unique(labels)))
     return ({"name": data, "val_images": int(len(images)), "input_size": size, "classes_in_sample": classes,
-             "sample": "class-stratified"}, images, labels, calib)
+             "sample": "class-stratified", "preprocessing": {s.role: s.preprocessing.to_dict() if s.preprocessing
+                                                             else "the dataset's" for s in sources}}, inputs, labels)
 
 
 def _inputs(images: np.ndarray, batch: int) -> np.ndarray:
@@ -164,13 +186,13 @@ def run_benchmark(o: BenchmarkOptions, echo: Callable[[str], None] = print) -> d
     if teacher.input_size != student.input_size:
         raise UserError(f"teacher expects {teacher.input_size}px inputs but the student {student.input_size}px; "
                         "benchmark models trained at the same input size")
-    data, images, labels, calib = _validation_tensors(o, student, student.input_size)
+    data, inputs, labels = _validation_tensors(o, [teacher, student], student.input_size)
 
-    cells = (candidates_for(teacher, o.backends, calib, max(o.batch_sizes), device, threads)
-             + candidates_for(student, o.backends, calib, max(o.batch_sizes), device, threads))
+    cells = (candidates_for(teacher, o.backends, inputs["teacher"][1], max(o.batch_sizes), device, threads)
+             + candidates_for(student, o.backends, inputs["student"][1], max(o.batch_sizes), device, threads))
     echo(f"measuring {sum(c.skipped is None for c in cells)} (model, backend) pairs at batch sizes {o.batch_sizes} "
          f"on {device} with {threads} threads ({sum(c.skipped is not None for c in cells)} skipped)")
-    results = [measure_candidate(c, images, labels, o, echo, device) for c in cells]
+    results = [measure_candidate(c, inputs[c.model][0], labels, o, echo, device) for c in cells]
     doc = {
         "schema": SCHEMA,
         "environment": {**environment(threads), "device": device},
@@ -181,8 +203,9 @@ def run_benchmark(o: BenchmarkOptions, echo: Callable[[str], None] = print) -> d
                              "process RSS (sampled every 2 ms) from before the runner is created until its "
                              "largest batch has run once (memory freed by earlier cells may be reused, so it is "
                              "a lower bound); the sampling thread is stopped before any timing",
-                   "inputs": "the same preprocessed batch for every backend; accuracy on a class-stratified "
-                             "sample of the validation split"},
+                   "inputs": "the same preprocessed batch for every backend of a model (each model's images "
+                             "preprocessed as its own record says); accuracy on a class-stratified sample of the "
+                             "validation split"},
         "data": data,
         "models": {"teacher": teacher.record | {"artifacts": teacher.artifacts},
                    "student": student.record | {"artifacts": student.artifacts}},

@@ -7,17 +7,22 @@ this module adds the torch side: the torchvision validation transform, and the r
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
 
 from sddcompress_export.preprocessing import Preprocessing as ValidationPreprocessing
 from sddcompress_export.preprocessing import legacy_preprocessing
 
 from ..torchvision_compat import torchvision
 
-T = torchvision.transforms
+if TYPE_CHECKING:
+    from .datasets import DataBundle
 
-__all__ = ["ValidationPreprocessing", "from_checkpoint", "large_image_preprocessing", "small_image_preprocessing",
-           "validation_transform"]
+T = torchvision.transforms
+SMALL_INPUT_MAX = 64  # up to this size images are resized straight to the input size (no crop margin)
+
+__all__ = ["ValidationPreprocessing", "at_input_size", "from_checkpoint", "large_image_preprocessing",
+           "model_preprocessing", "preprocessed_as", "small_image_preprocessing", "validation_transform"]
 
 
 def validation_transform(spec: ValidationPreprocessing) -> Callable:
@@ -44,3 +49,42 @@ def from_checkpoint(ckpt: dict) -> ValidationPreprocessing:
     norm = ckpt.get("normalization") or {}
     size = (ckpt.get("model") or {}).get("input_size") or 32
     return legacy_preprocessing(size, norm.get("mean", ()), norm.get("std", ()))
+
+
+def at_input_size(spec: ValidationPreprocessing, size: int) -> ValidationPreprocessing:
+    """`spec` (e.g. what pretrained weights expect at 224 px) for `size`-px inputs: the same mean/std; up to
+    64 px the small-image geometry (resize straight to `size`), above it the same resize/crop ratio and
+    interpolation."""
+    if size == spec.crop:
+        return spec
+    if size <= SMALL_INPUT_MAX:
+        return small_image_preprocessing(size, spec.mean, spec.std)
+    return ValidationPreprocessing(round(size * spec.resize / spec.crop), size, spec.interpolation, spec.mean,
+                                   spec.std)
+
+
+def _renormalised(transform: Callable, mean, std) -> Callable:
+    """`transform` with each Normalize step using `mean`/`std` (a new Compose; the old one is untouched)."""
+    steps = getattr(transform, "transforms", None)
+    if steps is None:
+        return transform
+    return T.Compose([T.Normalize(list(mean), list(std)) if isinstance(t, T.Normalize) else t for t in steps])
+
+
+def preprocessed_as(bundle: "DataBundle", spec: ValidationPreprocessing) -> "DataBundle":
+    """`bundle` seen as a model with the preprocessing record `spec` expects (its input size): the validation
+    transform built from `spec`, the training augmentation normalised with its mean/std, the record and
+    statistics replaced. Unchanged when `spec` is already the bundle's own."""
+    spec = at_input_size(spec, bundle.input_size)
+    if spec == bundle.preprocessing:
+        return bundle
+    return replace(bundle, train_transform=_renormalised(bundle.train_transform, spec.mean, spec.std),
+                   val_transform=validation_transform(spec), mean=spec.mean, std=spec.std, preprocessing=spec)
+
+
+def model_preprocessing(ckpt: dict) -> ValidationPreprocessing | None:
+    """The preprocessing record of a checkpoint of ours (None for state dicts from elsewhere, which do not say)."""
+    if ckpt.get("format") == "foreign" or not (ckpt.get("preprocessing") or (ckpt.get("normalization") or {})
+                                                .get("mean")):
+        return None
+    return from_checkpoint(ckpt)

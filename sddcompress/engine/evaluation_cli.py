@@ -6,10 +6,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import DataBundle, SeededTransform, load_dataset
-from ..data.weights_inputs import as_weights_expect
+from ..data.preprocessing import model_preprocessing, preprocessed_as
 from ..errors import UserError
 from ..models import build_model
-from ..models.pretrained import checkpoint_preprocessing, trained_on_other_statistics
 from .checkpoint import FOREIGN, load_checkpoint, load_model_weights
 from .evaluate import evaluate
 from .option_rules import check_option
@@ -61,12 +60,12 @@ def foreign_model_record(path: str, ckpt: dict, model: str | None, num_classes: 
 
 
 def dataset_for_checkpoint(ckpt: dict, data: str, data_dir: str | None, size: int | None) -> DataBundle:
-    """The dataset, preprocessed as the checkpoint's model was trained (a model started from pretrained
-    weights, or distilled from one, keeps the statistics of those weights, not the dataset's)."""
+    """The dataset, preprocessed as the checkpoint's own preprocessing record says (a model started from
+    pretrained weights, or distilled from one, keeps those weights' statistics, not the dataset's); a
+    state dict from elsewhere does not say, so it gets the dataset's."""
     bundle = load_dataset(data, data_dir, size)
-    if trained_on_other_statistics(ckpt, bundle.mean, bundle.std):
-        bundle = as_weights_expect(bundle, checkpoint_preprocessing(ckpt))
-    return bundle
+    record = model_preprocessing(ckpt)
+    return bundle if record is None else preprocessed_as(bundle, record)
 
 
 def evaluate_checkpoint(path: str, model: str | None, data: str | None, data_dir: str | None,

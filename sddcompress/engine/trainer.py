@@ -27,18 +27,18 @@ from torch.utils.data import DataLoader
 
 from ..data import DataBundle, EpochShuffleSampler, SeededTransform, load_dataset
 from ..data.fraction import take_train_fraction
-from ..data.weights_inputs import as_weights_expect
+from ..data.preprocessing import preprocessed_as
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
 from ..models import build_model
-from ..models.pretrained import (WeightsPreprocessing, build_pretrained, checkpoint_preprocessing,
-                                 expected_preprocessing, trained_on_other_statistics)
+from ..models.pretrained import build_pretrained
 from ..run_paths import ensure_writable_dir
 from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
     rng_state, save_checkpoint, set_rng_state
 from .config import MSD_OPTIONS, TrainConfig, check_resume, default_out, train_out, validate
 from .evaluate import evaluate
 from .method_nets import detach_outputs, load_train_only_state, method_networks, split_outputs, train_only_state
+from .run_preprocessing import weights_preprocessing
 from .metrics import MetricsLog, format_terms
 from .run_lock import RunLock, remove_orphan_temps
 from .sync_batchnorm import convert_batchnorm
@@ -118,32 +118,6 @@ def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], Non
     return teacher, info
 
 
-def _pretrained_inputs(cfg: TrainConfig, uses_teacher: bool,
-                       bundle: DataBundle) -> tuple[str, WeightsPreprocessing] | None:
-    """(whose, preprocessing) when pretrained weights in this run expect their own image statistics:
-    the model's or student's (--pretrained), the teacher's (--teacher-pretrained, or a teacher checkpoint
-    fine-tuned from pretrained weights). Teacher and student see the same images, so they must agree."""
-    wanted: list[tuple[str, WeightsPreprocessing]] = []  # the teacher's first: it is fixed, the student learns
-    if uses_teacher and cfg.teacher:
-        path = cfg.teacher_ckpt or Path(train_out(cfg.teacher, cfg.data)) / "checkpoints" / "best.pt"
-        if cfg.teacher_ckpt is None and cfg.teacher_pretrained:
-            wanted.append((f"the pretrained teacher {cfg.teacher}", expected_preprocessing(cfg.teacher)))
-        elif Path(path).is_file():
-            ckpt = load_checkpoint(path)
-            if trained_on_other_statistics(ckpt, bundle.mean, bundle.std):
-                wanted.append((f"the teacher checkpoint {path}", checkpoint_preprocessing(ckpt)))
-    if cfg.pretrained:
-        wanted.append((f"the pretrained {cfg.model}", expected_preprocessing(cfg.model)))
-    if not wanted:
-        return None
-    for who, prep in wanted[1:]:
-        if (prep.mean, prep.std) != (wanted[0][1].mean, wanted[0][1].std):
-            raise UserError(f"{wanted[0][0]} expects images normalised with mean {wanted[0][1].mean} / std "
-                            f"{wanted[0][1].std}, {who} with {prep.mean} / {prep.std}; teacher and student see the "
-                            "same images: pick weights that agree")
-    return wanted[0]
-
-
 def _make_accelerator(cfg: TrainConfig, out: Path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -221,9 +195,9 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
 
     set_seed(cfg.seed)
     bundle = load_dataset(cfg.data, cfg.data_dir, cfg.input_size, cfg.download, cfg.skip_bad_images)
-    expected = _pretrained_inputs(cfg, method.uses_teacher, bundle)
+    expected = weights_preprocessing(cfg, method.uses_teacher, bundle)
     if expected is not None:
-        bundle = as_weights_expect(bundle, expected[1])
+        bundle = preprocessed_as(bundle, expected[1])
         say(f"images preprocessed as {expected[0]} expects: mean {bundle.mean}, std {bundle.std}")
     bundle = take_train_fraction(bundle, cfg.train_fraction)
     if bundle.skipped_images:

@@ -1,10 +1,10 @@
-"""Score an exported artefact on a dataset's validation split (the same images `sddcompress eval` uses)."""
+"""Score an exported artefact on a dataset's validation split (the images `sddcompress eval` uses), preprocessed
+as the artefact's own preprocessing metadata says, not with the dataset's statistics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import DataLoader
 
 from sddcompress_export.artifacts import open_artifact
@@ -12,6 +12,7 @@ from sddcompress_export.classifier_metrics import score, score_batches
 from sddcompress_export.tensor_file import check_labels, load_tensor_file
 
 from ..data import SeededTransform, load_dataset
+from ..data.preprocessing import preprocessed_as
 from ..errors import UserError
 
 
@@ -33,7 +34,7 @@ def evaluate_artifact(path: str, data: str | None, data_dir: str | None, batch_s
     bundle = load_dataset(data, data_dir, meta.input_size)
     if bundle.num_classes != len(meta.class_names):
         raise UserError(f"'{path}' has {len(meta.class_names)} classes but {data} has {bundle.num_classes}")
-    if meta.mean and not np.allclose(bundle.mean, meta.mean):
-        raise UserError(f"'{path}' was exported with mean {meta.mean} but {data} normalises with {list(bundle.mean)}")
+    if meta.preprocessing or meta.mean:  # files that say nothing get the dataset's own preprocessing
+        bundle = preprocessed_as(bundle, meta.preprocessing_spec())
     loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform), batch_size=batch_size)
     return {"data": data, **score_batches(model, ((x.numpy(), y.numpy()) for x, y in loader))}

@@ -24,53 +24,17 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..data.preprocessing import ValidationPreprocessing, at_input_size
 from ..errors import UserError
 from ..torchvision_compat import torchvision
 from .foreign_checkpoints import head_keys
 from .registry import REGISTRY, build_model, torchvision_name
 
 
-@dataclass(frozen=True)
-class WeightsPreprocessing:
-    """What the weights were trained to see: short-side resize, centre crop, interpolation, mean/std."""
-
-    resize: int
-    crop: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def at(self, input_size: int) -> "WeightsPreprocessing":
-        """The same resize/crop ratio and normalisation for another input size."""
-        if input_size == self.crop:
-            return self
-        return WeightsPreprocessing(round(input_size * self.resize / self.crop), input_size, self.interpolation,
-                                    self.mean, self.std)
-
-
-def checkpoint_preprocessing(ckpt: dict) -> WeightsPreprocessing:
-    """The preprocessing a checkpoint of ours was trained with (its record, else its normalisation)."""
-    record = ckpt.get("preprocessing")
-    if record:
-        return WeightsPreprocessing(int(record["resize"]), int(record["crop"]), record.get("interpolation", "bilinear"),
-                                    tuple(record["mean"]), tuple(record["std"]))
-    norm, size = ckpt.get("normalization") or {}, ckpt["model"].get("input_size") or 224
-    return WeightsPreprocessing(round(size * 256 / 224), size, "bilinear", tuple(norm["mean"]), tuple(norm["std"]))
-
-
-def trained_on_other_statistics(ckpt: dict, mean, std) -> bool:
-    """Whether a checkpoint of ours was trained on images normalised otherwise than `mean`/`std` (e.g.
-    fine-tuned from pretrained weights, or distilled from such a teacher)."""
-    norm = ckpt.get("normalization") or {}
-    if ckpt.get("format") == "foreign" or not norm.get("mean"):
-        return False
-    return (tuple(norm["mean"]), tuple(norm["std"])) != (tuple(mean), tuple(std))
-
-
 @dataclass
 class PretrainedResult:
     source: str  # e.g. "torchvision:ResNet50_Weights.IMAGENET1K_V2" or "timm:resnet18.a1_in1k"
-    preprocessing: WeightsPreprocessing
+    preprocessing: ValidationPreprocessing  # what the weights expect, at the run's input size
     loaded_tensors: int
     head: str  # "replaced" or "kept"
 
@@ -93,8 +57,9 @@ def _torchvision_weights(name: str):
         raise UserError(f"torchvision has no pretrained weights for '{tv}'") from None
 
 
-def expected_preprocessing(name: str) -> WeightsPreprocessing:
-    """The preprocessing `name`'s pretrained weights expect, known without downloading them."""
+def expected_preprocessing(name: str) -> ValidationPreprocessing:
+    """The preprocessing record `name`'s pretrained weights expect at their own size (known without
+    downloading them): torchvision's weights transforms, or timm's pretrained_cfg."""
     if name.startswith("timm/"):
         from timm.models import get_pretrained_cfg
 
@@ -102,12 +67,12 @@ def expected_preprocessing(name: str) -> WeightsPreprocessing:
         if cfg is None:
             raise UserError(f"timm has no pretrained weights for '{name}'")
         crop = int(cfg.input_size[-1])
-        return WeightsPreprocessing(round(crop / (cfg.crop_pct or 0.875)), crop, cfg.interpolation or "bilinear",
-                                    tuple(cfg.mean), tuple(cfg.std))
+        return ValidationPreprocessing(round(crop / (cfg.crop_pct or 0.875)), crop, cfg.interpolation or "bilinear",
+                                       tuple(cfg.mean), tuple(cfg.std))
     _, weights = _torchvision_weights(name)
     t = weights.transforms()
-    return WeightsPreprocessing(int(t.resize_size[0]), int(t.crop_size[0]), t.interpolation.value,
-                                tuple(float(m) for m in t.mean), tuple(float(s) for s in t.std))
+    return ValidationPreprocessing(int(t.resize_size[0]), int(t.crop_size[0]), t.interpolation.value,
+                                   tuple(float(m) for m in t.mean), tuple(float(s) for s in t.std))
 
 
 def _timm_module():
@@ -162,19 +127,17 @@ def transfer_backbone(model: nn.Module, state: dict[str, torch.Tensor], name: st
 
 def build_pretrained(name: str, num_classes: int, input_size: int) -> tuple[nn.Module, PretrainedResult]:
     """`name` with ImageNet weights and a classifier for `num_classes`, and what the weights expect."""
-    prep = expected_preprocessing(name).at(input_size)
+    prep = at_input_size(expected_preprocessing(name), input_size)
     if name.startswith("timm/"):
-        model, source = _timm_pretrained(name[5:], num_classes)
-        reference = model.state_dict()
-        loaded = len(reference) - len(head_keys(model))
-        return model, PretrainedResult(source, prep, loaded, "replaced")
+        model, source, loaded, head = _timm_pretrained(name[5:], num_classes)
+        return model, PretrainedResult(source, prep, loaded, head)
     model = build_model(name, num_classes, input_size, imagenet_stem=True)
     state, source = torchvision_state_dict(name)
     loaded, head = transfer_backbone(model, state, name)
     return model, PretrainedResult(source, prep, loaded, head)
 
 
-def _timm_pretrained(name: str, num_classes: int) -> tuple[nn.Module, str]:
+def _timm_pretrained(name: str, num_classes: int) -> tuple[nn.Module, str, int, str]:
     """timm downloads into the Hugging Face cache; it loads every tensor but the classifier it resets."""
     timm_models = _timm_module()
     import timm
@@ -191,5 +154,5 @@ def _timm_pretrained(name: str, num_classes: int) -> tuple[nn.Module, str]:
                         f"could not be downloaded ({type(exc).__name__}): run once online, or `hf download {repo}` "
                         "on a connected machine and copy its cache folder there") from None
     model = timm.create_model(tag, pretrained=False, num_classes=num_classes)
-    transfer_backbone(model, reference.state_dict(), f"timm/{name}")
-    return model, f"timm:{tag}"
+    loaded, head = transfer_backbone(model, reference.state_dict(), f"timm/{name}")
+    return model, f"timm:{tag}", loaded, head
