@@ -481,15 +481,20 @@ def test_pretrained_keeps_the_imagenet_stem_at_small_inputs(tmp_path, monkeypatc
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is an optional extra (sddcompress[timm])")
-def test_timm_pretrained_offline_is_one_line_and_says_its_preprocessing(cli, tmp_path):
+def test_timm_pretrained_offline_is_one_line_and_says_its_preprocessing(cli, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from sddcompress.models.pretrained import expected_preprocessing
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache, whatever this host has
 
     prep = expected_preprocessing("timm/resnet18")  # from timm's pretrained_cfg, no download
     assert (prep.crop, prep.resize, prep.interpolation) == (224, round(224 / 0.95), "bicubic")
     from conftest import tiny_args
 
     result = cli("train", "--model", "timm/resnet18", "--pretrained", "--out", str(tmp_path / "run"), *tiny_args())
-    assert_one_line_error(result, "timm weights for 'timm/resnet18'", "Hugging Face cache", "hf download timm/resnet18")
+    assert_one_line_error(result, "timm weights for 'timm/resnet18'", "model.safetensors", "Hugging Face cache",
+                          str(tmp_path / "hf" / "models--timm--resnet18"), "hf download timm/resnet18")
 
 
 def test_train_pretrained_end_to_end_records_weights_and_their_preprocessing(cli, tmp_path, monkeypatch):
@@ -507,9 +512,54 @@ def test_train_pretrained_end_to_end_records_weights_and_their_preprocessing(cli
     ckpt = load_checkpoint(out / "checkpoints" / "latest.pt")
     assert ckpt["pretrained"] == "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"
     assert ckpt["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    # main's one preprocessing record (what eval, export, the ONNX metadata and deploy classify read): the
+    # weights' statistics with the small-image geometry of a 16-px run
+    assert ckpt["preprocessing"] == {"resize": 16, "crop": 16, "interpolation": "bilinear",
+                                     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert ckpt["model"]["imagenet_stem"] is True
     net, _ = model_from_checkpoint(str(out / "checkpoints" / "latest.pt"))
     assert net.features[0][0].stride == (2, 2)  # the published stem, not the small-input variant
     from sddcompress.engine.evaluation_cli import dataset_for_checkpoint
 
     assert dataset_for_checkpoint(ckpt, "digits", None, 16).mean == (0.485, 0.456, 0.406)  # eval/export see the same
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is an optional extra (sddcompress[timm])")
+def test_timm_pretrained_from_a_hugging_face_cache_loads_every_backbone_tensor(tmp_path, monkeypatch):
+    """`timm/NAME` weights placed in a temporary Hugging Face cache (the layout `hf download` writes) are read
+    offline: every tensor but the classifier is the file's, the classifier is fresh for 3 classes."""
+    import safetensors.torch
+    from huggingface_hub import constants
+
+    import sddcompress.torchvision_compat  # noqa: F401  (before timm imports torchvision)
+    import timm
+    from sddcompress.models.foreign_checkpoints import head_keys
+    from sddcompress.models.pretrained import build_pretrained
+
+    tag = "mobilenetv3_small_050.lamb_in1k"
+    torch.manual_seed(5)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in timm.create_model(tag, pretrained=False).state_dict().items()}
+    repo = tmp_path / "hub" / f"models--timm--{tag}"
+    commit = "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    safetensors.torch.save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    model, result = build_pretrained("timm/mobilenetv3_small_050", 3, 224)
+    head = head_keys(model)
+    own = model.state_dict()
+    assert head == ["classifier.weight", "classifier.bias"] and own["classifier.weight"].shape[0] == 3
+    assert all(torch.equal(own[k], state[k]) for k in own if k not in head)
+    assert (result.source, result.head, result.loaded_tensors) == (f"timm:{tag}", "replaced", len(state) - 2)
+    prep = result.preprocessing  # timm's pretrained_cfg, as main's one preprocessing record
+    assert (prep.resize, prep.crop, prep.interpolation, prep.mean) == (256, 224, "bicubic", (0.485, 0.456, 0.406))
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    from sddcompress.errors import UserError
+
+    with pytest.raises(UserError, match=f"model.safetensors of timm/{tag}.*put {tmp_path / 'empty'}/models--timm--"):
+        build_pretrained("timm/mobilenetv3_small_050", 3, 224)

@@ -111,9 +111,10 @@ def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
     if images.shape[-1] != size:
         raise UserError(f"'{data}' gives {images.shape[-1]}px images but the models expect {size}px")
     classes = int(len(np.unique(labels)))
+    for source in sources:  # results.json says how each model's images were made
+        source.record["preprocessing"] = source.preprocessing.to_dict() if source.preprocessing else "the dataset's"
     return ({"name": data, "val_images": int(len(images)), "input_size": size, "classes_in_sample": classes,
-             "sample": "class-stratified", "preprocessing": {s.role: s.preprocessing.to_dict() if s.preprocessing
-                                                             else "the dataset's" for s in sources}}, inputs, labels)
+             "sample": "class-stratified"}, inputs, labels)
 
 
 def _inputs(images: np.ndarray, batch: int) -> np.ndarray:

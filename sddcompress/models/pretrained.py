@@ -146,13 +146,15 @@ def _timm_pretrained(name: str, num_classes: int) -> tuple[nn.Module, str, int, 
     try:
         reference = timm.create_model(tag, pretrained=True)
     except (OSError, ConnectionError, TimeoutError) as exc:  # LocalEntryNotFoundError is an OSError
-        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub import constants
 
         cfg = timm.models.get_pretrained_cfg(tag)
-        repo = getattr(cfg, "hf_hub_id", None) or tag
-        raise UserError(f"timm weights for 'timm/{name}' are not in the Hugging Face cache ({HF_HUB_CACHE}) and "
-                        f"could not be downloaded ({type(exc).__name__}): run once online, or `hf download {repo}` "
-                        "on a connected machine and copy its cache folder there") from None
+        repo = getattr(cfg, "hf_hub_id", None) or f"timm/{tag}"
+        folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+        raise UserError(f"timm weights for 'timm/{name}' (model.safetensors of {repo}) are not in the Hugging Face "
+                        f"cache and could not be downloaded ({type(exc).__name__}): put {folder} in place (`hf "
+                        f"download {repo}` on a connected machine writes it; $HF_HOME moves it), or run once "
+                        "online") from None
     model = timm.create_model(tag, pretrained=False, num_classes=num_classes)
     loaded, head = transfer_backbone(model, reference.state_dict(), f"timm/{name}")
     return model, f"timm:{tag}", loaded, head
