@@ -281,6 +281,24 @@ def test_int8_report_names_method_float_layers_and_drop(exported):
     assert info["top1_drop"] == pytest.approx(report["artifacts"]["onnx"]["metrics"]["top1"] - info["metrics"]["top1"])
     assert info["goal"].startswith("met" if info["top1_drop"] <= 0.5 else "NOT met")
     assert info["quantization"]["held_out_fp32_top1"] is not None
+    latency = info["latency"]  # INT8 vs fp32 in ORT at batch 32, side by side
+    assert latency["batch"] == 32 and latency["fp32_ms"] > 0 and latency["int8_ms"] > 0
+    assert latency["ratio"] == pytest.approx(latency["int8_ms"] / latency["fp32_ms"])
+    assert latency["goal"].startswith("met" if latency["ratio"] <= 0.7 else "NOT met")
+
+
+def test_latency_ratio_interleaves_the_models_on_one_batch():
+    import numpy as np
+
+    from sddcompress_export.latency_ratio import batch_of, median_ms_side_by_side
+
+    images = np.arange(5 * 3, dtype=np.float32).reshape(5, 3, 1, 1)
+    x = batch_of(images, 12)  # fewer images than the batch: repeated in order
+    assert x.shape == (12, 3, 1, 1) and np.array_equal(x[5:10], images) and np.array_equal(x[10:], images[:2])
+    calls = []
+    ms = median_ms_side_by_side({"a": lambda b: calls.append(("a", len(b))),
+                                 "b": lambda b: calls.append(("b", len(b)))}, x, rounds=4, warmup=1)
+    assert calls == [("a", 12), ("b", 12)] * 5 and set(ms) == {"a", "b"}
 
 
 def test_keep_float_ends_leaves_first_conv_and_classifier_unquantised(exported, tmp_path):

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from sddcompress_export.classifier_metrics import logits_metrics, predict_all
+from sddcompress_export.latency_ratio import BATCH, int8_latency_ratio
 from sddcompress_export.onnxruntime_runner import OrtClassifier
 from sddcompress_export.ort_quantization import quantize_int8
 from sddcompress_export.parity import compare_logits
@@ -39,7 +40,8 @@ def int8_section(onnx_path: Path, int8_path: Path, tensors: TensorFile, fp32_met
                            method=o.calib_method, keep_float=o.int8_keep_float, max_drop=o.int8_max_drop,
                            echo=echo)
     seconds = time.perf_counter() - started
-    logits = predict_all(OrtClassifier(int8_path), tensors.val_images, batch)
+    int8_model = OrtClassifier(int8_path)
+    logits = predict_all(int8_model, tensors.val_images, batch)
     metrics = logits_metrics(logits, tensors.val_labels)
     drop = fp32_metrics["top1"] - metrics["top1"]
     line = verdict(drop, o.int8_max_drop, result.float_nodes)
@@ -47,9 +49,20 @@ def int8_section(onnx_path: Path, int8_path: Path, tensors: TensorFile, fp32_met
          f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float layers: "
          f"{', '.join(result.float_nodes) or 'none'}; top-1 {metrics['top1']:.2f} vs fp32 "
          f"{fp32_metrics['top1']:.2f}; goal {line}")
+    latency = latency_section(onnx_path, int8_model, tensors.val_images)
+    echo(f"INT8 latency ({latency.get('providers', ['?'])[0]}): " + latency.get("goal", latency.get("skipped", "")))
     return {"path": str(int8_path), "bytes": int8_path.stat().st_size, "quantize_seconds": seconds,
             "metrics": metrics, "parity": compare_logits(ref, logits),
             "calibration_method": result.method, "calibration_requested": o.calib_method,
             "calibration_images": result.calibration_images, "held_out_images": result.held_out_images,
             "float_nodes": result.float_nodes, "float_reason": result.float_reason,
-            "top1_drop": drop, "goal": line, "quantization": result.to_report()}
+            "top1_drop": drop, "goal": line, "latency": latency, "quantization": result.to_report()}
+
+
+def latency_section(onnx_path: Path, int8_model: OrtClassifier, images: np.ndarray) -> dict:
+    """INT8 / fp32 ONNX Runtime time at batch 32, side by side (skipped for a batch-1 export)."""
+    fp32_model = OrtClassifier(onnx_path, providers=int8_model.providers)
+    if fp32_model.static_batch not in (None, BATCH):
+        return {"skipped": f"the ONNX input has a fixed batch of {fp32_model.static_batch}; export with "
+                           f"--batch dynamic to time batch {BATCH}", "providers": int8_model.providers}
+    return {**int8_latency_ratio(fp32_model, int8_model, images), "providers": int8_model.providers}
