@@ -83,7 +83,8 @@ def main() -> None:
 
         def step() -> None:
             with torch.inference_mode():
-                t_logits, t_loc, t_msd = detach_outputs(split_outputs(t_net(x)))
+                t_out = split_outputs(t_net(x))
+            t_logits, t_loc, t_msd = detach_outputs(t_out)  # clones made outside inference mode, as the trainer does
             s_logits, s_loc, s_msd = split_outputs(s_net(x))
             terms = objective(s_logits, y, teacher_logits=t_logits, student_local=s_loc, teacher_local=t_loc,
                               epoch_progress=100.0, student_msd=s_msd, teacher_msd=t_msd)
