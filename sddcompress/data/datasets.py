@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..torchvision_compat import torchvision
 from .preprocessing import (ValidationPreprocessing, large_image_preprocessing, small_image_preprocessing,
                             validation_transform)
+from .augment import CropFlip
 
 T = torchvision.transforms
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,6 +42,7 @@ class DataBundle:
     input_size: int
     skipped_images: int = 0
     preprocessing: ValidationPreprocessing | None = None  # what val_transform does, for checkpoints and ONNX
+    in_memory: bool = False  # decoded images already in memory: loader workers would only add overhead
 
     @property
     def num_classes(self) -> int:
@@ -62,11 +64,16 @@ def default_input_size(name: str) -> int:
     return 224 if name.startswith("imagefolder:") else 32
 
 
-def _small_transforms(size: int, native: int, mean, std, flip: bool) -> tuple[Callable, Callable]:
-    resize = [T.Resize(size, antialias=True)] if size != native else []
-    aug = [T.RandomCrop(size, padding=max(size // 8, 1))] + ([T.RandomHorizontalFlip()] if flip else [])
-    tail = [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(resize + aug + tail), validation_transform(small_image_preprocessing(size, mean, std))
+def _small_transforms(size: int, native: int | None, mean, std, flip: bool) -> tuple[Callable, Callable]:
+    """Small images: resize (shorter side) and centre-crop to `size` unless already `native` x `native`,
+    then (training) seeded pad + random crop + flip (`CropFlip`, shared with the device pipeline)."""
+    pre = T.Compose([T.Resize(size, antialias=True), T.CenterCrop(size)]) if size != native else _identity
+    train = CropFlip(pre, pad=max(size // 8, 1), flip=flip, mean=tuple(mean), std=tuple(std))
+    return train, validation_transform(small_image_preprocessing(size, mean, std))
+
+
+def _identity(image):
+    return image
 
 
 def _large_transforms(size: int, mean, std) -> tuple[Callable, Callable]:
@@ -91,7 +98,7 @@ def _digits(input_size: int) -> DataBundle:
     mean, std = (float(level.mean()),) * 3, (float(level.std()),) * 3
     train_tf, val_tf = _small_transforms(input_size, 8, mean, std, flip=False)
     return DataBundle("digits", split(idx_train), split(idx_val), train_tf, val_tf,
-                      [str(n) for n in d.target_names], mean, std, input_size,
+                      [str(n) for n in d.target_names], mean, std, input_size, in_memory=True,
                       preprocessing=small_image_preprocessing(input_size, mean, std))
 
 
@@ -157,7 +164,7 @@ def _image_folder(root: str, input_size: int, skip_bad: bool) -> DataBundle:
         splits[s] = ds
     if splits["train"].classes != splits["val"].classes:
         raise UserError(f"image folder '{root}': train/ and val/ have different class folders")
-    train_tf, val_tf = (_small_transforms(input_size, input_size, IMAGENET_MEAN, IMAGENET_STD, True)
+    train_tf, val_tf = (_small_transforms(input_size, None, IMAGENET_MEAN, IMAGENET_STD, True)
                         if input_size <= 64 else _large_transforms(input_size, IMAGENET_MEAN, IMAGENET_STD))
     return DataBundle(f"imagefolder:{root}", splits["train"], splits["val"], train_tf, val_tf,
                       list(splits["train"].classes), IMAGENET_MEAN, IMAGENET_STD, input_size, skipped,

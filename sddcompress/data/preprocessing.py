@@ -14,6 +14,7 @@ from sddcompress_export.preprocessing import Preprocessing as ValidationPreproce
 from sddcompress_export.preprocessing import legacy_preprocessing
 
 from ..torchvision_compat import torchvision
+from .augment import CropFlip
 
 if TYPE_CHECKING:
     from .datasets import DataBundle
@@ -65,6 +66,8 @@ def at_input_size(spec: ValidationPreprocessing, size: int) -> ValidationPreproc
 
 def _renormalised(transform: Callable, mean, std) -> Callable:
     """`transform` with each Normalize step using `mean`/`std` (a new Compose; the old one is untouched)."""
+    if isinstance(transform, CropFlip):  # small images: crop/flip then its own normalisation
+        return replace(transform, mean=tuple(mean), std=tuple(std))
     steps = getattr(transform, "transforms", None)
     if steps is None:
         return transform

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -45,7 +46,7 @@ class TrainConfig:
     input_size: int | None = None
     skip_bad_images: bool = False
     train_fraction: float = 1.0
-    workers: int = 0
+    workers: int | None = None  # None: from the CPU count (resolve_workers)
     epochs: int = 240
     batch_size: int = 64
     lr: float = 0.05
@@ -54,8 +55,9 @@ class TrainConfig:
     schedule: str = "step"
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     lr_decay: float = 0.1
-    precision: str = "no"
+    precision: str = "auto"
     grad_accum: int = 1
+    clip_grad_norm: float = 0.0
     compile: bool = False
     cpu: bool = False
     sync_bn: bool = True
@@ -124,6 +126,8 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any], cli_gi
         if key in CONFIG_KEYS and (key in cli_given or key not in merged):
             merged[key] = value
     merged = {k: v for k, v in merged.items() if k in CONFIG_KEYS and (v is not None or k in cli_given)}
+    if merged.get("workers") == "auto":  # shipped configs: workers from the CPU count
+        merged["workers"] = None
     where = f"config '{config_name}'" if config_name else "the config file"
     sources = {k: where for k in file_values if k in merged and k not in cli_given}
     cfg = TrainConfig(**check_options(merged, sources))
@@ -149,6 +153,18 @@ def default_out(cfg: TrainConfig) -> str:
         return train_out(cfg.model, cfg.data)
     return str(Path("runs") / f"{cfg.model.replace('/', '_')}-from-{(cfg.teacher or 'none').replace('/', '_')}-"
                                f"{cfg.method}-{data_slug(cfg.data)}")
+
+
+def resolve_workers(workers: int | None, processes: int = 1) -> int:
+    """Data-loader workers: as given, or (None) the CPUs this process may use, shared by the local
+    processes, at most 8 and leaving one for the training loop."""
+    if workers is not None:
+        return workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus // max(processes, 1) - 1))
 
 
 def validate(cfg: TrainConfig) -> None:

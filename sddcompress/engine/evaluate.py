@@ -9,11 +9,18 @@ from torch.nn import functional as F
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, accelerator=None) -> dict[str, float]:
-    """Returns {"top1", "top5" (percent), "loss", "count"}; `model` returns logits (or (logits, local))."""
+    """Returns {"top1", "top5" (percent), "loss", "count"}; `model` returns logits (or (logits, local)).
+
+    The one evaluation used by training (each epoch) and by `sddcompress eval`; batches are moved to
+    the model's device."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     stats = torch.zeros(4, dtype=torch.float64)
     for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
         out = model(images)
         logits = (out[0] if isinstance(out, tuple) else out).float()
         if accelerator is not None:

@@ -10,6 +10,7 @@ from ..data.preprocessing import model_preprocessing, preprocessed_as
 from ..errors import UserError
 from ..models import build_model
 from .checkpoint import FOREIGN, load_checkpoint, load_model_weights
+from .config import resolve_workers
 from .evaluate import evaluate
 from .option_rules import check_option
 
@@ -81,7 +82,12 @@ def evaluate_checkpoint(path: str, model: str | None, data: str | None, data_dir
     bundle = dataset_for_checkpoint(ckpt, data, data_dir, size)
     if bundle.num_classes != ckpt["model"]["num_classes"]:
         raise UserError(f"'{path}' has {ckpt['model']['num_classes']} classes but {data} has {bundle.num_classes}")
-    loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform), batch_size=batch_size)
+    cuda = torch.cuda.is_available()
+    workers = resolve_workers(None)
+    loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform), batch_size=batch_size,
+                        num_workers=workers, pin_memory=cuda)
+    if cuda:
+        net = net.to("cuda", memory_format=torch.channels_last)
     metrics = evaluate(net, loader)
     return {"model": ckpt["model"]["name"], "data": data, **metrics}
 

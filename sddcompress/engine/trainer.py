@@ -1,4 +1,8 @@
-"""The training loop behind `train` (cross-entropy) and `distill` (KD, DKD, SDD), on Accelerate.
+"""The training loop behind `train` (cross-entropy) and `distill` (KD, DKD, SDD, MSDCRD), on Accelerate.
+
+Read it like torchvision's reference scripts: `setup` (data, models, optimiser, loaders, resume
+state), `train_one_epoch` (which calls `train_step` per batch), `evaluate`, `save_checkpoint`;
+`run` strings them together under the output folder's lock.
 
 Reproducibility contract (CPU): the same config and seed give the same weights, whether the run
 is uninterrupted, killed and resumed, or split over N processes with the same global batch.
@@ -19,7 +23,7 @@ from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -34,8 +38,9 @@ from ..models import build_model
 from ..models.pretrained import build_pretrained
 from ..run_paths import ensure_writable_dir
 from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
-    rng_state, save_checkpoint, set_rng_state
-from .config import MSD_OPTIONS, TrainConfig, check_resume, default_out, train_out, validate
+    rng_state, set_rng_state
+from .checkpoint import save_checkpoint as write_checkpoint
+from .config import MSD_OPTIONS, TrainConfig, check_resume, default_out, resolve_workers, train_out, validate
 from .evaluate import evaluate
 from .method_nets import detach_outputs, load_train_only_state, method_networks, split_outputs, train_only_state
 from .run_preprocessing import weights_preprocessing
@@ -127,11 +132,19 @@ def _make_accelerator(cfg: TrainConfig, out: Path):
     AcceleratorState._reset_state()
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
     try:
-        return Accelerator(cpu=cfg.cpu, mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum,
-                           rng_types=[], log_with=trackers, project_dir=str(out),
+        return Accelerator(cpu=cfg.cpu, mixed_precision=resolve_precision(cfg),
+                           gradient_accumulation_steps=cfg.grad_accum, rng_types=[], log_with=trackers, project_dir=str(out),
                            dynamo_backend="inductor" if cfg.compile else None)
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"cannot set up training ({str(exc).splitlines()[0]})") from None
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    """--precision auto: bf16 autocast on a GPU that supports it, full float32 elsewhere."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    on_gpu = not cfg.cpu and torch.cuda.is_available()
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
 
 
 class _StopFlag:
@@ -162,27 +175,56 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
-    """Train (or distil into) `cfg.model`; returns the result, raises UserError for bad input.
+@dataclass
+class Session:
+    """Everything one run holds: built by `setup`, used by `train_one_epoch`, `evaluate`, `save_checkpoint`."""
 
-    The output folder is locked for the whole run (one run per folder); temp files a killed
-    checkpoint write left there are removed first."""
-    validate(cfg)
-    if cfg.out is None:
-        cfg.out = default_out(cfg)
-    out = ensure_writable_dir(cfg.out)
-    first_process = int(os.environ.get("RANK", "0")) == 0
-    with _StopFlag(outside_loop=True), (RunLock(out, echo) if first_process else nullcontext()):
-        if first_process:
-            removed = remove_orphan_temps(out / "checkpoints") + remove_orphan_temps(out)
-            if removed:
-                echo(f"removed {len(removed)} temporary file(s) left by a killed run ({removed[0].name})")
-        return _run_locked(cfg, echo)
+    cfg: TrainConfig
+    method: MethodConfig
+    acc: Any
+    out: Path
+    bundle: DataBundle
+    student: nn.Module  # the plain model (what checkpoints hold)
+    student_net: nn.Module  # the student as the method sees it (local logits, MSD embedding), unprepared
+    student_p: nn.Module  # student_net prepared for training (DDP / compile / autocast)
+    teacher: nn.Module | None  # never prepared: frozen, eval mode, on the device
+    teacher_info: dict | None
+    objective: Callable
+    optimizer: Any
+    scheduler: Any
+    train_ds: SeededTransform
+    sampler: EpochShuffleSampler
+    train_loader: Any
+    val_loader: Any
+    per_process: int
+    say: Callable[[str], None]
+    start_epoch: int = 0
+    skip: int = 0  # micro-batches of `start_epoch` already done (mid-epoch resume)
+    epoch_sums: dict = field(default_factory=dict)
+    best_top1: float = -1.0
+    teacher_metrics: dict | None = None
+    last_val: dict = field(default_factory=dict)
+    nonfinite_skipped: int = 0
+    resume_row: dict | None = None  # the metrics row of the checkpoint being resumed
+    student_source: str | None = None  # where pretrained student weights came from (--pretrained)
+
+    @property
+    def latest(self) -> Path:
+        return self.out / "checkpoints" / "latest.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.out / "checkpoints" / "best.pt"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.acc.device.type == "cuda"
 
 
-def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
-    from accelerate.utils import gather_object, set_seed
+def setup(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Session:
+    """Data, models, optimiser and schedule, loaders, and the state of a run being resumed.
 
+    `cfg` is validated and `cfg.out` set (as `run` does before it takes the folder's lock)."""
     method = method_from_config(cfg)
     out = Path(cfg.out)
     previous = _previous_run(cfg, out, method, echo)
@@ -193,8 +235,11 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
                         f"({acc.num_processes} x {cfg.grad_accum})")
 
+    from accelerate.utils import set_seed
+
     set_seed(cfg.seed)
-    bundle = load_dataset(cfg.data, cfg.data_dir, cfg.input_size, cfg.download, cfg.skip_bad_images)
+    with acc.main_process_first():  # download / scan once, then the other processes read the result
+        bundle = load_dataset(cfg.data, cfg.data_dir, cfg.input_size, cfg.download, cfg.skip_bad_images)
     expected = weights_preprocessing(cfg, method.uses_teacher, bundle)
     if expected is not None:
         bundle = preprocessed_as(bundle, expected[1])
@@ -220,11 +265,16 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
         convert_batchnorm(student, cuda=acc.device.type == "cuda")
     teacher, teacher_info = _load_teacher(cfg, bundle, say) if method.uses_teacher else (None, None)
     student_net, teacher_net = method_networks(student, teacher, size, method, cfg.model, cfg.teacher)
-    if teacher_net is not None:
-        teacher_net.eval().requires_grad_(False).to(acc.device)
     if previous is not None:
         load_train_only_state(student_net, previous.get("train_only"))
+    memory_format = torch.channels_last if acc.device.type == "cuda" else torch.contiguous_format
+    student_net.to(acc.device, memory_format=memory_format)
+    if teacher_net is not None:  # never prepared: frozen, in eval mode, on the device
+        teacher_net.eval().requires_grad_(False).to(acc.device, memory_format=memory_format)
+        if cfg.compile:
+            teacher_net = torch.compile(teacher_net)
 
+    # student_net's parameters: the student's and any training-only part (MSDCRD's projection)
     optimizer = torch.optim.SGD(student_net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     if cfg.schedule == "step":
@@ -232,152 +282,251 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
+    workers = (cfg.workers or 0) if bundle.in_memory else resolve_workers(cfg.workers, acc.num_processes)
+    cuda = acc.device.type == "cuda"
+    loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda and workers > 0)
     train_ds = SeededTransform(bundle.train, bundle.train_transform, cfg.seed)
     sampler = EpochShuffleSampler(len(train_ds), cfg.seed)
-    train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True,
-                              num_workers=cfg.workers)
+    train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True, **loader_args)
     val_loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform, cfg.seed),
-                            batch_size=max(2 * per_process, 64), num_workers=cfg.workers)
+                            batch_size=max(2 * per_process, 64), **loader_args)
     student_p, optimizer_p, train_p, val_p = acc.prepare(student_net, optimizer, train_loader, val_loader)
-    objective = Objective(method)
 
-    start_epoch, skip, epoch_sums, best_top1, teacher_metrics = 0, 0, {}, -1.0, None
+    session = Session(cfg, method, acc, out, bundle, student, student_net, student_p, teacher_net, teacher_info,
+                      Objective(method), optimizer_p, scheduler, train_ds, sampler, train_p, val_p, per_process, say,
+                      student_source=student_source)
     if previous is not None:
-        optimizer_p.load_state_dict(previous["optimizer"])
-        scheduler.load_state_dict(previous["scheduler"])
-        if acc.scaler is not None and previous.get("scaler"):
-            acc.scaler.load_state_dict(previous["scaler"])
-        rng = previous["rng"]
-        if len(rng) == acc.num_processes:
-            set_rng_state(rng[acc.process_index])
-        start_epoch, skip = previous["epoch"], previous["step_in_epoch"]
-        epoch_sums = previous.get("epoch_sums") or {}
-        best_top1 = previous.get("best_top1", -1.0)
-        teacher_metrics = previous.get("teacher_metrics")
-        say(f"resuming {out} at epoch {start_epoch + 1}" + (f", batch {skip}" if skip else ""))
+        _restore(session, previous)
+    return session
 
-    log = MetricsLog(out)
+
+def _restore(s: Session, previous: dict) -> None:
+    """Optimiser, schedule, scaler, RNG and progress of the checkpoint being resumed."""
+    s.optimizer.load_state_dict(previous["optimizer"])
+    s.scheduler.load_state_dict(previous["scheduler"])
+    if s.acc.scaler is not None and previous.get("scaler"):
+        s.acc.scaler.load_state_dict(previous["scaler"])
+    rng = previous["rng"]
+    if len(rng) == s.acc.num_processes:
+        set_rng_state(rng[s.acc.process_index])
+    s.start_epoch, s.resume_row = previous["epoch"], previous.get("metrics_row")
+    # progress is kept in samples: a run resumed with another process count or --grad-accum skips
+    # the same images (augmentation and order depend only on (seed, epoch, index), not on the split)
+    samples = previous.get("samples_in_epoch")
+    micro_batch = s.per_process * s.acc.num_processes
+    s.skip = samples // micro_batch if samples is not None else previous["step_in_epoch"]
+    s.epoch_sums = previous.get("epoch_sums") or {}
+    s.best_top1 = previous.get("best_top1", -1.0)
+    s.teacher_metrics = previous.get("teacher_metrics")
+    s.last_val = previous.get("last_val", {})
+    s.say(f"resuming {s.out} at epoch {s.start_epoch + 1}" + (f", batch {s.skip}" if s.skip else ""))
+
+
+def save_checkpoint(s: Session, paths: list[Path], epoch_done: int, step_in_epoch: int, sums: dict,
+                    row: dict | None = None) -> None:
+    """Write one checkpoint (atomically) to each of `paths`; every process must call it.
+
+    Weights holding NaN/inf are never saved (NonFiniteWeights, checked on every process so that all
+    stop together); `row` is the metrics row the checkpoint ends on (a resume cuts the log back to it)."""
+    from accelerate.utils import gather_object
+
+    require_finite_weights(s.student.state_dict(), epoch_done)
+    rngs = gather_object([rng_state()]) if s.acc.num_processes > 1 else [rng_state()]
+    if s.acc.is_main_process:
+        size, classes, bundle = s.bundle.input_size, s.bundle.num_classes, s.bundle
+        record = base_record(
+            command="distill" if s.method.uses_teacher else "train",
+            model=model_record(s.cfg.model, s.student, classes, size, imagenet_stem=s.cfg.pretrained),
+            pretrained=s.student_source,
+            teacher=s.teacher_info, teacher_metrics=s.teacher_metrics,
+            optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(),
+            scaler=s.acc.scaler.state_dict() if s.acc.scaler is not None else None,
+            rng=rngs, epoch=epoch_done, step_in_epoch=step_in_epoch,
+            samples_in_epoch=step_in_epoch * s.per_process * s.acc.num_processes, epoch_sums=sums,
+            best_top1=s.best_top1, last_val=s.last_val, config=s.cfg.to_dict(), method=s.method.to_dict(),
+            train_only=train_only_state(s.student_net),
+            class_names=list(bundle.class_names), data=bundle.name, input_size=size,
+            normalization={"mean": list(bundle.mean), "std": list(bundle.std)}, metrics_row=row,
+            preprocessing=bundle.preprocessing.to_dict() if bundle.preprocessing else None,
+        )
+        write_checkpoint(record, paths)
+    s.acc.wait_for_everyone()
+
+
+def _first_nonfinite(s: Session, bad_at: torch.Tensor) -> int:
+    """The first micro-batch (any process) whose loss was NaN/inf, or -1: one host-device sync."""
+    if s.acc.num_processes > 1:
+        bad_at = s.acc.gather(bad_at.view(1))
+        bad_at = torch.where(bad_at < 0, torch.iinfo(torch.long).max, bad_at).min()
+        bad_at = torch.where(bad_at == torch.iinfo(torch.long).max, -1, bad_at)
+    return int(bad_at)
+
+
+def _stop_requested(s: Session, stop: "_StopFlag") -> bool:
+    """Whether any process got SIGINT/SIGTERM (an all-reduce with several processes)."""
+    if s.acc.num_processes == 1:
+        return stop.signum != 0
+    flag = torch.tensor([float(stop.signum != 0)], device=s.acc.device)
+    return bool(s.acc.reduce(flag, "sum") > 0)
+
+
+def _raise_nonfinite(s: Session, epoch: int, batch: int) -> None:
+    raise NonFiniteLoss(
+        f"loss became non-finite (NaN/inf) at epoch {epoch + 1} batch {batch + 1}; stopped. The last good "
+        f"checkpoint is intact ({s.latest if s.latest.exists() else 'none yet'}); lower --lr, use --precision no, "
+        "clip with --clip-grad-norm, or allow skips with --skip-nonfinite N")
+
+
+def train_step(s: Session, images: torch.Tensor, labels: torch.Tensor, epoch_progress: float) -> dict:
+    """Forward the student (and teacher), the objective, backward and (on sync steps) the optimiser step.
+
+    No host-device sync: the caller checks the loss for NaN/inf only at log points."""
+    if s.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with s.acc.accumulate(s.student_p):
+        s_logits, s_local, s_msd = split_outputs(s.student_p(images))
+        t_logits = t_local = t_msd = None
+        if s.teacher is not None:
+            with torch.inference_mode(), s.acc.autocast():
+                out_t = split_outputs(s.teacher(images))
+            t_logits, t_local, t_msd = detach_outputs(out_t)
+        terms = s.objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local,
+                            teacher_local=t_local, epoch_progress=epoch_progress, student_msd=s_msd,
+                            teacher_msd=t_msd)
+        if s.cfg.skip_nonfinite and _skip_nonfinite(s, terms["loss"]):
+            return {}
+        s.acc.backward(terms["loss"])
+        if s.cfg.clip_grad_norm > 0 and s.acc.sync_gradients:
+            s.acc.clip_grad_norm_(s.student_p.parameters(), s.cfg.clip_grad_norm)
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+    terms["correct"] = (s_logits.detach().argmax(1) == labels).sum()
+    return terms
+
+
+def _skip_nonfinite(s: Session, loss: torch.Tensor) -> bool:
+    """--skip-nonfinite: check every step (a host-device sync per step, the price of skipping)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=s.acc.device)
+    if s.acc.num_processes > 1:
+        bad = s.acc.reduce(bad, "sum")
+    if bad.item() == 0 or s.nonfinite_skipped >= s.cfg.skip_nonfinite:
+        return False
+    s.nonfinite_skipped += 1
+    s.optimizer.zero_grad(set_to_none=True)
+    s.say(f"skipped non-finite loss ({s.nonfinite_skipped}/{s.cfg.skip_nonfinite})")
+    return True
+
+
+def train_one_epoch(s: Session, epoch: int, stop: "_StopFlag") -> dict[str, float]:
+    """One pass over the training data; returns the epoch's mean loss terms and train top-1."""
+    cfg, acc = s.cfg, s.acc
+    s.sampler.set_epoch(epoch)
+    s.train_ds.set_epoch(epoch)
+    steps = len(s.train_loader) if not cfg.max_train_batches else min(len(s.train_loader), cfg.max_train_batches)
+    loader = acc.skip_first_batches(s.train_loader, s.skip) if s.skip else s.train_loader
+    if hasattr(loader, "set_epoch"):  # Accelerate re-seeds the sampler from its own counter on __iter__
+        loader.set_epoch(epoch)
+    s.student_p.train()
+    sums: dict[str, torch.Tensor | float] = defaultdict(float)
+    sums.update(s.epoch_sums)
+    bad_at = torch.full((), -1, dtype=torch.long, device=acc.device)  # device-side non-finite flag
+    progress = _Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", acc.is_main_process, cfg.log_every, s.say)
+    for i, (images, labels) in enumerate(loader, start=s.skip):
+        if i >= steps:
+            break
+        terms = train_step(s, images, labels, epoch + (i + 1) / steps)
+        if not terms:  # skipped (--skip-nonfinite)
+            continue
+        bad_at = torch.where((bad_at < 0) & ~torch.isfinite(terms["loss"]), i, bad_at)
+        for k, v in terms.items():
+            sums[k] = sums[k] + v.detach().float()
+        sums["seen"] = sums["seen"] + float(labels.numel())
+        sums["batches"] = sums["batches"] + 1.0
+        at_log_point = (i + 1) % max(cfg.log_every, 1) == 0
+        if at_log_point or (stop.signum and acc.num_processes == 1):
+            first_bad = _first_nonfinite(s, bad_at)
+            if first_bad >= 0:
+                progress.close()
+                _raise_nonfinite(s, epoch, first_bad)
+        progress.advance(i + 1, terms["loss"])
+        if acc.sync_gradients and (at_log_point or acc.num_processes == 1) and _stop_requested(s, stop):
+            save_checkpoint(s, [s.latest], epoch, i + 1, {k: float(v) for k, v in sums.items()})
+            progress.close()
+            raise Interrupted(f"interrupted at epoch {epoch + 1} batch {i + 1}; checkpoint saved to "
+                              f"{s.latest}; run the same command again to resume")
+    progress.close()
+    first_bad = _first_nonfinite(s, bad_at)  # before any checkpoint: never save non-finite weights
+    if first_bad >= 0:
+        _raise_nonfinite(s, epoch, first_bad)
+    s.skip, s.epoch_sums = 0, {}
+    totals = {k: torch.as_tensor(v, dtype=torch.float64, device=acc.device) for k, v in sums.items()}
+    if acc.num_processes > 1:
+        totals = {k: acc.reduce(v, "sum") for k, v in totals.items()}
+    totals = {k: float(v) for k, v in totals.items()}
+    n_batches = max(totals.pop("batches", 1.0), 1.0)
+    train_top1 = 100.0 * totals.pop("correct", 0.0) / max(totals.pop("seen", 1.0), 1.0)
+    return {**{k: v / n_batches for k, v in totals.items()}, "top1": train_top1}
+
+
+def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
+    """Train (or distil into) `cfg.model`; returns the result, raises UserError for bad input.
+
+    The output folder is locked for the whole run (one run per folder); temp files a killed
+    checkpoint write left there are removed first."""
+    validate(cfg)
+    if cfg.out is None:
+        cfg.out = default_out(cfg)
+    out = ensure_writable_dir(cfg.out)
+    first_process = int(os.environ.get("RANK", "0")) == 0
+    with _StopFlag(outside_loop=True), (RunLock(out, echo) if first_process else nullcontext()):
+        if first_process:
+            removed = remove_orphan_temps(out / "checkpoints") + remove_orphan_temps(out)
+            if removed:
+                echo(f"removed {len(removed)} temporary file(s) left by a killed run ({removed[0].name})")
+        return _run_locked(cfg, echo)
+
+
+def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
+    """setup -> (teacher evaluation) -> for each epoch: train_one_epoch, scheduler step, evaluate,
+    save_checkpoint, then the metrics row that checkpoint describes."""
+    s = setup(cfg, echo)
+    acc, say = s.acc, s.say
+    log = MetricsLog(s.out)
     if acc.is_main_process:  # the log never runs ahead of the checkpoint the run starts from
-        log.truncate_to(start_epoch, previous.get("metrics_row") if previous else None)
-    if teacher_net is not None and teacher_metrics is None:
-        teacher_metrics = evaluate(teacher_net, val_p, acc)
-        say(f"teacher {cfg.teacher}: val top-1 {teacher_metrics['top1']:.2f}")
+        log.truncate_to(s.start_epoch, s.resume_row)
+    if s.teacher is not None and s.teacher_metrics is None:
+        s.teacher_metrics = evaluate(s.teacher, s.val_loader, acc)
+        say(f"teacher {cfg.teacher}: val top-1 {s.teacher_metrics['top1']:.2f}")
     if acc.log_with:
         acc.init_trackers("sddcompress", config={k: str(v) for k, v in cfg.to_dict().items()})
-
-    steps = len(train_p) if not cfg.max_train_batches else min(len(train_p), cfg.max_train_batches)
-    ckpt_dir = out / "checkpoints"
-    latest, best = ckpt_dir / "latest.pt", ckpt_dir / "best.pt"
-    params = sum(p.numel() for p in student.parameters())
     history: list[dict] = []
-    last_val: dict = previous.get("last_val", {}) if previous else {}
-    nonfinite_skipped = 0
-
-    def save(path_list: list[Path], epoch_done: int, step_in_epoch: int, sums: dict, row: dict | None = None) -> None:
-        require_finite_weights(student.state_dict(), epoch_done)  # on every process, so all stop together
-        rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
-        if acc.is_main_process:
-            record = base_record(
-                command="distill" if method.uses_teacher else "train",
-                model=model_record(cfg.model, student, classes, size, imagenet_stem=cfg.pretrained),
-                pretrained=student_source,
-                teacher=teacher_info, teacher_metrics=teacher_metrics,
-                optimizer=optimizer_p.state_dict(), scheduler=scheduler.state_dict(),
-                scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
-                rng=rngs, epoch=epoch_done, step_in_epoch=step_in_epoch, epoch_sums=sums,
-                best_top1=best_top1, last_val=last_val, config=cfg.to_dict(), method=method.to_dict(),
-                train_only=train_only_state(student_net),
-                class_names=list(bundle.class_names), data=bundle.name, input_size=size,
-                normalization={"mean": list(bundle.mean), "std": list(bundle.std)}, metrics_row=row,
-                preprocessing=bundle.preprocessing.to_dict() if bundle.preprocessing else None,
-            )
-            save_checkpoint(record, path_list)
-        acc.wait_for_everyone()
-
-    if start_epoch >= cfg.epochs:
-        say(f"the run in '{out}' is already complete ({cfg.epochs} epochs); pass --fresh to train again")
+    if s.start_epoch >= cfg.epochs:
+        say(f"the run in '{s.out}' is already complete ({cfg.epochs} epochs); pass --fresh to train again")
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
-            train_ds.set_epoch(epoch)
-            loader = acc.skip_first_batches(train_p, skip) if skip else train_p
-            if hasattr(loader, "set_epoch"):  # Accelerate re-seeds the sampler from its own counter on __iter__
-                loader.set_epoch(epoch)
-            student_p.train()
-            sums: dict[str, torch.Tensor | float] = defaultdict(float)
-            sums.update(epoch_sums)
+        for epoch in range(s.start_epoch, cfg.epochs):
             started = time.perf_counter()
-            progress = _Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", acc.is_main_process, cfg.log_every, say)
-            for i, (images, labels) in enumerate(loader, start=skip):
-                if i >= steps:
-                    break
-                with acc.accumulate(student_p):
-                    s_logits, s_local, s_msd = split_outputs(student_p(images))
-                    t_logits = t_local = t_msd = None
-                    if teacher_net is not None:
-                        with torch.inference_mode(), acc.autocast():
-                            out_t = split_outputs(teacher_net(images))
-                        t_logits, t_local, t_msd = detach_outputs(out_t)
-                    terms = objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local,
-                                      teacher_local=t_local, epoch_progress=epoch + (i + 1) / steps,
-                                      student_msd=s_msd, teacher_msd=t_msd)
-                    bad = torch.tensor([0.0 if torch.isfinite(terms["loss"]) else 1.0, float(stop.signum)],
-                                       device=acc.device)
-                    if acc.num_processes > 1:
-                        bad = acc.reduce(bad, "sum")
-                    if bad[0] > 0:
-                        if nonfinite_skipped < cfg.skip_nonfinite:
-                            nonfinite_skipped += 1
-                            optimizer_p.zero_grad()
-                            say(f"skipped non-finite loss at epoch {epoch + 1} batch {i + 1} "
-                                f"({nonfinite_skipped}/{cfg.skip_nonfinite})")
-                            continue
-                        raise NonFiniteLoss(
-                            f"loss became {terms['loss'].item()} at epoch {epoch + 1} batch {i + 1}; stopped. The "
-                            f"last good checkpoint is intact ({latest if latest.exists() else 'none yet'}); lower "
-                            "--lr, use --precision no, or allow skips with --skip-nonfinite N")
-                    acc.backward(terms["loss"])
-                    optimizer_p.step()
-                    optimizer_p.zero_grad()
-                for k, v in terms.items():
-                    sums[k] = sums[k] + v.detach().float()
-                sums["correct"] = sums["correct"] + (s_logits.detach().argmax(1) == labels).sum().float()
-                sums["seen"] = sums["seen"] + float(labels.numel())
-                sums["batches"] = sums["batches"] + 1.0
-                progress.advance(i + 1, terms["loss"])
-                if bad[1] > 0 and acc.sync_gradients:
-                    save([latest], epoch, i + 1, {k: float(v) for k, v in sums.items()})
-                    progress.close()
-                    raise Interrupted(f"interrupted at epoch {epoch + 1} batch {i + 1}; checkpoint saved to "
-                                      f"{latest}; run the same command again to resume")
-            progress.close()
-            skip, epoch_sums = 0, {}
-            scheduler.step()
-            totals = {k: torch.as_tensor(v, dtype=torch.float64, device=acc.device) for k, v in sums.items()}
-            if acc.num_processes > 1:
-                totals = {k: acc.reduce(v, "sum") for k, v in totals.items()}
-            totals = {k: float(v) for k, v in totals.items()}
-            n_batches = max(totals.pop("batches", 1.0), 1.0)
-            train_top1 = 100.0 * totals.pop("correct", 0.0) / max(totals.pop("seen", 1.0), 1.0)
-            train_terms = {k: v / n_batches for k, v in totals.items()}
-            last_val = evaluate(student, val_p, acc)
-            improved = last_val["top1"] > best_top1
-            best_top1 = max(best_top1, last_val["top1"])
-            record = {"epoch": epoch + 1, "lr": optimizer_p.param_groups[0]["lr"],
-                      **{f"train_{k}": v for k, v in train_terms.items()}, "train_top1": train_top1,
-                      "val_top1": last_val["top1"], "val_top5": last_val["top5"], "val_loss": last_val["loss"],
-                      "seconds": time.perf_counter() - started}
+            train = train_one_epoch(s, epoch, stop)
+            s.scheduler.step()
+            s.last_val = evaluate(s.student, s.val_loader, acc)
+            improved = s.last_val["top1"] > s.best_top1
+            s.best_top1 = max(s.best_top1, s.last_val["top1"])
+            train_top1 = train.pop("top1")
+            record = {"epoch": epoch + 1, "lr": s.optimizer.param_groups[0]["lr"],
+                      **{f"train_{k}": v for k, v in train.items()}, "train_top1": train_top1,
+                      "val_top1": s.last_val["top1"], "val_top5": s.last_val["top5"],
+                      "val_loss": s.last_val["loss"], "seconds": time.perf_counter() - started}
             history.append(record)
             if acc.log_with:
                 acc.log(record, step=epoch + 1)
-            say(f"epoch {epoch + 1}/{cfg.epochs}  {format_terms(train_terms)}  train top-1 {train_top1:.2f}  "
-                f"val top-1 {last_val['top1']:.2f} top-5 {last_val['top5']:.2f}  ({record['seconds']:.1f}s)")
-            save([latest, best] if improved else [latest], epoch + 1, 0, {}, row=record)
+            say(f"epoch {epoch + 1}/{cfg.epochs}  {format_terms(train)}  train top-1 {train_top1:.2f}  "
+                f"val top-1 {s.last_val['top1']:.2f} top-5 {s.last_val['top5']:.2f}  ({record['seconds']:.1f}s)")
+            save_checkpoint(s, [s.latest, s.best] if improved else [s.latest], epoch + 1, 0, {}, row=record)
             if acc.is_main_process:  # after the checkpoint it describes
                 log.write(record)
     if acc.log_with:
         acc.end_training()
-    return RunResult(out, latest, best, best_top1, last_val, teacher_metrics, params, history)
+    params = sum(p.numel() for p in s.student.parameters())
+    return RunResult(s.out, s.latest, s.best, s.best_top1, s.last_val, s.teacher_metrics, params, history)
 
 
 class _Progress:

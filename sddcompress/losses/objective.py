@@ -112,6 +112,9 @@ def parse_scales(value, flag: str = "--scales") -> tuple[int, ...]:
     scales = tuple(int(s) for s in items) if ok else ()
     if not scales or min(scales) < 1:
         raise UserError(f"{flag} must be positive integers like 1,2,4; got '{value}'")
+    if flag == "--scales" and (scales[0] != 1 or any(b <= a for a, b in zip(scales, scales[1:]))):
+        # SDD's weighting reads region 0 as the global prediction
+        raise UserError(f"--scales must start with 1 and be strictly ascending, like 1,2,4; got '{value}'")
     return scales
 
 
