@@ -321,3 +321,36 @@ def test_weights_preprocessing_renormalises_the_small_image_augmentation():
     a, b = bundle.train_transform.seeded(image, 0, 0, 0), other.train_transform.seeded(image, 0, 0, 0)
     mean, std = bundle.mean[0], bundle.std[0]
     assert torch.allclose((a * std + mean - 0.5) / 0.25, b, atol=1e-5)
+
+
+def test_crop_flip_is_one_function_of_seed_epoch_index():
+    from sddcompress.data.augment import crop_flip, crop_flip_params
+
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    dy, dx, flip = crop_flip_params(3, 2, [5, 9, 0, 7, 5, 1], pad=2, flip=True)
+    again = crop_flip_params(3, 2, [1, 5], pad=2, flip=True)  # another batch, another order
+    assert (again[0][1], again[1][1], again[2][1]) == (dy[0], dx[0], flip[0])
+    assert not torch.equal(crop_flip_params(3, 3, [5, 9, 0, 7, 5, 1], 2, True)[0], dy)  # epoch matters
+    batch = crop_flip(images, dy, dx, flip, 2)  # the device pipeline's batched call ...
+    for i in range(6):  # ... equals the PIL pipeline's one-image call
+        one = crop_flip(images[i:i + 1], dy[i:i + 1], dx[i:i + 1], flip[i:i + 1], 2)
+        assert torch.equal(batch[i:i + 1], one)
+    plain = crop_flip(images[:1], torch.tensor([2]), torch.tensor([2]), torch.tensor([True]), 2)
+    assert torch.equal(plain, images[:1].flip(3))  # centre window, mirrored
+
+
+def test_image_folder_with_mixed_sizes_trains_at_any_input_size(tmp_path):
+    from PIL import Image
+
+    from sddcompress.data import load_dataset
+
+    for split in ("train", "val"):
+        for c, cls in enumerate(("a", "b")):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i, (w, h) in enumerate([(20, 30), (64, 64), (30, 20), (40, 50)]):
+                Image.new("RGB", (w, h), (40 * c + 10 * i, 80, 120)).save(tmp_path / "img" / split / cls / f"{i}.png")
+    bundle = load_dataset(f"imagefolder:{tmp_path / 'img'}", input_size=32)
+    assert {tuple(bundle.val_transform(bundle.val[i][0]).shape) for i in range(len(bundle.val))} == {(3, 32, 32)}
+    result = run(TrainConfig(model="resnet20", data=f"imagefolder:{tmp_path / 'img'}", input_size=32, epochs=1,
+                             batch_size=4, cpu=True, workers=0, out=str(tmp_path / "r")), **QUIET)
+    assert load_checkpoint(result.latest)["input_size"] == 32
