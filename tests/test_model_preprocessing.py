@@ -118,6 +118,9 @@ def test_distilling_from_a_teacher_trained_on_other_statistics_uses_them(other_c
     assert who == f"the teacher checkpoint {other_ckpt}" and spec == OTHER
     cfg.teacher_ckpt = teacher_ckpt  # trained on the digits' own statistics: nothing to change
     assert weights_preprocessing(cfg, True, digits) is None
+    cfg.pretrained, cfg.model = True, "mobilenet_v3_small"  # ... so a student expecting ImageNet's cannot share
+    with pytest.raises(UserError, match=r"the teacher checkpoint .* expects images normalised with mean \(0.3"):
+        weights_preprocessing(cfg, True, digits)
 
     ckpt = torch.load(teacher_ckpt, map_location="cpu", weights_only=True)  # a third set of statistics
     ckpt["preprocessing"] = Preprocessing(16, 16, "bilinear", (0.5,) * 3, (0.5,) * 3).to_dict()
