@@ -305,8 +305,8 @@ def test_bf16_autocast_runs_on_cpu(tmp_path, teacher_ckpt, monkeypatch):
 
 
 def test_loader_workers_do_not_change_the_weights(tmp_path, teacher_ckpt):
-    zero = run(sdd_config(tmp_path / "w0", teacher_ckpt, workers=0), **QUIET)
-    two = run(sdd_config(tmp_path / "w2", teacher_ckpt, workers=2), **QUIET)
+    zero = run(sdd_config(tmp_path / "w0", teacher_ckpt, workers=0, pipeline="loader"), **QUIET)
+    two = run(sdd_config(tmp_path / "w2", teacher_ckpt, workers=2, pipeline="loader"), **QUIET)
     assert_same_weights(zero.latest, two.latest)
 
 
@@ -354,3 +354,32 @@ def test_image_folder_with_mixed_sizes_trains_at_any_input_size(tmp_path):
     result = run(TrainConfig(model="resnet20", data=f"imagefolder:{tmp_path / 'img'}", input_size=32, epochs=1,
                              batch_size=4, cpu=True, workers=0, out=str(tmp_path / "r")), **QUIET)
     assert load_checkpoint(result.latest)["input_size"] == 32
+
+
+def test_a_run_resumed_with_another_process_count_continues(tmp_path):
+    # Epoch 1 as one process, epoch 2 resumed as two: the weights of an uninterrupted one-process run
+    # (tame CE steps as above). Order and augmentation depend only on (seed, epoch, index), the split
+    # across processes only on the global batch, and batch norm sums its statistics across processes.
+    common = {**TINY, "model": "resnet20", "max_train_batches": 2, "batch_size": 16, "lr": 0.01}
+    reference = run(TrainConfig(**common, epochs=2, out=str(tmp_path / "reference")), **QUIET)
+    run(TrainConfig(**common, out=str(tmp_path / "switched")), **QUIET)
+    args = ["train", "--model", "resnet20", *tiny_args(epochs=2, max_train_batches=2, batch_size=16, lr=0.01),
+            "--out", str(tmp_path / "switched")]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(_free_port()), "-m", "sddcompress.cli.main", *args],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "resuming" in two.stdout
+    latest = tmp_path / "switched" / "checkpoints" / "latest.pt"
+    assert load_checkpoint(latest)["epoch"] == 2 and len(load_checkpoint(latest)["rng"]) == 2
+    assert_same_weights(reference.latest, latest, atol=1e-4)
+
+
+def test_eval_command_scores_with_the_training_evaluation(tmp_path, teacher_ckpt):
+    from sddcompress.engine.evaluation_cli import evaluate_checkpoint
+
+    result = run(sdd_config(tmp_path / "r", teacher_ckpt), **QUIET)
+    scored = evaluate_checkpoint(str(result.latest), None, None, None, None, batch_size=64)
+    assert (scored["count"], scored["top1"], scored["top5"]) == (
+        result.final["count"], result.final["top1"], result.final["top5"])
+    assert scored["loss"] == pytest.approx(result.final["loss"], rel=1e-6)

@@ -87,6 +87,10 @@ def training_options(student_flag: str) -> Callable:
                      help="Train on this fraction of each class's training images (fixed subset; val untouched)."),
         click.option("--workers", type=int, default=None,
                      help="Data loader workers. [default: from the CPU count, at most 8]"),
+        click.option("--pipeline", default=D.pipeline, show_default=True,
+                     help="Training input: device (small images held once on the training device, augmented per "
+                          "batch there), loader (PIL per image, DataLoader workers), auto (device on a GPU when "
+                          "the images are <= 64 px and fit in 4 GiB, else loader)."),
         click.option("--epochs", type=int, default=D.epochs, show_default=True, help="Training epochs."),
         click.option("--batch-size", type=int, default=D.batch_size, show_default=True,
                      help="Global batch per optimiser step (split across processes and --grad-accum)."),

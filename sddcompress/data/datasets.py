@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -170,6 +170,24 @@ def _image_folder(root: str, input_size: int, skip_bad: bool) -> DataBundle:
                       list(splits["train"].classes), IMAGENET_MEAN, IMAGENET_STD, input_size, skipped,
                       preprocessing=(small_image_preprocessing if input_size <= 64 else large_image_preprocessing)(
                           input_size, IMAGENET_MEAN, IMAGENET_STD))
+
+
+def readable_samples(bundle: DataBundle) -> dict | None:
+    """An image folder's (path, class) samples per split and its skipped count (None for other datasets):
+    what one process's --skip-bad-images scan found, to hand to the others (`keep_samples`)."""
+    if not hasattr(bundle.train, "samples"):
+        return None
+    return {"train": list(bundle.train.samples), "val": list(bundle.val.samples), "skipped": bundle.skipped_images}
+
+
+def keep_samples(bundle: DataBundle, kept: dict | None) -> DataBundle:
+    """`bundle` cut to the samples `readable_samples` listed (unchanged for None)."""
+    if kept is None:
+        return bundle
+    for ds, samples in ((bundle.train, kept["train"]), (bundle.val, kept["val"])):
+        ds.samples = ds.imgs = [(path, label) for path, label in samples]
+        ds.targets = [label for _, label in ds.samples]
+    return replace(bundle, skipped_images=kept["skipped"])
 
 
 def load_dataset(name: str, data_dir: str | None = None, input_size: int | None = None,

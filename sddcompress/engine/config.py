@@ -47,6 +47,7 @@ class TrainConfig:
     skip_bad_images: bool = False
     train_fraction: float = 1.0
     workers: int | None = None  # None: from the CPU count (resolve_workers)
+    pipeline: str = "auto"  # training input: device (in-memory uint8, batched augmentation), loader (PIL), auto
     epochs: int = 240
     batch_size: int = 64
     lr: float = 0.05
@@ -189,6 +190,7 @@ def _cuda_available() -> bool:
 
 # options that may differ when a run resumes: they do not change what the run computes
 RESUME_FREE_KEYS = ("teacher_ckpt", "teacher_pretrained", "data_dir", "download", "skip_bad_images", "workers",
+                    "pipeline",
                     "compile", "cpu", "out", "resume", "fresh", "skip_nonfinite", "log_every", "epochs")
 METHOD_KEYS = ("temperature", "alpha", "beta", "gamma", "ce_weight", "kd_weight", "warmup_epochs", "scales")
 

@@ -59,7 +59,7 @@ RULES: dict[str, Rule] = {
     "input_size": Rule("int", INPUT_SIZE_MIN, INPUT_SIZE_MAX, optional=True,
                        hint="larger inputs need more memory than a training host has; 224 is the ImageNet size"),
     "skip_bad_images": _FLAG, "workers": Rule("int", 0, optional=True, hint="or auto in a config file"),
-    "epochs": _POS_INT, "batch_size": _POS_INT,
+    "pipeline": Rule("str", choices=("auto", "device", "loader")), "epochs": _POS_INT, "batch_size": _POS_INT,
     "lr": Rule("float", 0, low_open=True), "momentum": Rule("float", 0, 1, high_open=True),
     "weight_decay": Rule("float", 0), "schedule": Rule("str", choices=("step", "cosine")),
     "milestones": Rule("ints", 1, hint="comma-separated epoch numbers, e.g. 150,180,210"),

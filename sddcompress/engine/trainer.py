@@ -30,6 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import DataBundle, EpochShuffleSampler, SeededTransform, load_dataset
+from ..data.device_pipeline import DeviceImages, device_pipeline_fits, passthrough_batch
+from ..data.datasets import keep_samples, readable_samples
 from ..data.fraction import take_train_fraction
 from ..data.preprocessing import preprocessed_as
 from ..errors import UserError
@@ -192,7 +194,7 @@ class Session:
     objective: Callable
     optimizer: Any
     scheduler: Any
-    train_ds: SeededTransform
+    train_ds: SeededTransform | DeviceImages
     sampler: EpochShuffleSampler
     train_loader: Any
     val_loader: Any
@@ -238,8 +240,7 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Session:
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
-    with acc.main_process_first():  # download / scan once, then the other processes read the result
-        bundle = load_dataset(cfg.data, cfg.data_dir, cfg.input_size, cfg.download, cfg.skip_bad_images)
+    bundle = load_training_data(cfg, acc)
     expected = weights_preprocessing(cfg, method.uses_teacher, bundle)
     if expected is not None:
         bundle = preprocessed_as(bundle, expected[1])
@@ -285,9 +286,14 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Session:
     workers = (cfg.workers or 0) if bundle.in_memory else resolve_workers(cfg.workers, acc.num_processes)
     cuda = acc.device.type == "cuda"
     loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda and workers > 0)
-    train_ds = SeededTransform(bundle.train, bundle.train_transform, cfg.seed)
-    sampler = EpochShuffleSampler(len(train_ds), cfg.seed)
-    train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True, **loader_args)
+    sampler = EpochShuffleSampler(len(bundle.train), cfg.seed)
+    if _use_device_pipeline(cfg, bundle, cuda):
+        train_ds = DeviceImages(bundle.train, bundle.train_transform, cfg.seed, acc.device)
+        train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True,
+                                  collate_fn=passthrough_batch)
+    else:
+        train_ds = SeededTransform(bundle.train, bundle.train_transform, cfg.seed)
+        train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True, **loader_args)
     val_loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform, cfg.seed),
                             batch_size=max(2 * per_process, 64), **loader_args)
     student_p, optimizer_p, train_p, val_p = acc.prepare(student_net, optimizer, train_loader, val_loader)
@@ -298,6 +304,32 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Session:
     if previous is not None:
         _restore(session, previous)
     return session
+
+
+def load_training_data(cfg: TrainConfig, acc) -> DataBundle:
+    """The dataset, prepared by the main process first: only it downloads (--download) and decodes an image
+    folder to find unreadable images (--skip-bad-images); the other processes wait for it, then read the
+    files it fetched and take its list of readable images."""
+    main = acc.is_main_process
+    with acc.main_process_first():
+        bundle = load_dataset(cfg.data, cfg.data_dir, cfg.input_size, cfg.download and main,
+                              cfg.skip_bad_images and main)
+    if cfg.skip_bad_images and acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        kept = [readable_samples(bundle) if main else None]
+        broadcast_object_list(kept)
+        bundle = keep_samples(bundle, kept[0])
+    return bundle
+
+
+def _use_device_pipeline(cfg: TrainConfig, bundle: DataBundle, cuda: bool) -> bool:
+    """--pipeline: device when asked, or (auto) on a GPU for small images that fit; else the PIL loader."""
+    fits = device_pipeline_fits(bundle.train, bundle.train_transform, bundle.input_size)
+    if cfg.pipeline == "device" and not fits:
+        raise UserError("--pipeline device needs small images (input size <= 64 px) that fit in 4 GiB as uint8; "
+                        "use --pipeline loader")
+    return cfg.pipeline == "device" or (cfg.pipeline == "auto" and fits and cuda)
 
 
 def _restore(s: Session, previous: dict) -> None:
