@@ -97,7 +97,8 @@ def main() -> None:
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.inference_mode():
-            t_logits, t_local, _ = detach_outputs(split_outputs(teacher_net(images)))
+            t_out = split_outputs(teacher_net(images))
+        t_logits, t_local, _ = detach_outputs(t_out)  # cloned outside inference mode, as the trainer does
         s_logits, s_local, _ = split_outputs(student_net(images))
         terms = objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local, teacher_local=t_local,
                           epoch_progress=100.0)

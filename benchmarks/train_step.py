@@ -197,7 +197,8 @@ def project_paper_recipe(device: torch.device, precision: str, compile_nets: boo
             x = x.contiguous(memory_format=fmt)
             with autocast:
                 with torch.inference_mode():
-                    t_logits, t_local, _ = detach_outputs(split_outputs(teacher_fwd(x)))
+                    t_out = split_outputs(teacher_fwd(x))
+                t_logits, t_local, _ = detach_outputs(t_out)  # cloned outside inference mode, as the trainer does
                 s_logits, s_local, _ = split_outputs(student_fwd(x))
                 terms = objective(s_logits, y, teacher_logits=t_logits, student_local=s_local,
                                   teacher_local=t_local, epoch_progress=epoch + (i + 1) / len(loader))
