@@ -361,7 +361,7 @@ def test_a_run_resumed_with_another_process_count_continues(tmp_path):
     # (tame CE steps as above). Order and augmentation depend only on (seed, epoch, index), the split
     # across processes only on the global batch, and batch norm sums its statistics across processes.
     common = {**TINY, "model": "resnet20", "max_train_batches": 2, "batch_size": 16, "lr": 0.01}
-    reference = run(TrainConfig(**common, epochs=2, out=str(tmp_path / "reference")), **QUIET)
+    reference = run(TrainConfig(**{**common, "epochs": 2}, out=str(tmp_path / "reference")), **QUIET)
     run(TrainConfig(**common, out=str(tmp_path / "switched")), **QUIET)
     args = ["train", "--model", "resnet20", *tiny_args(epochs=2, max_train_batches=2, batch_size=16, lr=0.01),
             "--out", str(tmp_path / "switched")]
