@@ -28,8 +28,8 @@ def verdict(drop: float, max_drop: float, float_nodes: list[str]) -> str:
             "fine-tune with quantisation-aware training")
 
 
-def int8_section(onnx_path: Path, int8_path: Path, tensors: TensorFile, fp32_metrics: dict, ref: np.ndarray,
-                 batch: int, o, echo: Callable[[str], None]) -> dict:
+def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, tensors: TensorFile,
+                 fp32_metrics: dict, ref: np.ndarray, batch: int, o, echo: Callable[[str], None]) -> dict:
     """Write model.int8.onnx and return its report entry (method, layers kept in float, drop, verdict).
 
     Only `tensors.calib_images` (training images) reach the quantiser; the validation images are used
@@ -49,8 +49,8 @@ def int8_section(onnx_path: Path, int8_path: Path, tensors: TensorFile, fp32_met
          f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float layers: "
          f"{', '.join(result.float_nodes) or 'none'}; top-1 {metrics['top1']:.2f} vs fp32 "
          f"{fp32_metrics['top1']:.2f}; goal {line}")
-    latency = latency_section(onnx_path, int8_model, tensors.val_images)
-    echo(f"INT8 latency ({latency.get('providers', ['?'])[0]}): " + latency.get("goal", latency.get("skipped", "")))
+    latency = latency_section(fp32_model, int8_model, tensors.val_images)
+    echo(f"INT8 latency ({latency['providers'][0]}): " + latency.get("goal", latency.get("skipped", "")))
     return {"path": str(int8_path), "bytes": int8_path.stat().st_size, "quantize_seconds": seconds,
             "metrics": metrics, "parity": compare_logits(ref, logits),
             "calibration_method": result.method, "calibration_requested": o.calib_method,
@@ -59,9 +59,8 @@ def int8_section(onnx_path: Path, int8_path: Path, tensors: TensorFile, fp32_met
             "top1_drop": drop, "goal": line, "latency": latency, "quantization": result.to_report()}
 
 
-def latency_section(onnx_path: Path, int8_model: OrtClassifier, images: np.ndarray) -> dict:
+def latency_section(fp32_model: OrtClassifier, int8_model: OrtClassifier, images: np.ndarray) -> dict:
     """INT8 / fp32 ONNX Runtime time at batch 32, side by side (skipped for a batch-1 export)."""
-    fp32_model = OrtClassifier(onnx_path, providers=int8_model.providers)
     if fp32_model.static_batch not in (None, BATCH):
         return {"skipped": f"the ONNX input has a fixed batch of {fp32_model.static_batch}; export with "
                            f"--batch dynamic to time batch {BATCH}", "providers": int8_model.providers}

@@ -146,7 +146,8 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     batch = 64 if o.batch == "dynamic" else 1
     labels = tensors.val_labels
     ref = predict_all(torch_predict, tensors.val_images, batch)
-    fp32_logits = predict_all(OrtClassifier(onnx_path), tensors.val_images, batch)
+    fp32_model = OrtClassifier(onnx_path)
+    fp32_logits = predict_all(fp32_model, tensors.val_images, batch)
     parity = compare_logits(ref, fp32_logits)
     torch_metrics = logits_metrics(ref, labels)
     fp32_metrics = logits_metrics(fp32_logits, labels)
@@ -165,8 +166,8 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     if o.ort_int8:
         from .int8_report import int8_section
 
-        report["artifacts"]["ort_int8"] = int8_section(onnx_path, out / "model.int8.onnx", tensors, fp32_metrics,
-                                                       ref, batch, o, echo)
+        report["artifacts"]["ort_int8"] = int8_section(onnx_path, fp32_model, out / "model.int8.onnx", tensors,
+                                                       fp32_metrics, ref, batch, o, echo)
         int8_info = report["artifacts"]["ort_int8"]
         if nonfinite_reason(int8_info["parity"], int8_info["path"]):
             _fail(report, report_path, f"INT8 model: {nonfinite_reason(int8_info['parity'], int8_info['path'])}")
