@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpu_int8_plan import fold_relu_into_uint8
 from .errors import DeployError
 from .metadata import load_onnx
 
@@ -66,20 +67,26 @@ class OrtClassifier:
 
     `providers=None` picks `default_providers()`; the ones the session really uses (ORT falls back
     to CPU when a GPU provider cannot load) are in `.providers`, and `.device` says where it runs.
+    On the CPU provider a symmetric INT8 model runs with its ReLUs folded into uint8 outputs
+    (`cpu_int8_plan`; `.relus_folded` says how many), unless `fold_relu=False`.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                 fold_relu: bool = True) -> None:
         import onnxruntime as ort
 
-        load_onnx(path)  # a clear error for a missing/non-ONNX file before ORT's own message
+        model = load_onnx(path)  # a clear error for a missing/non-ONNX file before ORT's own message
         problem = ort_install_problem()
         if problem:
             raise DeployError(f"ONNX Runtime install is broken: {problem}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle intra-op threads otherwise spin after each run; with two sessions in one process (the
+        # side-by-side INT8/fp32 timing, the benchmark) they take the cores the other session runs on.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         if threads:
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
@@ -90,8 +97,14 @@ class OrtClassifier:
                 ort.preload_dlls()
             except Exception:
                 pass
+        source: str | bytes = str(path)
+        self.relus_folded = 0
+        if fold_relu and chosen[0] == "CPUExecutionProvider":
+            self.relus_folded = fold_relu_into_uint8(model)
+            if self.relus_folded:
+                source = model.SerializeToString()
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=chosen)
+            self.session = ort.InferenceSession(source, options, providers=chosen)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:300]
             raise DeployError(f"ONNX Runtime cannot load '{path}': {first}") from None

@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import DeployError
 from .metadata import load_onnx
+from .onnxruntime_runner import OrtClassifier
 
 METHODS = ("minmax", "percentile", "entropy")
 CALIBRATION_CHOICES = ("auto",) + METHODS
@@ -77,21 +78,10 @@ class QuantizationResult:
         return values
 
 
-def _ort_session(path: str, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def _predict(path: str, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    session = _ort_session(path)
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[s:s + batch_size]})[0]
-                           for s in range(0, len(images), batch_size)])
+    """Logits as the export report will score them: through the same ONNX Runtime runner (CPU plan)."""
+    model = OrtClassifier(path, providers=["CPUExecutionProvider"])
+    return np.concatenate([model(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
 
 
 def _score(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> HeldOutScore:

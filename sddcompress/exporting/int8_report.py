@@ -64,4 +64,5 @@ def latency_section(fp32_model: OrtClassifier, int8_model: OrtClassifier, images
     if fp32_model.static_batch not in (None, BATCH):
         return {"skipped": f"the ONNX input has a fixed batch of {fp32_model.static_batch}; export with "
                            f"--batch dynamic to time batch {BATCH}", "providers": int8_model.providers}
-    return {**int8_latency_ratio(fp32_model, int8_model, images), "providers": int8_model.providers}
+    return {**int8_latency_ratio(fp32_model, int8_model, images), "providers": int8_model.providers,
+            "cpu_relus_folded": int8_model.relus_folded}
