@@ -23,7 +23,7 @@ def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
 
 
 def median_ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray,
-                           rounds: int = 30, warmup: int = 3) -> dict[str, float]:
+                           rounds: int = 100, warmup: int = 3) -> dict[str, float]:
     """Median milliseconds per call of each model, the models interleaved call by call."""
     for _ in range(warmup):
         for run in models.values():
@@ -38,7 +38,7 @@ def median_ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], im
 
 
 def int8_latency_ratio(fp32: Callable[[np.ndarray], object], int8: Callable[[np.ndarray], object],
-                       images: np.ndarray, batch: int = BATCH, rounds: int = 30) -> dict:
+                       images: np.ndarray, batch: int = BATCH, rounds: int = 100) -> dict:
     """{"batch", "fp32_ms", "int8_ms", "ratio", "goal"}: INT8 / fp32 median time at `batch`."""
     x = batch_of(images, batch)
     ms = median_ms_side_by_side({"fp32": fp32, "int8": int8}, x, rounds=rounds)

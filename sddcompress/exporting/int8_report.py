@@ -64,5 +64,11 @@ def latency_section(fp32_model: OrtClassifier, int8_model: OrtClassifier, images
     if fp32_model.static_batch not in (None, BATCH):
         return {"skipped": f"the ONNX input has a fixed batch of {fp32_model.static_batch}; export with "
                            f"--batch dynamic to time batch {BATCH}", "providers": int8_model.providers}
-    return {**int8_latency_ratio(fp32_model, int8_model, images), "providers": int8_model.providers,
-            "cpu_relus_folded": int8_model.relus_folded}
+    section = {**int8_latency_ratio(fp32_model, int8_model, images), "providers": int8_model.providers,
+               "threads": "ONNX Runtime's default (one per physical core)",
+               "cpu_relus_folded": int8_model.relus_folded}
+    if int8_model.device == "cpu":  # a deployment serving one request per core runs single-threaded
+        one = int8_latency_ratio(OrtClassifier(fp32_model.path, threads=1, providers=int8_model.providers),
+                                 OrtClassifier(int8_model.path, threads=1, providers=int8_model.providers), images)
+        section["one_thread"] = {k: one[k] for k in ("fp32_ms", "int8_ms", "ratio")}
+    return section
