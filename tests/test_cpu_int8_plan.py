@@ -68,3 +68,44 @@ def test_folded_model_is_at_least_as_close_to_fp32(exported):
 
 def test_fp32_models_are_left_alone(exported):
     assert OrtClassifier(exported["artifacts"]["onnx"]["path"], providers=["CPUExecutionProvider"]).relus_folded == 0
+
+
+def _relu_between_qdq(extra_relu_consumer: bool = False):
+    """x -> Q -> DQ -> Relu -> Q -> DQ -> y, all int8 with zero point 0 and one scale (0.05)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Relu", ["xd"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])]
+    if extra_relu_consumer:  # the ReLU's float output is also read elsewhere: it must stay
+        nodes.append(helper.make_node("Neg", ["r"], ["n"]))
+        outputs.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, [4, 8]))
+    graph = helper.make_graph(nodes, "relu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              outputs, [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                                        numpy_helper.from_array(np.array(0, np.int8), "z")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x})[0]
+
+
+def test_relu_folds_exactly_inside_the_calibrated_range():
+    x = np.random.default_rng(0).uniform(-6.0, 6.0, (4, 8)).astype(np.float32)  # |x| < 127 * 0.05
+    model = _relu_between_qdq()
+    expected = _run(model, x)
+    assert fold_relu_into_uint8(model) == 1
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+    np.testing.assert_array_equal(_run(model, x), expected)
+    assert (expected >= 0).all() and (expected > 0).any()
+
+
+def test_a_relu_read_by_a_float_node_is_left_alone():
+    model = _relu_between_qdq(extra_relu_consumer=True)
+    assert fold_relu_into_uint8(model) == 0
+    assert [n.op_type for n in model.graph.node].count("Relu") == 1
