@@ -15,6 +15,9 @@ from .metadata import load_onnx
 # Most capable first. TensorRT's EP is only offered when the `tensorrt` libraries import (ORT lists it
 # in every GPU build, but it needs TensorRT itself); CPU is always last.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# ONNX Runtime would quantise the float weights of a layer left in float between Q/DQ nodes (symmetric
+# per-tensor int8); a layer the INT8 export keeps in float must run in float, as TensorRT runs it.
+DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 GPU_INSTALL_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu && "
                    "pip install 'onnxruntime-gpu[cuda,cudnn]' (one ONNX Runtime wheel per environment)")
 
@@ -104,7 +107,8 @@ class OrtClassifier:
             if self.relus_folded:
                 source = model.SerializeToString()
         try:
-            self.session = ort.InferenceSession(source, options, providers=chosen)
+            self.session = ort.InferenceSession(source, options, providers=chosen,
+                                                disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:300]
             raise DeployError(f"ONNX Runtime cannot load '{path}': {first}") from None

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 
 from sddcompress_export.cpu_int8_plan import fold_relu_into_uint8
-from sddcompress_export.onnxruntime_runner import OrtClassifier
+from sddcompress_export.onnxruntime_runner import DISABLED_OPTIMIZERS, OrtClassifier
 from sddcompress_export.ort_quantization import weighted_nodes
 from sddcompress_export.tensor_file import load_tensor_file
 
@@ -17,7 +17,8 @@ def _optimized_op_counts(model, tmp_path) -> Counter:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=DISABLED_OPTIMIZERS)
     return Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
 
 
@@ -109,3 +110,19 @@ def test_a_relu_read_by_a_float_node_is_left_alone():
     model = _relu_between_qdq(extra_relu_consumer=True)
     assert fold_relu_into_uint8(model) == 0
     assert [n.op_type for n in model.graph.node].count("Relu") == 1
+
+
+def test_a_layer_kept_in_float_runs_in_float(exported, tmp_path):
+    """ONNX Runtime would give a float conv between Q/DQ nodes per-tensor int8 weights; the runner stops it."""
+    from sddcompress_export.ort_quantization import quantize_int8
+
+    info = exported["artifacts"]
+    convs = [n.name for n in onnx.load(info["onnx"]["path"]).graph.node if n.op_type == "Conv"]
+    middle = convs[len(convs) // 2]
+    data = load_tensor_file(exported["tensor_file"]["path"])
+    result = quantize_int8(info["onnx"]["path"], tmp_path / "q.onnx", data.calib_images[:32], method="minmax",
+                           keep_float=middle)
+    folded = onnx.load(str(result.path))
+    fold_relu_into_uint8(folded)
+    ran = _optimized_op_counts(folded, tmp_path)
+    assert ran["QLinearConv"] == len(convs) - 1 and ran["Conv"] == 1

@@ -319,3 +319,13 @@ def test_keep_float_ends_leaves_first_conv_and_classifier_unquantised(exported, 
     with pytest.raises(DeployError, match="no node named 'nope'"):
         quantize_int8(exported["artifacts"]["onnx"]["path"], tmp_path / "r.onnx", data.calib_images[:16],
                       keep_float="nope")
+
+
+def test_a_float_layer_must_win_back_accuracy_not_just_logit_error():
+    from sddcompress_export.ort_quantization import HeldOutScore, wins_back_accuracy
+
+    best = HeldOutScore(top1=96.875, agreement=96.875, logit_mse=1.0)
+    assert not wins_back_accuracy(HeldOutScore(96.875, 96.875, 0.5), best)  # same predictions, smaller error
+    assert wins_back_accuracy(HeldOutScore(98.4375, 96.875, 1.2), best)     # one more image right
+    assert wins_back_accuracy(HeldOutScore(96.875, 98.4375, 1.2), best)     # closer to fp32's predictions
+    assert not wins_back_accuracy(HeldOutScore(95.3125, 100.0, 0.1), best)  # top-1 decides first
