@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cpu_int8_plan import fold_relu_into_uint8
+from .cpu_int8_plan import cpu_plan
 from .errors import DeployError
 from .metadata import load_onnx
 
@@ -70,14 +70,14 @@ class OrtClassifier:
 
     `providers=None` picks `default_providers()`; the ones the session really uses (ORT falls back
     to CPU when a GPU provider cannot load) are in `.providers`, and `.device` says where it runs.
-    On the CPU provider a symmetric INT8 model runs with its ReLUs folded into uint8 outputs
-    (`cpu_int8_plan`; `.relus_folded` says how many), unless `fold_relu=False`.
+    On the CPU provider a symmetric INT8 model runs through `cpu_int8_plan` (ReLUs folded into uint8 outputs,
+    7-bit weights where the input is signed; `.cpu_plan` counts both), unless `use_cpu_plan=False`.
     """
 
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 fold_relu: bool = True) -> None:
+                 use_cpu_plan: bool = True) -> None:
         import onnxruntime as ort
 
         model = load_onnx(path)  # a clear error for a missing/non-ONNX file before ORT's own message
@@ -101,10 +101,10 @@ class OrtClassifier:
             except Exception:
                 pass
         source: str | bytes = str(path)
-        self.relus_folded = 0
-        if fold_relu and chosen[0] == "CPUExecutionProvider":
-            self.relus_folded = fold_relu_into_uint8(model)
-            if self.relus_folded:
+        self.cpu_plan = {"relus_folded": 0, "layers_7bit": 0}
+        if use_cpu_plan and chosen[0] == "CPUExecutionProvider":
+            self.cpu_plan = cpu_plan(model)
+            if any(self.cpu_plan.values()):
                 source = model.SerializeToString()
         try:
             self.session = ort.InferenceSession(source, options, providers=chosen,

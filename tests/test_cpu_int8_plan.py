@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from sddcompress_export.cpu_int8_plan import fold_relu_into_uint8
+from sddcompress_export.cpu_int8_plan import cpu_plan, fold_relu_into_uint8, seven_bit_weights_for_signed_inputs
 from sddcompress_export.onnxruntime_runner import DISABLED_OPTIMIZERS, OrtClassifier
 from sddcompress_export.ort_quantization import weighted_nodes
 from sddcompress_export.tensor_file import load_tensor_file
@@ -44,7 +44,7 @@ def test_folding_lets_onnx_runtime_fuse_every_quantised_conv(exported, tmp_path)
     assert not any(z.any() for z in used)  # int8/uint8 activations and weights, int32 biases
     assert {z.dtype for z in used} == {np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)}
     on_disk = open(info["path"], "rb").read()
-    assert OrtClassifier(info["path"], providers=["CPUExecutionProvider"]).relus_folded == count
+    assert OrtClassifier(info["path"], providers=["CPUExecutionProvider"]).cpu_plan["relus_folded"] == count
     assert open(info["path"], "rb").read() == on_disk
 
 
@@ -52,14 +52,14 @@ def _feeds_quantize(model, relu) -> bool:
     return any(n.op_type == "QuantizeLinear" and relu.output[0] in n.input for n in model.graph.node)
 
 
-def test_folded_model_is_at_least_as_close_to_fp32(exported):
+def test_cpu_plan_is_at_least_as_close_to_fp32(exported):
     """One rounding at the ReLU output's scale instead of two: no further from fp32 than the artefact as is."""
     info = exported["artifacts"]
     images = load_tensor_file(exported["tensor_file"]["path"]).val_images[:128]
     fp32 = OrtClassifier(info["onnx"]["path"], providers=["CPUExecutionProvider"])(images)
-    plain = OrtClassifier(info["ort_int8"]["path"], providers=["CPUExecutionProvider"], fold_relu=False)
+    plain = OrtClassifier(info["ort_int8"]["path"], providers=["CPUExecutionProvider"], use_cpu_plan=False)
     folded = OrtClassifier(info["ort_int8"]["path"], providers=["CPUExecutionProvider"])
-    assert plain.relus_folded == 0 and folded.relus_folded > 0
+    assert not any(plain.cpu_plan.values()) and folded.cpu_plan["relus_folded"] > 0
     plain_logits, folded_logits = plain(images), folded(images)
     assert np.abs(folded_logits - fp32).mean() <= 1.25 * np.abs(plain_logits - fp32).mean() + 1e-4
     agreement = {name: (logits.argmax(1) == fp32.argmax(1)).mean() for name, logits in
@@ -68,7 +68,8 @@ def test_folded_model_is_at_least_as_close_to_fp32(exported):
 
 
 def test_fp32_models_are_left_alone(exported):
-    assert OrtClassifier(exported["artifacts"]["onnx"]["path"], providers=["CPUExecutionProvider"]).relus_folded == 0
+    fp32 = OrtClassifier(exported["artifacts"]["onnx"]["path"], providers=["CPUExecutionProvider"])
+    assert fp32.cpu_plan == {"relus_folded": 0, "layers_7bit": 0}
 
 
 def _relu_between_qdq(extra_relu_consumer: bool = False):
@@ -126,3 +127,45 @@ def test_a_layer_kept_in_float_runs_in_float(exported, tmp_path):
     fold_relu_into_uint8(folded)
     ran = _optimized_op_counts(folded, tmp_path)
     assert ran["QLinearConv"] == len(convs) - 1 and ran["Conv"] == 1
+
+
+def test_layers_reading_signed_inputs_get_7_bit_weights_and_still_fuse(exported, tmp_path):
+    """The first conv reads the signed image: its weights are halved (scale doubled), nothing else changes."""
+    from onnx import numpy_helper
+
+    from sddcompress_export.ort_quantization import quantize_int8
+
+    info = exported["artifacts"]
+    data = load_tensor_file(exported["tensor_file"]["path"])
+    path = quantize_int8(info["onnx"]["path"], tmp_path / "q.onnx", data.calib_images[:32], method="minmax",
+                         keep_float="none").path
+    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    model = onnx.load(str(path))
+    counts = cpu_plan(model)
+    after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    first = next(n for n in model.graph.node if n.op_type == "Conv")
+    weights, bias = producer[first.input[1]], producer[first.input[2]]
+    assert counts["relus_folded"] > 0 and counts["layers_7bit"] >= 1
+    assert np.abs(before[weights.input[0]]).max() > 63 and np.abs(after[weights.input[0]].astype(int)).max() <= 64
+    # the dequantised weights and bias move by at most one step of the 8-bit artefact
+    for dq in (weights, bias):
+        old = before[dq.input[0]] * np.expand_dims(before[dq.input[1]], tuple(range(1, before[dq.input[0]].ndim)))
+        new = after[dq.input[0]] * np.expand_dims(after[dq.input[1]], tuple(range(1, after[dq.input[0]].ndim)))
+        step = np.expand_dims(before[dq.input[1]], tuple(range(1, before[dq.input[0]].ndim)))
+        assert (np.abs(new - old) <= step * 1.0001).all()
+    # only layers whose input is still signed after the fold were touched: the others keep 8-bit weights
+    signed = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.input[0] in producer
+              and producer[n.input[0]].op_type == "DequantizeLinear"
+              and after[producer[n.input[0]].input[2]].dtype == np.int8]
+    allowed = {name for n in signed for i in n.input[1:] if i in producer for name in producer[i].input[:2]}
+    changed = {n for n in before if n in after and not np.array_equal(before[n], after[n])}
+    assert first in signed and changed <= allowed and counts["layers_7bit"] <= len(signed)
+    convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+    assert _optimized_op_counts(model, tmp_path)["QLinearConv"] == convs
+
+
+def test_seven_bit_leaves_layers_fed_by_a_folded_relu_alone():
+    model = _relu_between_qdq()
+    fold_relu_into_uint8(model)
+    assert seven_bit_weights_for_signed_inputs(model) == 0

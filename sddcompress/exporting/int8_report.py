@@ -66,7 +66,7 @@ def latency_section(fp32_model: OrtClassifier, int8_model: OrtClassifier, images
                            f"--batch dynamic to time batch {BATCH}", "providers": int8_model.providers}
     section = {**int8_latency_ratio(fp32_model, int8_model, images), "providers": int8_model.providers,
                "threads": "ONNX Runtime's default (one per physical core)",
-               "cpu_relus_folded": int8_model.relus_folded}
+               "cpu_plan": int8_model.cpu_plan}
     if int8_model.device == "cpu":  # a deployment serving one request per core runs single-threaded
         one = int8_latency_ratio(OrtClassifier(fp32_model.path, threads=1, providers=int8_model.providers),
                                  OrtClassifier(int8_model.path, threads=1, providers=int8_model.providers), images)
