@@ -31,6 +31,8 @@ from collections import defaultdict
 
 import numpy as np
 
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers with weights to quantise
+
 
 def _scalar_zero_point(initializers: dict, node) -> np.ndarray | None:
     """The node's zero point as an array, if it is a scalar initializer."""
@@ -40,9 +42,6 @@ def _scalar_zero_point(initializers: dict, node) -> np.ndarray | None:
         return None
     zero_point = numpy_helper.to_array(initializers[node.input[2]])
     return zero_point if zero_point.size == 1 else None
-
-
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def cpu_plan(model) -> dict[str, int]:

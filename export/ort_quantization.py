@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpu_int8_plan import WEIGHTED_OPS
 from .errors import DeployError
 from .metadata import load_onnx
 from .onnxruntime_runner import OrtClassifier
@@ -35,7 +36,6 @@ from .onnxruntime_runner import OrtClassifier
 METHODS = ("minmax", "percentile", "entropy")
 CALIBRATION_CHOICES = ("auto",) + METHODS
 KEEP_FLOAT_CHOICES = ("auto", "none", "ends")  # or a comma-separated list of node names
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
 @dataclass
