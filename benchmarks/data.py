@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from sddcompress.data import EpochShuffleSampler, SeededTransform, load_dataset
 from sddcompress.data.device_pipeline import DeviceImages, passthrough_batch
 from sddcompress.engine.config import resolve_workers
-from sddcompress.engine.method_nets import detach_outputs, method_networks, split_outputs
+from sddcompress.engine.method_nets import distillation_terms, method_networks
 from sddcompress.losses import Objective, make_method
 from sddcompress.models import build_model
 
@@ -96,12 +96,7 @@ def main() -> None:
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.inference_mode():
-            t_out = split_outputs(teacher_net(images))
-        t_logits, t_local, _ = detach_outputs(t_out)  # cloned outside inference mode, as the trainer does
-        s_logits, s_local, _ = split_outputs(student_net(images))
-        terms = objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local, teacher_local=t_local,
-                          epoch_progress=100.0)
+        terms, _ = distillation_terms(objective, student_net, teacher_net, images, labels, 100.0)  # as the trainer
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()

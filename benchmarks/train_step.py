@@ -30,10 +30,9 @@ import torch
 from torch.nn import functional as F
 
 from sddcompress.benchmarking.timer import measure
-from sddcompress.engine.method_nets import detach_outputs, method_networks, split_outputs
+from sddcompress.engine.method_nets import distillation_terms, method_networks
 from sddcompress.losses import Objective, make_method
 from sddcompress.models import build_model
-from sddcompress.models.local_logits import LocalLogits
 
 
 def main() -> None:
@@ -60,18 +59,17 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
     teacher = build_model(args.teacher, args.classes, args.size).eval().requires_grad_(False)
-    teacher_local = LocalLogits(teacher, args.size, (1, 2, 4), args.teacher).eval()
     student = build_model(args.student, args.classes, args.size).train()
-    student_local = LocalLogits(student, args.size, (1, 2, 4), args.student)
-    for net in (teacher, student, teacher_local, student_local):
+    for net in (teacher, student):
         net.to(device, memory_format=fmt)
     opt = torch.optim.SGD(student.parameters(), lr=1e-4, momentum=0.9)  # tiny lr: weights barely move
-    objectives = {m: Objective(make_method(m)) for m in ("kd", "sdd-kd", "sdd-dkd")}
-    msd_nets = {}
-    for m in ("msdcrd", "sdd-dkd+msdcrd"):
+    method_nets = {}  # the student and teacher as each method sees them (the same weights underneath)
+    for m in ("kd", "sdd-kd", "sdd-dkd", "msdcrd", "sdd-dkd+msdcrd"):
         s_net, t_net = method_networks(student, teacher, args.size, make_method(m), args.student, args.teacher)
-        opt.add_param_group({"params": list(s_net.msd.parameters())})  # the projection trains with the student
-        msd_nets[m] = (s_net.to(device).train(), t_net.to(device).eval(), Objective(make_method(m)))
+        if hasattr(s_net, "msd"):
+            opt.add_param_group({"params": list(s_net.msd.parameters())})  # the projection trains with the student
+        method_nets[m] = (s_net.to(device, memory_format=fmt).train(), t_net.to(device, memory_format=fmt).eval(),
+                          Objective(make_method(m)))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.precision == "bf16"
                 else contextlib.nullcontext())
 
@@ -95,30 +93,10 @@ def main() -> None:
             teacher(x)
 
     def distill_step(method: str):
-        local = method.startswith("sdd")
+        s_net, t_net, objective = method_nets[method]
 
         def step() -> None:
-            with torch.inference_mode():
-                t_out = teacher_local(x) if local else (teacher(x), None)
-            t_logits, t_loc = t_out[0].clone(), (t_out[1].clone() if local else None)
-            s_logits, s_loc = student_local(x) if local else (student(x), None)
-            terms = objectives[method](s_logits, y, teacher_logits=t_logits, student_local=s_loc,
-                                       teacher_local=t_loc, epoch_progress=100.0)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            opt.step()
-        return step
-
-    def msd_step(method: str):
-        s_net, t_net, objective = msd_nets[method]
-
-        def step() -> None:
-            with torch.inference_mode():
-                t_out = split_outputs(t_net(x))
-            t_logits, t_loc, t_msd = detach_outputs(t_out)  # clones made outside inference mode, as the trainer does
-            s_logits, s_loc, s_msd = split_outputs(s_net(x))
-            terms = objective(s_logits, y, teacher_logits=t_logits, student_local=s_loc, teacher_local=t_loc,
-                              epoch_progress=100.0, student_msd=s_msd, teacher_msd=t_msd)
+            terms, _ = distillation_terms(objective, s_net, t_net, x, y, 100.0)  # as the trainer computes them
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             opt.step()
@@ -126,7 +104,7 @@ def main() -> None:
 
     cases = {"(a) student CE": ce_step, "(b) teacher forward": teacher_forward, "(c) KD": distill_step("kd"),
              "(d) SDD-KD": distill_step("sdd-kd"), "(e) SDD-DKD": distill_step("sdd-dkd"),
-             "(f) MSDCRD": msd_step("msdcrd"), "(g) SDD-DKD+MSDCRD": msd_step("sdd-dkd+msdcrd")}
+             "(f) MSDCRD": distill_step("msdcrd"), "(g) SDD-DKD+MSDCRD": distill_step("sdd-dkd+msdcrd")}
     per_round: dict[str, list[float]] = {k: [] for k in cases}
     cases = {name: synced(fn) for name, fn in cases.items()}
     for r in range(args.rounds):
@@ -196,12 +174,7 @@ def project_paper_recipe(device: torch.device, precision: str, compile_nets: boo
         for i, (x, y) in enumerate(loader):
             x = x.contiguous(memory_format=fmt)
             with autocast:
-                with torch.inference_mode():
-                    t_out = split_outputs(teacher_fwd(x))
-                t_logits, t_local, _ = detach_outputs(t_out)  # cloned outside inference mode, as the trainer does
-                s_logits, s_local, _ = split_outputs(student_fwd(x))
-                terms = objective(s_logits, y, teacher_logits=t_logits, student_local=s_local,
-                                  teacher_local=t_local, epoch_progress=epoch + (i + 1) / len(loader))
+                terms, _ = distillation_terms(objective, student_fwd, teacher_fwd, x, y, epoch + (i + 1) / len(loader))
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(student_net.parameters(), 40.0)

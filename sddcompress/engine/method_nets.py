@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -76,6 +78,22 @@ def detach_outputs(out: tuple) -> tuple:
     logits, local, msd = out
     return (logits.clone(), local.clone() if local is not None else None,
             {k: v.clone() for k, v in msd.items()} if msd is not None else None)
+
+
+def distillation_terms(objective, student_net: nn.Module, teacher_net: nn.Module | None, images: torch.Tensor,
+                       labels: torch.Tensor, epoch_progress: float,
+                       teacher_context: contextlib.AbstractContextManager | None = None) -> tuple[dict, torch.Tensor]:
+    """One batch through the student, then the teacher (inference mode, under `teacher_context`; its outputs
+    cloned so autograd may save them), then the objective. Returns (the objective's terms, student logits)."""
+    s_logits, s_local, s_msd = split_outputs(student_net(images))
+    t_logits = t_local = t_msd = None
+    if teacher_net is not None:
+        with torch.inference_mode(), teacher_context or contextlib.nullcontext():
+            out_t = split_outputs(teacher_net(images))
+        t_logits, t_local, t_msd = detach_outputs(out_t)
+    terms = objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local, teacher_local=t_local,
+                      epoch_progress=epoch_progress, student_msd=s_msd, teacher_msd=t_msd)
+    return terms, s_logits
 
 
 def train_only_state(student_net: nn.Module) -> dict | None:

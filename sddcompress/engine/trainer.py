@@ -44,7 +44,7 @@ from .checkpoint import base_record, load_checkpoint, load_model_weights, model_
 from .checkpoint import save_checkpoint as write_checkpoint
 from .config import MSD_OPTIONS, TrainConfig, check_resume, default_out, resolve_workers, train_out, validate
 from .evaluate import evaluate
-from .method_nets import detach_outputs, load_train_only_state, method_networks, split_outputs, train_only_state
+from .method_nets import distillation_terms, load_train_only_state, method_networks, train_only_state
 from .run_preprocessing import weights_preprocessing
 from .metrics import MetricsLog, format_terms
 from .run_lock import RunLock, remove_orphan_temps
@@ -416,15 +416,8 @@ def train_step(s: Session, images: torch.Tensor, labels: torch.Tensor, epoch_pro
     if s.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with s.acc.accumulate(s.student_p):
-        s_logits, s_local, s_msd = split_outputs(s.student_p(images))
-        t_logits = t_local = t_msd = None
-        if s.teacher is not None:
-            with torch.inference_mode(), s.acc.autocast():
-                out_t = split_outputs(s.teacher(images))
-            t_logits, t_local, t_msd = detach_outputs(out_t)
-        terms = s.objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local,
-                            teacher_local=t_local, epoch_progress=epoch_progress, student_msd=s_msd,
-                            teacher_msd=t_msd)
+        terms, s_logits = distillation_terms(s.objective, s.student_p, s.teacher, images, labels, epoch_progress,
+                                             teacher_context=s.acc.autocast())
         if s.cfg.skip_nonfinite and _skip_nonfinite(s, terms["loss"]):
             return {}
         s.acc.backward(terms["loss"])
