@@ -23,6 +23,18 @@ conv. `seven_bit_weights_for_signed_inputs` gives such layers 7-bit weights (eac
 its scale doubled; the int32 bias likewise), which cannot overflow; ONNX Runtime's own quantiser offers
 the same remedy (`reduce_range`). Layers fed by a folded ReLU read uint8 values of at most 127 at the
 calibrated range and keep their 8-bit weights.
+
+A third step concerns the first conv's three input channels. ONNX Runtime's fast x86 INT8 convolution (MLAS's
+symmetric indirect conv) takes only input channel counts that are a multiple of 4; any other count falls
+back to im2col and a general GEMM, which made the quickstart student's 3-channel first conv slower in INT8
+than in fp32 and slower than any of its 16-channel convs. `pad_input_channels_to_multiple_of_4` appends
+zero channels to that conv's float input (before its `QuantizeLinear`) and zero weights to match: the
+added products are exactly 0, so the output is unchanged.
+
+Last, the global pooling. PyTorch's `x.mean((2, 3))` exports as `ReduceMean`, which ONNX Runtime runs in
+float, after moving the tensor back from its NHWC layout. `quantized_spatial_mean_as_global_pool` renames a
+`ReduceMean` over all spatial axes (keeping them) whose input is dequantized to `GlobalAveragePool`, the
+same average, which ONNX Runtime fuses into an NHWC `QLinearGlobalAveragePool`.
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ from collections import defaultdict
 import numpy as np
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers with weights to quantise
+PLAN_STEPS = ("relus_folded", "layers_7bit", "convs_padded", "means_pooled")  # what `cpu_plan` counts, in order
+INPUT_CHANNEL_ALIGNMENT = 4  # MLAS's symmetric INT8 conv on x86 needs input channels in multiples of this
 
 
 def _scalar_zero_point(initializers: dict, node) -> np.ndarray | None:
@@ -45,9 +59,110 @@ def _scalar_zero_point(initializers: dict, node) -> np.ndarray | None:
 
 
 def cpu_plan(model) -> dict[str, int]:
-    """Both rewrites, in place, in order; returns how many ReLUs were folded and layers given 7-bit weights."""
+    """The four rewrites, in place, in order; returns how many nodes each changed (keys: PLAN_STEPS)."""
     return {"relus_folded": fold_relu_into_uint8(model),
-            "layers_7bit": seven_bit_weights_for_signed_inputs(model)}
+            "layers_7bit": seven_bit_weights_for_signed_inputs(model),
+            "convs_padded": pad_input_channels_to_multiple_of_4(model),
+            "means_pooled": quantized_spatial_mean_as_global_pool(model)}
+
+
+def quantized_spatial_mean_as_global_pool(model) -> int:
+    """Turn each `ReduceMean` over all spatial axes (keepdims) of a dequantized tensor into
+    `GlobalAveragePool`; in place. Returns how many were turned."""
+    from onnx import helper, numpy_helper, shape_inference
+
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    initializers = {i.name: i for i in graph.initializer}
+
+    def reduced_axes(node) -> list[int] | None:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attributes.get("keepdims", 1) != 1:
+            return None
+        if "axes" in attributes:  # opset < 18
+            return list(attributes["axes"])
+        if len(node.input) > 1 and node.input[1] in initializers:
+            return numpy_helper.to_array(initializers[node.input[1]]).tolist()
+        return None
+
+    means = [n for n in graph.node if n.op_type == "ReduceMean" and reduced_axes(n)
+             and getattr(producer.get(n.input[0]), "op_type", None) == "DequantizeLinear"]
+    if not means:
+        return 0
+    try:
+        inferred = shape_inference.infer_shapes(model).graph
+    except Exception:
+        return 0
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*inferred.value_info, *inferred.input, *inferred.output] if v.type.tensor_type.HasField("shape")}
+    pooled, dropped = 0, set()
+    for mean in means:
+        rank = ranks.get(mean.input[0])
+        if rank is None or rank < 3 or sorted(a % rank for a in reduced_axes(mean)) != list(range(2, rank)):
+            continue
+        mean.op_type = "GlobalAveragePool"
+        dropped |= set(mean.input[1:])
+        del mean.input[1:]
+        del mean.attribute[:]
+        pooled += 1
+    still_read = {name for n in graph.node for name in n.input}
+    _delete_where(graph.initializer, lambda k: graph.initializer[k].name in dropped - still_read)
+    return pooled
+
+
+def pad_input_channels_to_multiple_of_4(model) -> int:
+    """Zero-pad the input channels of each quantised, ungrouped conv that ONNX Runtime's fast INT8 kernel
+    would refuse (see the module docstring); in place. Only a conv reached through its own
+    `float -> QuantizeLinear -> DequantizeLinear` chain is padded, since the zeros go into the float tensor."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        for name in node.input:
+            readers[name] += 1
+    for output in graph.output:
+        readers[output.name] += 1
+
+    def sole_reader(tensor: str) -> bool:
+        return readers[tensor] == 1
+
+    padded = 0
+    new_nodes = []
+    for conv in [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1]:
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        dequantize, weight_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
+        quantize = producer.get(dequantize.input[0]) if dequantize is not None else None
+        if (group != 1 or dequantize is None or dequantize.op_type != "DequantizeLinear"
+                or quantize is None or quantize.op_type != "QuantizeLinear"
+                or weight_dq is None or weight_dq.op_type != "DequantizeLinear"
+                or weight_dq.input[0] not in initializers or not sole_reader(weight_dq.input[0])
+                or not sole_reader(conv.input[0]) or not sole_reader(dequantize.input[0])):
+            continue
+        weights = numpy_helper.to_array(initializers[weight_dq.input[0]])
+        missing = -weights.shape[1] % INPUT_CHANNEL_ALIGNMENT
+        if weights.ndim < 3 or missing == 0:
+            continue
+        widths = [(0, 0)] * weights.ndim
+        widths[1] = (0, missing)
+        initializers[weight_dq.input[0]].CopyFrom(numpy_helper.from_array(np.pad(weights, widths),
+                                                                          weight_dq.input[0]))
+        pads = np.zeros(2 * weights.ndim, np.int64)
+        pads[weights.ndim + 1] = missing  # (begin..., end...): zeros after the last channel
+        pads_name, padded_name = f"{conv.name}_input_channel_pads", f"{quantize.input[0]}_channels_padded"
+        graph.initializer.append(numpy_helper.from_array(pads, pads_name))
+        new_nodes.append((quantize, helper.make_node("Pad", [quantize.input[0], pads_name], [padded_name],
+                                                     name=f"{conv.name}_pad_input_channels")))
+        quantize.input[0] = padded_name
+        stale = {quantize.output[0], dequantize.output[0]}  # their recorded shapes lose validity
+        _delete_where(graph.value_info, lambda k: graph.value_info[k].name in stale)
+        padded += 1
+    for quantize, pad in new_nodes:  # keep the node list in topological order: each Pad before its Q
+        index = list(graph.node).index(quantize)
+        graph.node.insert(index, pad)
+    return padded
 
 
 def seven_bit_weights_for_signed_inputs(model) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cpu_int8_plan import cpu_plan
+from .cpu_int8_plan import PLAN_STEPS, cpu_plan
 from .errors import DeployError
 from .metadata import load_onnx
 
@@ -71,7 +71,8 @@ class OrtClassifier:
     `providers=None` picks `default_providers()`; the ones the session really uses (ORT falls back
     to CPU when a GPU provider cannot load) are in `.providers`, and `.device` says where it runs.
     On the CPU provider a symmetric INT8 model runs through `cpu_int8_plan` (ReLUs folded into uint8 outputs,
-    7-bit weights where the input is signed; `.cpu_plan` counts both), unless `use_cpu_plan=False`.
+    7-bit weights where the input is signed, first-conv input channels padded to a multiple of 4; `.cpu_plan`
+    counts each), unless `use_cpu_plan=False`.
     """
 
     backend = "onnxruntime"
@@ -101,7 +102,7 @@ class OrtClassifier:
             except Exception:
                 pass
         source: str | bytes = str(path)
-        self.cpu_plan = {"relus_folded": 0, "layers_7bit": 0}
+        self.cpu_plan = dict.fromkeys(PLAN_STEPS, 0)
         if use_cpu_plan and chosen[0] == "CPUExecutionProvider":
             self.cpu_plan = cpu_plan(model)
             if any(self.cpu_plan.values()):

@@ -1,4 +1,5 @@
-"""The CPU plan of the symmetric INT8 artefact: ReLUs folded into uint8 outputs, checked with real ONNX Runtime."""
+"""The CPU plan of the symmetric INT8 artefact (ReLUs folded into uint8 outputs, 7-bit weights for signed inputs,
+padded first-conv channels, the mean as a global pool), checked with real ONNX Runtime."""
 
 from collections import Counter
 
@@ -6,7 +7,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from sddcompress_export.cpu_int8_plan import cpu_plan, fold_relu_into_uint8, seven_bit_weights_for_signed_inputs
+from sddcompress_export.cpu_int8_plan import (
+    PLAN_STEPS,
+    cpu_plan,
+    fold_relu_into_uint8,
+    pad_input_channels_to_multiple_of_4,
+    quantized_spatial_mean_as_global_pool,
+    seven_bit_weights_for_signed_inputs,
+)
 from sddcompress_export.onnxruntime_runner import DISABLED_OPTIMIZERS, OrtClassifier
 from sddcompress_export.ort_quantization import weighted_nodes
 from sddcompress_export.tensor_file import load_tensor_file
@@ -69,7 +77,7 @@ def test_cpu_plan_is_at_least_as_close_to_fp32(exported):
 
 def test_fp32_models_are_left_alone(exported):
     fp32 = OrtClassifier(exported["artifacts"]["onnx"]["path"], providers=["CPUExecutionProvider"])
-    assert fp32.cpu_plan == {"relus_folded": 0, "layers_7bit": 0}
+    assert fp32.cpu_plan == dict.fromkeys(PLAN_STEPS, 0)
 
 
 def _relu_between_qdq(extra_relu_consumer: bool = False):
@@ -141,7 +149,7 @@ def test_layers_reading_signed_inputs_get_7_bit_weights_and_still_fuse(exported,
                          keep_float="none").path
     before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
     model = onnx.load(str(path))
-    counts = cpu_plan(model)
+    counts = {"relus_folded": fold_relu_into_uint8(model), "layers_7bit": seven_bit_weights_for_signed_inputs(model)}
     after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     first = next(n for n in model.graph.node if n.op_type == "Conv")
@@ -169,3 +177,123 @@ def test_seven_bit_leaves_layers_fed_by_a_folded_relu_alone():
     model = _relu_between_qdq()
     fold_relu_into_uint8(model)
     assert seven_bit_weights_for_signed_inputs(model) == 0
+
+
+def _qdq_convs(in_channels: int = 3):
+    """x -> Q -> DQ -> conv A (in_channels -> 16, 3x3, per-channel int8) -> Q -> DQ -> conv B (16 -> 16)
+    -> Q -> DQ -> ReduceMean over H, W (keepdims) -> Q -> DQ -> y: every scale and zero point as the export
+    writes them (activations int8 zero point 0); the weights 7-bit, as the plan leaves layers that read signed
+    int8 (8-bit ones would saturate AVX2's 16-bit pair sums, and differently in each kernel)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0, np.int8), "z"), numpy_helper.from_array(np.zeros(16, np.int8), "wz"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "hw")]
+    nodes = []
+
+    def quantize(tensor: str, scale: float) -> str:
+        inits.append(numpy_helper.from_array(np.array(scale, np.float32), f"{tensor}_s"))
+        nodes.extend([helper.make_node("QuantizeLinear", [tensor, f"{tensor}_s", "z"], [f"{tensor}_q"]),
+                      helper.make_node("DequantizeLinear", [f"{tensor}_q", f"{tensor}_s", "z"], [f"{tensor}_d"])])
+        return f"{tensor}_d"
+
+    def conv(x: str, name: str, cin: int) -> str:
+        weights = rng.integers(-63, 64, (16, cin, 3, 3)).astype(np.int8)
+        inits.extend([numpy_helper.from_array(weights, f"{name}_w"),
+                      numpy_helper.from_array(rng.uniform(0.002, 0.004, 16).astype(np.float32), f"{name}_ws")])
+        nodes.extend([helper.make_node("DequantizeLinear", [f"{name}_w", f"{name}_ws", "wz"], [f"{name}_wd"], axis=0),
+                      helper.make_node("Conv", [x, f"{name}_wd"], [name], pads=[1, 1, 1, 1], name=name)])
+        return name
+
+    a = quantize(conv(quantize("x", 0.03), "conv_a", in_channels), 0.05)
+    pooled = quantize(conv(a, "conv_b", 16), 0.05)
+    nodes.append(helper.make_node("ReduceMean", [pooled, "hw"], ["mean"], keepdims=1))
+    nodes.extend([helper.make_node("QuantizeLinear", ["mean", "mean_s", "z"], ["mean_q"]),
+                  helper.make_node("DequantizeLinear", ["mean_q", "mean_s", "z"], ["y"])])
+    inits.append(numpy_helper.from_array(np.array(0.02, np.float32), "mean_s"))
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, in_channels, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 1, 1])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _images(channels: int = 3) -> np.ndarray:
+    return np.random.default_rng(1).uniform(-3.5, 3.5, (2, channels, 8, 8)).astype(np.float32)
+
+
+def test_a_three_channel_conv_is_padded_to_four_without_changing_its_output(tmp_path):
+    """ONNX Runtime's fast INT8 conv needs input channels in fours: the zero channel adds exact zeros."""
+    from onnx import numpy_helper
+
+    model = _qdq_convs()
+    expected = _run(model, _images())
+    assert pad_input_channels_to_multiple_of_4(model) == 1  # conv A only: conv B already reads 16 channels
+    onnx.checker.check_model(model, full_check=True)
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert weights["conv_a_w"].shape == (16, 4, 3, 3) and not weights["conv_a_w"][:, 3].any()
+    assert weights["conv_b_w"].shape == (16, 16, 3, 3)
+    assert [n.op_type for n in model.graph.node][:2] == ["Pad", "QuantizeLinear"]
+    np.testing.assert_array_equal(_run(model, _images()), expected)
+    assert _optimized_op_counts(model, tmp_path)["QLinearConv"] == 2
+
+
+def test_channel_padding_leaves_aligned_and_shared_inputs_alone():
+    assert pad_input_channels_to_multiple_of_4(_qdq_convs(in_channels=4)) == 0
+    model = _qdq_convs()  # the quantised image also read by a second node: padding it would change that one
+    from onnx import helper
+
+    model.graph.node.append(helper.make_node("Identity", ["x_q"], ["x_q_copy"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("x_q_copy", onnx.TensorProto.INT8, None))
+    assert pad_input_channels_to_multiple_of_4(model) == 0
+
+
+def test_the_spatial_mean_becomes_a_quantised_global_pool(tmp_path):
+    model = _qdq_convs(in_channels=4)
+    expected = _run(model, _images(4))
+    assert quantized_spatial_mean_as_global_pool(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert "hw" not in {i.name for i in model.graph.initializer}  # the axes it no longer reads are gone
+    ran = _optimized_op_counts(model, tmp_path)
+    assert ran["QLinearGlobalAveragePool"] == 1 and ran["ReduceMean"] == 0
+    # the same average, requantised once: at most one step (0.02) of the pooled output apart
+    assert np.abs(_run(model, _images(4)) - expected).max() <= 0.02 * 1.0001
+
+
+def test_means_that_are_not_a_global_pool_stay_reduce_means():
+    from onnx import numpy_helper
+
+    for change in ("axes", "keepdims", "float_input"):
+        model = _qdq_convs(in_channels=4)
+        mean = next(n for n in model.graph.node if n.op_type == "ReduceMean")
+        if change == "axes":  # over W alone
+            axes = next(i for i in model.graph.initializer if i.name == "hw")
+            axes.CopyFrom(numpy_helper.from_array(np.array([3], np.int64), "hw"))
+        elif change == "keepdims":
+            mean.attribute[0].i = 0
+            model.graph.output[0].type.tensor_type.shape.ClearField("dim")
+        else:  # a float tensor, not a dequantised one: the fp32 model's mean stays as exported
+            producer = {o: n for n in model.graph.node for o in n.output}
+            mean.input[0] = producer[mean.input[0]].input[0].replace("_q", "")
+        assert quantized_spatial_mean_as_global_pool(model) == 0, change
+        assert any(n.op_type == "ReduceMean" for n in model.graph.node)
+
+
+def test_the_exported_resnet_runs_as_integer_kernels_end_to_end(exported, tmp_path):
+    """On the real export: the 3-channel first conv is padded, the mean pooled, every conv fused, the whole
+    plan within a step of the plan without those two rewrites."""
+    info = exported["artifacts"]
+    model = onnx.load(info["ort_int8"]["path"])
+    counts = cpu_plan(model)
+    assert counts["convs_padded"] == 1 and counts["means_pooled"] == 1
+    ran = _optimized_op_counts(model, tmp_path)
+    convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+    assert ran["QLinearConv"] == convs and ran["QLinearGlobalAveragePool"] == 1 and ran["ReduceMean"] == 0
+    images = load_tensor_file(exported["tensor_file"]["path"]).val_images[:64]
+    partial = onnx.load(info["ort_int8"]["path"])
+    fold_relu_into_uint8(partial)
+    seven_bit_weights_for_signed_inputs(partial)
+    full_logits = OrtClassifier(info["ort_int8"]["path"], providers=["CPUExecutionProvider"])(images)
+    session = ort.InferenceSession(partial.SerializeToString(), providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=DISABLED_OPTIMIZERS)
+    partial_logits = session.run(None, {session.get_inputs()[0].name: images})[0]
+    assert (full_logits.argmax(1) == partial_logits.argmax(1)).mean() >= 0.98
+    assert np.abs(full_logits - partial_logits).mean() <= 0.05 * np.abs(partial_logits).mean() + 1e-6
