@@ -1,7 +1,8 @@
 """How much faster the INT8 model runs than fp32, measured side by side in one process.
 
 Both models get the same batch, round after round (fp32, INT8, fp32, ...), so drift in the machine's
-load hits them alike; the ratio of the median times is reported, not absolute times.
+load hits them alike; the ratio of the median times is reported, not absolute times, and beside it the
+ratio of the fastest calls.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 GOAL_RATIO = 0.7  # INT8 time / fp32 time at batch 32 in ONNX Runtime
 BATCH = 32
+ROUNDS = 300  # about 2 s for the quickstart student: 100 (1 s) swung 0.51-0.73 on a shared 2-core VM
 
 
 def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
@@ -22,9 +24,9 @@ def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * reps)[:batch], np.float32)
 
 
-def median_ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray,
-                           rounds: int = 100, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds per call of each model, the models interleaved call by call."""
+def ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray,
+                    rounds: int = ROUNDS, warmup: int = 3) -> dict[str, list[float]]:
+    """The milliseconds of every call of each model, the models interleaved call by call."""
     for _ in range(warmup):
         for run in models.values():
             run(images)
@@ -34,16 +36,26 @@ def median_ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], im
             started = time.perf_counter()
             run(images)
             times[name].append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def median_ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray,
+                           rounds: int = ROUNDS, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per call of each model, the models interleaved call by call."""
+    times = ms_side_by_side(models, images, rounds=rounds, warmup=warmup)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def int8_latency_ratio(fp32: Callable[[np.ndarray], object], int8: Callable[[np.ndarray], object],
-                       images: np.ndarray, batch: int = BATCH, rounds: int = 100) -> dict:
-    """{"batch", "fp32_ms", "int8_ms", "ratio", "goal"}: INT8 / fp32 median time at `batch`."""
+                       images: np.ndarray, batch: int = BATCH, rounds: int = ROUNDS) -> dict:
+    """{"batch", "rounds", "fp32_ms", "int8_ms", "ratio", "fastest_ratio", "goal"}: INT8 / fp32 median time
+    at `batch` (the verdict), and the ratio of each model's fastest call (its speed when nothing else
+    interfered; on a shared machine the medians carry its load as well)."""
     x = batch_of(images, batch)
-    ms = median_ms_side_by_side({"fp32": fp32, "int8": int8}, x, rounds=rounds)
-    ratio = ms["int8"] / ms["fp32"]
+    ms = ms_side_by_side({"fp32": fp32, "int8": int8}, x, rounds=rounds)
+    fp32_ms, int8_ms = statistics.median(ms["fp32"]), statistics.median(ms["int8"])
+    ratio, fastest = int8_ms / fp32_ms, min(ms["int8"]) / min(ms["fp32"])
     goal = (f"{'met' if ratio <= GOAL_RATIO else 'NOT met'}: INT8 takes {ratio:.2f}x the fp32 time at batch "
-            f"{batch} (goal <= {GOAL_RATIO})")
-    return {"batch": batch, "rounds": rounds, "fp32_ms": ms["fp32"], "int8_ms": ms["int8"], "ratio": ratio,
-            "goal": goal}
+            f"{batch} (goal <= {GOAL_RATIO}; fastest calls {fastest:.2f}x)")
+    return {"batch": batch, "rounds": rounds, "fp32_ms": fp32_ms, "int8_ms": int8_ms, "ratio": ratio,
+            "fastest_ratio": fastest, "goal": goal}

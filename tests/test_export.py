@@ -285,6 +285,9 @@ def test_int8_report_names_method_float_layers_and_drop(exported):
     assert latency["batch"] == 32 and latency["fp32_ms"] > 0 and latency["int8_ms"] > 0
     assert latency["ratio"] == pytest.approx(latency["int8_ms"] / latency["fp32_ms"])
     assert latency["goal"].startswith("met" if latency["ratio"] <= 0.7 else "NOT met")
+    assert latency["fastest_ratio"] > 0 and latency["rounds"] == 300
+    if "one_thread" in latency:
+        assert set(latency["one_thread"]) == {"fp32_ms", "int8_ms", "ratio", "fastest_ratio"}
 
 
 def test_latency_ratio_interleaves_the_models_on_one_batch():
@@ -299,6 +302,29 @@ def test_latency_ratio_interleaves_the_models_on_one_batch():
     ms = median_ms_side_by_side({"a": lambda b: calls.append(("a", len(b))),
                                  "b": lambda b: calls.append(("b", len(b)))}, x, rounds=4, warmup=1)
     assert calls == [("a", 12), ("b", 12)] * 5 and set(ms) == {"a", "b"}
+
+
+def test_latency_ratio_reports_medians_and_fastest_calls(monkeypatch):
+    """A fake clock that each call advances by a set time: the verdict uses the medians, `fastest_ratio`
+    the minimums (a load spike on one call moves neither)."""
+    import numpy as np
+
+    from sddcompress_export import latency_ratio
+
+    clock = [0.0]
+    fp32_ms, int8_ms = iter([4.0] * 3 + [5.0, 4.0, 9.0]), iter([3.0] * 3 + [3.5, 2.8, 3.0])
+
+    def call(durations):
+        def run(_):
+            clock[0] += next(durations) / 1e3
+        return run
+
+    monkeypatch.setattr(latency_ratio.time, "perf_counter", lambda: clock[0])
+    images = np.zeros((2, 3, 1, 1), np.float32)
+    result = latency_ratio.int8_latency_ratio(call(fp32_ms), call(int8_ms), images, batch=4, rounds=3)
+    assert result["fp32_ms"] == pytest.approx(5.0) and result["int8_ms"] == pytest.approx(3.0)
+    assert result["ratio"] == pytest.approx(0.6) and result["fastest_ratio"] == pytest.approx(2.8 / 4.0)
+    assert result["goal"] == "met: INT8 takes 0.60x the fp32 time at batch 4 (goal <= 0.7; fastest calls 0.70x)"
 
 
 def test_keep_float_ends_leaves_first_conv_and_classifier_unquantised(exported, tmp_path):
