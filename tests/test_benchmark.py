@@ -51,6 +51,67 @@ def test_timer_uses_interval_when_given():
     assert stats.times_ms == [7.0] * 4
 
 
+class FakeRunner:
+    """Records its calls in a shared log; a call 'takes' `ms` on the shared fake clock. `fail_at` makes
+    that call raise, as an engine whose profile is too small would."""
+
+    clock_name, device = "fake", "cpu"
+
+    def __init__(self, name: str, ms: float, log: list, clock: FakeClock, fail_at: int | None = None) -> None:
+        self.name, self.ms, self.log, self.clock, self.fail_at = name, ms, log, clock, fail_at
+        self.calls = 0
+
+    def prepare(self, batch):
+        return len(batch)
+
+    def run(self, handle):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("batch above the profile's max")
+        self.log.append((self.name, handle))
+        self.clock.now += self.ms / 1e3
+
+    sync = None
+
+
+def test_cells_are_timed_in_turn_round_by_round(monkeypatch):
+    """Every cell gets a block per round, in turn (A, B, A, B, ...) so drift hits them alike; the p50 is over
+    all rounds' calls; a cell that fails at some batch is reported skipped there, and the others go on."""
+    from functools import partial
+
+    import numpy as np
+
+    from sddcompress.benchmarking import latency, timer
+
+    clock = FakeClock()
+    monkeypatch.setattr(latency, "measure", partial(timer.measure, clock=clock))
+    monkeypatch.setattr(latency.time, "sleep", lambda seconds: None)
+    log: list = []
+    a, b = FakeRunner("a", 2.0, log, clock), FakeRunner("b", 5.0, log, clock, fail_at=1 + 4 + 2 + 4 + 2 + 4 + 1)
+    rows = [{"model": "teacher", "backend": "x", "latency": {}}, {"model": "student", "backend": "y", "latency": {}}]
+    images = np.zeros((3, 3, 2, 2), np.float32)
+    o = latency.BenchmarkOptions(batch_sizes=[1, 4], warmup=1, min_iters=12, min_seconds=0.0, rounds=3)
+    latency.time_cells([(rows[0], a, images), (rows[1], b, images)], o, lambda s: None)
+    # batch 1: round 1 warms up once then times 4 calls per cell; later rounds warm up twice
+    order = [name for name, _ in log[: 2 * (1 + 4) + 2 * 2 * (2 + 4)]]
+    assert order == ["a"] * 5 + ["b"] * 5 + (["a"] * 6 + ["b"] * 6) * 2
+    first = rows[0]["latency"]["1"]
+    assert first["iterations"] == 12 and first["rounds"] == 3 and first["p50_ms"] == pytest.approx(2.0)
+    assert rows[1]["latency"]["1"]["p50_ms"] == pytest.approx(5.0)
+    # b's first call at batch 4 fails: skipped there with the reason, while a is still timed at batch 4
+    assert rows[1]["latency"]["4"] == {"skipped": "RuntimeError: batch above the profile's max"}
+    assert rows[0]["latency"]["4"]["iterations"] == 12
+    assert [h for n, h in log if n == "a"] == [1] * 17 + [4] * 17 and [h for n, h in log if n == "b"] == [1] * 17
+
+
+def test_rounds_must_be_positive(tmp_path):
+    from sddcompress.benchmarking.latency import BenchmarkOptions, run_benchmark
+    from sddcompress.errors import UserError
+
+    with pytest.raises(UserError, match="--rounds must be >= 1"):
+        run_benchmark(BenchmarkOptions(rounds=0, out=str(tmp_path)), echo=lambda s: None)
+
+
 @pytest.fixture(scope="module")
 def bench(teacher_ckpt, tmp_path_factory):
     from sddcompress.benchmarking.latency import BenchmarkOptions, run_benchmark

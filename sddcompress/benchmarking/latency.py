@@ -13,15 +13,13 @@ from sddcompress_export.classifier_metrics import score
 
 from ..errors import UserError
 from ..run_paths import QUICKSTART_DIR, SUMMARY_NAME, ensure_writable_dir, quickstart_checkpoints
-from .backends import BACKENDS, Candidate
+from .backends import BACKENDS, Candidate, Runner
 from .candidates import ModelSource, candidates_for
 from .environment import environment
 from .memory import PeakMemory
 from .sampling import dataset_labels, stratified_indices
 from .report import SCHEMA, plot, print_console, teacher_student_comparison, write_json, write_markdown
-from .timer import measure
-
-
+from .timer import TimingStats, measure
 
 CLOCK = ("time.perf_counter around each call, after a synchronisation. Every backend is timed the same way: "
          "a call takes the preprocessed float32 batch in host memory and returns the logits in host memory, so on "
@@ -44,6 +42,7 @@ class BenchmarkOptions:
     warmup: int = 10
     min_iters: int = 30
     min_seconds: float = 1.0
+    rounds: int = 3
     threads: int | None = None
     out: str = "runs/benchmark"
     plot_batch: int = 1
@@ -57,6 +56,8 @@ def _validate(o: BenchmarkOptions) -> None:
         raise UserError(f"--val-size must be > 0, got {o.val_size}")
     if o.warmup < 0 or o.min_iters <= 0 or not (0 <= o.min_seconds < float("inf")):  # also refuses nan
         raise UserError("--warmup must be >= 0, --min-iters > 0 and --min-seconds >= 0")
+    if o.rounds <= 0:
+        raise UserError(f"--rounds must be >= 1, got {o.rounds}")
     unknown = [b for b in o.backends if b not in BACKENDS]
     if unknown:
         raise UserError(f"unknown backend '{unknown[0]}'; use {', '.join(BACKENDS)}")
@@ -123,11 +124,13 @@ def _inputs(images: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(images[idx])
 
 
-def measure_candidate(c: Candidate, images: np.ndarray, labels: np.ndarray, o: BenchmarkOptions,
-                      say: Callable[[str], None], device: str = "cpu") -> dict:
+def start_cell(c: Candidate, images: np.ndarray, labels: np.ndarray, o: BenchmarkOptions,
+               device: str = "cpu") -> tuple[dict, Runner | None]:
+    """One (model, backend) cell's row, with its peak memory and accuracy, and its runner (None when the
+    cell is skipped or failed; the row then says why)."""
     row: dict = {"model": c.model, "backend": c.backend}
     if c.skipped:
-        return {**row, "status": "skipped", "reason": c.skipped}
+        return {**row, "status": "skipped", "reason": c.skipped}, None
     largest = max(o.batch_sizes)
     # Peak memory: from before the runner exists until its largest batch has run once (model/session/
     # engine + workspace). The sampling thread stops here, before any cell is timed.
@@ -137,7 +140,7 @@ def measure_candidate(c: Candidate, images: np.ndarray, labels: np.ndarray, o: B
             runner.predict(_inputs(images, largest))  # first call: compiles / builds / allocates
         except Exception as exc:  # a backend that cannot run here is reported, never silently dropped
             text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            return {**row, "status": "skipped", "reason": f"failed to start: {type(exc).__name__}: {text}"}
+            return {**row, "status": "skipped", "reason": f"failed to start: {type(exc).__name__}: {text}"}, None
     row.update(status="ok", device=runner.device, clock=runner.clock, latency={},
                peak_memory_mb=memory.peak_mb, memory_method=memory.method)
     if getattr(runner, "providers", None):
@@ -146,21 +149,40 @@ def measure_candidate(c: Candidate, images: np.ndarray, labels: np.ndarray, o: B
     if not np.isfinite(row["accuracy"]["loss"]):  # NaN/inf logits: its accuracy and speed mean nothing
         runner.close()
         return {**row, "status": "failed", "reason": "non-finite logits: the model's weights or the artefact "
-                                                     "are broken"}
+                                                     "are broken"}, None
+    return row, runner
+
+
+def time_cells(cells: list[tuple[dict, Runner, np.ndarray]], o: BenchmarkOptions,
+               say: Callable[[str], None]) -> None:
+    """Fill each started cell's `latency`, per batch size, over `o.rounds` rounds: in each round every cell is
+    timed in turn for a block of `min_iters / rounds` calls and `min_seconds / rounds` seconds, so drift in the
+    machine's load hits every cell alike. The p50 is over all timed calls of all rounds."""
+    block_iters, block_seconds = -(-o.min_iters // o.rounds), o.min_seconds / o.rounds
     for batch in sorted(o.batch_sizes):
-        handle = runner.prepare(_inputs(images, batch))
-        time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing
-        try:
-            stats = measure(lambda: runner.run(handle), warmup=o.warmup, min_iters=o.min_iters,
-                            min_seconds=o.min_seconds, batch=batch, sync=runner.sync)
-        except Exception as exc:
-            row["latency"][str(batch)] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
-            continue
-        row["latency"][str(batch)] = stats.to_dict()
-        say(f"  {c.model:8s} {c.backend:15s} b={batch:<3d} p50 {stats.p50:8.3f} ms  "
-            f"{stats.throughput:9.1f} img/s  ({stats.iterations} iterations)")
-    runner.close()
-    return row
+        handles = [runner.prepare(_inputs(images, batch)) for _, runner, images in cells]
+        times: list[list[float]] = [[] for _ in cells]
+        failures: dict[int, str] = {}
+        for round_index in range(o.rounds):
+            for k, (_, runner, _) in enumerate(cells):
+                if k in failures:
+                    continue
+                time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing
+                try:
+                    stats = measure(lambda: runner.run(handles[k]), warmup=o.warmup if round_index == 0 else 2,
+                                    min_iters=block_iters, min_seconds=block_seconds, batch=batch, sync=runner.sync)
+                except Exception as exc:
+                    failures[k] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                    continue
+                times[k] += stats.times_ms
+        for k, (row, _, _) in enumerate(cells):
+            if k in failures:
+                row["latency"][str(batch)] = {"skipped": failures[k]}
+                continue
+            stats = TimingStats(times[k], batch=batch, warmup=o.warmup)
+            row["latency"][str(batch)] = {**stats.to_dict(), "rounds": o.rounds}
+            say(f"  {row['model']:8s} {row['backend']:15s} b={batch:<3d} p50 {stats.p50:8.3f} ms  "
+                f"{stats.throughput:9.1f} img/s  ({stats.iterations} iterations in {o.rounds} rounds)")
 
 
 def run_benchmark(o: BenchmarkOptions, echo: Callable[[str], None] = print) -> dict:
@@ -193,17 +215,28 @@ def run_benchmark(o: BenchmarkOptions, echo: Callable[[str], None] = print) -> d
              + candidates_for(student, o.backends, inputs["student"][1], max(o.batch_sizes), device, threads))
     echo(f"measuring {sum(c.skipped is None for c in cells)} (model, backend) pairs at batch sizes {o.batch_sizes} "
          f"on {device} with {threads} threads ({sum(c.skipped is not None for c in cells)} skipped)")
-    results = [measure_candidate(c, inputs[c.model][0], labels, o, echo, device) for c in cells]
+    results, started = [], []
+    for c in cells:
+        row, runner = start_cell(c, inputs[c.model][0], labels, o, device)
+        results.append(row)
+        if runner is not None:
+            started.append((row, runner, inputs[c.model][0]))
+    try:
+        time_cells(started, o, echo)
+    finally:
+        for _, runner, _ in started:
+            runner.close()
     doc = {
         "schema": SCHEMA,
         "environment": {**environment(threads), "device": device},
         "method": {"warmup": o.warmup, "min_iters": o.min_iters, "min_seconds": o.min_seconds,
-                   "batch_sizes": o.batch_sizes, "threads": threads,
+                   "rounds": o.rounds, "batch_sizes": o.batch_sizes, "threads": threads,
                    "clock": CLOCK,
                    "memory": "torch.cuda.max_memory_allocated for torch on GPU; otherwise the growth of the "
                              "process RSS (sampled every 2 ms) from before the runner is created until its "
-                             "largest batch has run once (memory freed by earlier cells may be reused, so it is "
-                             "a lower bound); the sampling thread is stopped before any timing",
+                             "largest batch has run once (every runner stays alive until all are timed, but "
+                             "memory the process freed earlier may be reused, so it is a lower bound); the "
+                             "sampling thread is stopped before any timing",
                    "inputs": "the same preprocessed batch for every backend of a model (each model's images "
                              "preprocessed as its own record says); accuracy on a class-stratified sample of the "
                              "validation split"},

@@ -85,7 +85,8 @@ def print_console(doc: dict, echo) -> None:
              f"speed-up {speed or '-'}")
     m = doc["method"]
     echo(f"method: {m['warmup']} warm-up iterations, then >= {m['min_iters']} iterations and >= {m['min_seconds']}s "
-         f"per cell; {doc['environment']['threads']} threads on {doc['environment']['cpu']} "
+         f"per cell over {m.get('rounds', 1)} interleaved rounds; {doc['environment']['threads']} threads on "
+         f"{doc['environment']['cpu']} "
          f"(GPU: {doc['environment']['gpu']}); same preprocessed inputs for every backend")
 
 
@@ -104,7 +105,9 @@ def write_markdown(doc: dict, path: Path, plot_name: str | None) -> Path:
            f"GPU: {env['gpu']}); torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
            f"tensorrt {env['versions']['tensorrt']}.", "",
            f"Method: {m['warmup']} warm-up iterations, then at least {m['min_iters']} timed iterations and at least "
-           f"{m['min_seconds']} s per (model, backend, batch); clock: {m['clock']}. Every backend gets the same "
+           f"{m['min_seconds']} s per (model, backend, batch), split over {m.get('rounds', 1)} rounds in which every "
+           f"cell is timed in turn (so drift in the machine's load hits every cell alike); p50 over all timed "
+           f"iterations; clock: {m['clock']}. Every backend gets the same "
            f"preprocessed inputs. Accuracy on {doc['data']['val_images']} validation images of {doc['data']['name']} "
            f"({doc['data'].get('sample', 'first images')} sample). Peak memory: {m['memory']}.", ""]
     cols = header(doc)

@@ -30,6 +30,9 @@ def _ints(ctx, param, value: str) -> list[int]:
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed iterations per cell.")
 @click.option("--min-iters", type=int, default=30, show_default=True, help="Timed iterations per cell, at least.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Timed seconds per cell, at least.")
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Rounds per batch size; each times every cell in turn for its share of the iterations and "
+                   "seconds, so drift hits all cells alike.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime. [default: torch's]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Device for the torch backends.")
@@ -39,7 +42,8 @@ def _ints(ctx, param, value: str) -> list[int]:
 @click.option("--compare", nargs=2, default=None, metavar="OLD NEW",
               help="Instead of measuring, print NEW/OLD ratios of two results.json files (or their folders).")
 def benchmark_cmd(teacher, student, teacher_artifact, student_artifact, data, data_dir, val_size, batch_sizes,
-                  backends, warmup, min_iters, min_seconds, threads, device, plot_batch, out, compare) -> None:
+                  backends, warmup, min_iters, min_seconds, rounds, threads, device, plot_batch, out,
+                  compare) -> None:
     """Accuracy and latency of the teacher and the student on every backend, as a table, results.json,
     report.md and an accuracy-vs-latency plot."""
     if compare:
@@ -55,5 +59,5 @@ def benchmark_cmd(teacher, student, teacher_artifact, student_artifact, data, da
         teacher=teacher, student=student, teacher_artifacts=list(teacher_artifact),
         student_artifacts=list(student_artifact), data=data, data_dir=data_dir, val_size=val_size,
         batch_sizes=batch_sizes, backends=[b.strip() for b in backends.split(",") if b.strip()], warmup=warmup,
-        min_iters=min_iters, min_seconds=min_seconds, threads=threads, out=out, plot_batch=plot_batch,
+        min_iters=min_iters, min_seconds=min_seconds, rounds=rounds, threads=threads, out=out, plot_batch=plot_batch,
         device=device), echo=click.echo)
