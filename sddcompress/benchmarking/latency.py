@@ -27,6 +27,12 @@ CLOCK = ("time.perf_counter around each call, after a synchronisation. Every bac
          "device->host copy of the logits are INSIDE the timing")
 
 
+# After a call, PyTorch's OpenMP workers spin for about 8 ms on this machine (measured); ONNX Runtime's are
+# stopped by the runner. A pause this long before each block keeps one backend's spinning out of the next
+# one's timing.
+IDLE_SECONDS = 0.03
+
+
 @dataclass
 class BenchmarkOptions:
     teacher: str | None = None
@@ -42,7 +48,7 @@ class BenchmarkOptions:
     warmup: int = 10
     min_iters: int = 30
     min_seconds: float = 1.0
-    rounds: int = 3
+    rounds: int = 10
     threads: int | None = None
     out: str = "runs/benchmark"
     plot_batch: int = 1
@@ -167,7 +173,7 @@ def time_cells(cells: list[tuple[dict, Runner, np.ndarray]], o: BenchmarkOptions
             for k, (_, runner, _) in enumerate(cells):
                 if k in failures:
                     continue
-                time.sleep(0.2)  # let spinning worker threads of the previous runtime go idle before timing
+                time.sleep(IDLE_SECONDS)  # let the previous runtime's spinning worker threads go idle
                 try:
                     stats = measure(lambda: runner.run(handles[k]), warmup=o.warmup if round_index == 0 else 2,
                                     min_iters=block_iters, min_seconds=block_seconds, batch=batch, sync=runner.sync)

@@ -30,7 +30,7 @@ def _ints(ctx, param, value: str) -> list[int]:
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed iterations per cell.")
 @click.option("--min-iters", type=int, default=30, show_default=True, help="Timed iterations per cell, at least.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Timed seconds per cell, at least.")
-@click.option("--rounds", type=int, default=3, show_default=True,
+@click.option("--rounds", type=int, default=10, show_default=True,
               help="Rounds per batch size; each times every cell in turn for its share of the iterations and "
                    "seconds, so drift hits all cells alike.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime. [default: torch's]")
