@@ -143,7 +143,7 @@ def pad_input_channels_to_multiple_of_4(model) -> int:
             continue
         weights = numpy_helper.to_array(initializers[weight_dq.input[0]])
         missing = -weights.shape[1] % INPUT_CHANNEL_ALIGNMENT
-        if weights.ndim < 3 or missing == 0:
+        if weights.ndim < 3 or missing == 0 or not _scales_per_output_channel_or_tensor(weight_dq, initializers):
             continue
         widths = [(0, 0)] * weights.ndim
         widths[1] = (0, missing)
@@ -151,7 +151,7 @@ def pad_input_channels_to_multiple_of_4(model) -> int:
                                                                           weight_dq.input[0]))
         pads = np.zeros(2 * weights.ndim, np.int64)
         pads[weights.ndim + 1] = missing  # (begin..., end...): zeros after the last channel
-        pads_name, padded_name = f"{conv.name}_input_channel_pads", f"{quantize.input[0]}_channels_padded"
+        pads_name, padded_name = f"{conv.name}_input_channel_pads", f"{conv.name}_input_channels_padded"
         graph.initializer.append(numpy_helper.from_array(pads, pads_name))
         new_nodes.append((quantize, helper.make_node("Pad", [quantize.input[0], pads_name], [padded_name],
                                                      name=f"{conv.name}_pad_input_channels")))
@@ -163,6 +163,19 @@ def pad_input_channels_to_multiple_of_4(model) -> int:
         index = list(graph.node).index(quantize)
         graph.node.insert(index, pad)
     return padded
+
+
+def _scales_per_output_channel_or_tensor(dequantize, initializers: dict) -> bool:
+    """Whether a weight DequantizeLinear's scale is one number or one per output channel (axis 0), so that
+    padding the input-channel axis leaves it valid."""
+    from onnx import helper, numpy_helper
+
+    if dequantize.input[1] not in initializers:
+        return False
+    if numpy_helper.to_array(initializers[dequantize.input[1]]).size == 1:
+        return True
+    axis = next((helper.get_attribute_value(a) for a in dequantize.attribute if a.name == "axis"), 1)
+    return axis == 0
 
 
 def seven_bit_weights_for_signed_inputs(model) -> int:

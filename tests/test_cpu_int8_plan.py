@@ -246,6 +246,47 @@ def test_channel_padding_leaves_aligned_and_shared_inputs_alone():
     assert pad_input_channels_to_multiple_of_4(model) == 0
 
 
+def test_two_convs_reading_the_image_through_their_own_qdq_are_both_padded():
+    """x -> Q -> DQ -> conv A, and x -> Q' -> DQ' -> conv B: two Pads with names of their own, same outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0.03, np.float32), "xs"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.zeros(16, np.int8), "wz")]
+    nodes = []
+    for branch in ("a", "b"):
+        inits += [numpy_helper.from_array(rng.integers(-63, 64, (16, 3, 3, 3)).astype(np.int8), f"{branch}_w"),
+                  numpy_helper.from_array(np.full(16, 0.003, np.float32), f"{branch}_ws")]
+        nodes += [helper.make_node("QuantizeLinear", ["x", "xs", "z"], [f"{branch}_xq"]),
+                  helper.make_node("DequantizeLinear", [f"{branch}_xq", "xs", "z"], [f"{branch}_xd"]),
+                  helper.make_node("DequantizeLinear", [f"{branch}_w", f"{branch}_ws", "wz"], [f"{branch}_wd"], axis=0),
+                  helper.make_node("Conv", [f"{branch}_xd", f"{branch}_wd"], [branch], pads=[1] * 4, name=f"conv_{branch}")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info(b, TensorProto.FLOAT, [2, 16, 8, 8]) for b in "ab"], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": _images()})
+
+    expected = run(model)
+    assert pad_input_channels_to_multiple_of_4(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    for got, want in zip(run(model), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_weight_scale_along_the_input_channels_is_not_padded():
+    """Per-input-channel weight scales (axis 1) would no longer match a padded weight: left alone."""
+    from onnx import numpy_helper
+
+    model = _qdq_convs()
+    weights_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "conv_a_w")
+    weights_dq.attribute[0].i = 1
+    scale = next(i for i in model.graph.initializer if i.name == "conv_a_ws")
+    scale.CopyFrom(numpy_helper.from_array(np.full(3, 0.003, np.float32), "conv_a_ws"))
+    assert pad_input_channels_to_multiple_of_4(model) == 0
+
+
 def test_the_spatial_mean_becomes_a_quantised_global_pool(tmp_path):
     model = _qdq_convs(in_channels=4)
     expected = _run(model, _images(4))
