@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .classifier_metrics import predict_all
 from .cpu_int8_plan import WEIGHTED_OPS
 from .errors import DeployError
 from .metadata import load_onnx
@@ -80,8 +81,7 @@ class QuantizationResult:
 
 def _predict(path: str, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Logits as the export report will score them: through the same ONNX Runtime runner (CPU plan)."""
-    model = OrtClassifier(path, providers=["CPUExecutionProvider"])
-    return np.concatenate([model(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
+    return predict_all(OrtClassifier(path, providers=["CPUExecutionProvider"]), images, batch_size)
 
 
 def _score(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> HeldOutScore:
