@@ -105,8 +105,7 @@ def quantized_spatial_mean_as_global_pool(model) -> int:
         del mean.input[1:]
         del mean.attribute[:]
         pooled += 1
-    still_read = {name for n in graph.node for name in n.input}
-    _delete_where(graph.initializer, lambda k: graph.initializer[k].name in dropped - still_read)
+    _delete_unread_initializers(graph, dropped)
     return pooled
 
 
@@ -273,9 +272,14 @@ def fold_relu_into_uint8(model) -> int:
     replaced |= {name for n in nodes if id(n) in removed for name in n.input}
     _delete_where(graph.node, lambda n: id(nodes[n]) in removed)
     _delete_where(graph.value_info, lambda k: graph.value_info[k].name in retyped)
-    still_read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    _delete_where(graph.initializer, lambda k: graph.initializer[k].name in replaced - still_read)
+    _delete_unread_initializers(graph, replaced)
     return folded
+
+
+def _delete_unread_initializers(graph, candidates: set[str]) -> None:
+    """Delete the initializers named in `candidates` that no node and no graph output reads any more."""
+    still_read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    _delete_where(graph.initializer, lambda k: graph.initializer[k].name in candidates - still_read)
 
 
 def _delete_where(repeated, doomed) -> None:
