@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from sddcompress_export.classifier_metrics import score
+from sddcompress_export.latency_ratio import batch_of
 
 from ..errors import UserError
 from ..run_paths import QUICKSTART_DIR, SUMMARY_NAME, ensure_writable_dir, quickstart_checkpoints
@@ -124,12 +125,6 @@ def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
              "sample": "class-stratified"}, inputs, labels)
 
 
-def _inputs(images: np.ndarray, batch: int) -> np.ndarray:
-    """The first `batch` images of the sample (repeated if it is smaller): the timed input."""
-    idx = np.arange(batch) % len(images)
-    return np.ascontiguousarray(images[idx])
-
-
 def start_cell(c: Candidate, images: np.ndarray, labels: np.ndarray, o: BenchmarkOptions,
                device: str = "cpu") -> tuple[dict, Runner | None]:
     """One (model, backend) cell's row, with its peak memory and accuracy, and its runner (None when the
@@ -143,7 +138,7 @@ def start_cell(c: Candidate, images: np.ndarray, labels: np.ndarray, o: Benchmar
     with PeakMemory("cuda" if c.backend.startswith("torch-") and device == "cuda" else "cpu") as memory:
         try:
             runner = c.make()
-            runner.predict(_inputs(images, largest))  # first call: compiles / builds / allocates
+            runner.predict(batch_of(images, largest))  # first call: compiles / builds / allocates
         except Exception as exc:  # a backend that cannot run here is reported, never silently dropped
             text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             return {**row, "status": "skipped", "reason": f"failed to start: {type(exc).__name__}: {text}"}, None
@@ -166,7 +161,7 @@ def time_cells(cells: list[tuple[dict, Runner, np.ndarray]], o: BenchmarkOptions
     machine's load hits every cell alike. The p50 is over all timed calls of all rounds."""
     block_iters, block_seconds = -(-o.min_iters // o.rounds), o.min_seconds / o.rounds
     for batch in sorted(o.batch_sizes):
-        handles = [runner.prepare(_inputs(images, batch)) for _, runner, images in cells]
+        handles = [runner.prepare(batch_of(images, batch)) for _, runner, images in cells]
         times: list[list[float]] = [[] for _ in cells]
         failures: dict[int, str] = {}
         for round_index in range(o.rounds):
