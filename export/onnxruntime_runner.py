@@ -71,8 +71,8 @@ class OrtClassifier:
     `providers=None` picks `default_providers()`; the ones the session really uses (ORT falls back
     to CPU when a GPU provider cannot load) are in `.providers`, and `.device` says where it runs.
     On the CPU provider a symmetric INT8 model runs through `cpu_int8_plan` (ReLUs folded into uint8 outputs,
-    7-bit weights where the input is signed, first-conv input channels padded to a multiple of 4; `.cpu_plan`
-    counts each), unless `use_cpu_plan=False`.
+    7-bit weights where the input is signed, first-conv input channels padded to a multiple of 4, the spatial
+    mean as a global pool; `.cpu_plan` counts each), unless `use_cpu_plan=False`.
     """
 
     backend = "onnxruntime"
