@@ -117,7 +117,7 @@ def test_sdd_matches_reference_values_and_grads(name, gamma):
 
 def test_sdd_weights_pick_complementary_regions():
     _, lt, y = four_category_case()
-    w = region_weights(lt, y, 2.0).view(lt.shape[2], lt.shape[0])  # (N, B), region-major
+    w = region_weights(lt, y, 2.0).t()  # (N, B), region-major
     assert w[:, 0].tolist() == [1.0, 1.0, 2.0, 1.0, 2.0]
     assert w[:, 1].tolist() == [1.0, 2.0, 1.0, 1.0, 2.0]
 

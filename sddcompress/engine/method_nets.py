@@ -10,7 +10,6 @@ from torch import nn
 from ..losses import MethodConfig
 from ..losses.msdcrd import RegionEmbedding
 from ..models import LocalLogits
-from ..models.local_logits import region_pool
 
 
 class MSDNet(nn.Module):
@@ -37,7 +36,7 @@ class MSDNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         logits, feature = self.split.logits_and_feature(x)
-        local = self.split.apply_head(region_pool(feature, self.local_scales)) if self.sdd else None
+        local = self.split.local_logits(feature, self.local_scales) if self.sdd else None
         embedding, region_logits = self.msd(feature, self.split.apply_head)
         return logits, local, {"embedding": embedding, "region_logits": region_logits}
 

@@ -22,7 +22,8 @@ def _decoupled_log_probs(z: torch.Tensor, labels: torch.Tensor,
 def dkd_per_sample(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
                    alpha: float, beta: float) -> dict[str, torch.Tensor]:
     """{"tckd": T^2 alpha TCKD, "nckd": T^2 beta NCKD}, each (M,), for logits (M, K), labels (M,)."""
-    target = F.one_hot(labels, student.shape[1]).bool()
+    # a comparison, not F.one_hot: one_hot checks the labels' range with a host-device sync
+    target = labels[:, None].eq(torch.arange(student.shape[1], device=labels.device))
     bs, qs = _decoupled_log_probs(student / temperature, labels, target)
     bt, qt = _decoupled_log_probs(teacher / temperature, labels, target)
     tckd = F.kl_div(bs, bt, reduction="none", log_target=True).sum(1)

@@ -20,65 +20,16 @@ Everything is batched tensor algebra: no Python loop over samples or regions, no
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..models.local_logits import pool_matrix, pool_regions
+
 SPACES = ("features", "logits")
 CATEGORISE = ("sdd", "none")
-
-
-def _bounds(size: int, cells: int, window: float) -> list[tuple[int, int]]:
-    """[start, end) of each cell's window along one axis of length `size`."""
-    if window == 1.0:  # exactly adaptive_avg_pool2d's bins
-        return [((i * size) // cells, -((-(i + 1) * size) // cells)) for i in range(cells)]
-    out = []
-    for i in range(cells):
-        centre, half = (i + 0.5) * size / cells, window * size / (2 * cells)
-        out.append((max(0, math.floor(centre - half + 1e-9)), min(size, math.ceil(centre + half - 1e-9))))
-    return out
-
-
-@lru_cache(maxsize=32)
-def _pool_matrix_cpu(height: int, width: int, scales: tuple[int, ...], window: float) -> torch.Tensor:
-    """(N, H*W) averaging weights of every region (built once per map size, on the host)."""
-    with torch.inference_mode(False):
-        return _build_pool_matrix(height, width, scales, window)
-
-
-def _build_pool_matrix(height: int, width: int, scales: tuple[int, ...], window: float) -> torch.Tensor:
-    blocks = []
-    for s in scales:  # a handful of scales; regions are built as a tensor outer product
-        rows, cols = torch.zeros(s, height), torch.zeros(s, width)
-        for i, (a, b) in enumerate(_bounds(height, s, window)):
-            rows[i, a:b] = 1.0 / (b - a)
-        for j, (a, b) in enumerate(_bounds(width, s, window)):
-            cols[j, a:b] = 1.0 / (b - a)
-        blocks.append(torch.einsum("ih,jw->ijhw", rows, cols).reshape(s * s, height * width))
-    return torch.cat(blocks)
-
-
-@lru_cache(maxsize=64)
-def _pool_matrix_on(height: int, width: int, scales: tuple[int, ...], window: float, device: torch.device,
-                    dtype: torch.dtype) -> torch.Tensor:
-    with torch.inference_mode(False):  # cached: it must also serve steps that autograd records
-        return _pool_matrix_cpu(height, width, scales, window).to(device=device, dtype=dtype)
-
-
-def pool_matrix(height: int, width: int, scales: tuple[int, ...], window: float = 1.0,
-                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(N, H*W) region averaging weights, cached per device and dtype (no host copy per step)."""
-    return _pool_matrix_on(height, width, tuple(scales), float(window), torch.device(device), dtype)
-
-
-def pool_regions(feature: torch.Tensor, scales: tuple[int, ...], window: float = 1.0) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, N): scale 1 first, each scale's regions row-major (as SDD's region_pool)."""
-    b, c, h, w = feature.shape
-    matrix = pool_matrix(h, w, scales, window, feature.device, feature.dtype)
-    return feature.flatten(2) @ matrix.t()
 
 
 @lru_cache(maxsize=32)

@@ -118,9 +118,14 @@ def parse_scales(value, flag: str = "--scales") -> tuple[int, ...]:
     return scales
 
 
-def ramp(method: MethodConfig, epoch_progress: float, epochs: float | None = None) -> float:
-    """Linear 0 -> 1 over `epochs` (default: `warmup_epochs`; epoch_progress counts finished epochs)."""
+def ramp(method: MethodConfig, epoch_progress: float | torch.Tensor, epochs: float | None = None):
+    """Linear 0 -> 1 over `epochs` (default: `warmup_epochs`; epoch_progress counts finished epochs).
+
+    A float for a float `epoch_progress`; a tensor for a tensor one (a captured step reads its progress
+    from a device tensor, so the ramp must stay on the device)."""
     length = method.warmup_epochs if epochs is None else epochs
+    if isinstance(epoch_progress, torch.Tensor):
+        return (epoch_progress / length).clamp(0.0, 1.0) if length > 0 else 1.0
     if length <= 0:
         return 1.0
     return min(max(epoch_progress, 0.0) / length, 1.0)
@@ -139,7 +144,7 @@ class Objective:
 
     def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor, *,
                  teacher_logits: torch.Tensor | None = None, student_local: torch.Tensor | None = None,
-                 teacher_local: torch.Tensor | None = None, epoch_progress: float = 0.0,
+                 teacher_local: torch.Tensor | None = None, epoch_progress: float | torch.Tensor = 0.0,
                  student_msd: dict | None = None, teacher_msd: dict | None = None) -> dict[str, torch.Tensor]:
         """`student_msd`/`teacher_msd` (MSDCRD methods): {"embedding": (B, N, D) unit vectors, "region_logits":
         (B, N, K)} from `RegionEmbedding`."""

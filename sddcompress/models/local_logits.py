@@ -7,7 +7,9 @@ region through the model's own head (whatever follows global pooling).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -48,9 +50,59 @@ def _find_split(model: nn.Module) -> _Split:
     raise UserError(f"{type(model).__name__}: cannot find the feature map before the classifier")
 
 
+def _bounds(size: int, cells: int, window: float) -> list[tuple[int, int]]:
+    """[start, end) of each cell's window along one axis of length `size`."""
+    if window == 1.0:  # exactly adaptive_avg_pool2d's bins
+        return [((i * size) // cells, -((-(i + 1) * size) // cells)) for i in range(cells)]
+    out = []
+    for i in range(cells):
+        centre, half = (i + 0.5) * size / cells, window * size / (2 * cells)
+        out.append((max(0, math.floor(centre - half + 1e-9)), min(size, math.ceil(centre + half - 1e-9))))
+    return out
+
+
+@lru_cache(maxsize=32)
+def _pool_matrix_cpu(height: int, width: int, scales: tuple[int, ...], window: float) -> torch.Tensor:
+    """(N, H*W) averaging weights of every region (built once per map size, on the host)."""
+    with torch.inference_mode(False):
+        return _build_pool_matrix(height, width, scales, window)
+
+
+def _build_pool_matrix(height: int, width: int, scales: tuple[int, ...], window: float) -> torch.Tensor:
+    blocks = []
+    for s in scales:  # a handful of scales; regions are built as a tensor outer product
+        rows, cols = torch.zeros(s, height), torch.zeros(s, width)
+        for i, (a, b) in enumerate(_bounds(height, s, window)):
+            rows[i, a:b] = 1.0 / (b - a)
+        for j, (a, b) in enumerate(_bounds(width, s, window)):
+            cols[j, a:b] = 1.0 / (b - a)
+        blocks.append(torch.einsum("ih,jw->ijhw", rows, cols).reshape(s * s, height * width))
+    return torch.cat(blocks)
+
+
+@lru_cache(maxsize=64)
+def _pool_matrix_on(height: int, width: int, scales: tuple[int, ...], window: float, device: torch.device,
+                    dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False):  # cached: it must also serve steps that autograd records
+        return _pool_matrix_cpu(height, width, scales, window).to(device=device, dtype=dtype)
+
+
+def pool_matrix(height: int, width: int, scales: tuple[int, ...], window: float = 1.0,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N, H*W) region averaging weights, cached per device and dtype (no host copy per step)."""
+    return _pool_matrix_on(height, width, tuple(scales), float(window), torch.device(device), dtype)
+
+
+def pool_regions(feature: torch.Tensor, scales: tuple[int, ...], window: float = 1.0) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, N): scale 1 first, each scale's regions row-major (as SDD's region_pool)."""
+    b, c, h, w = feature.shape
+    matrix = pool_matrix(h, w, scales, window, feature.device, feature.dtype)
+    return feature.flatten(2) @ matrix.t()
+
+
 def region_pool(feature: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, N): scale 1 first, each scale's regions row-major."""
-    return torch.cat([F.adaptive_avg_pool2d(feature, s).flatten(2) for s in scales], dim=2)
+    """(B, C, H, W) -> (B, C, N): scale 1 first, each scale's regions row-major; one matrix product."""
+    return pool_regions(feature, scales)
 
 
 class LocalLogits(nn.Module):
@@ -131,6 +183,17 @@ class LocalLogits(nn.Module):
         """The model's own classifier on pooled region vectors: (B, C, N) -> (B, K, N)."""
         return self._apply_head(regions)
 
+    def local_logits(self, feature: torch.Tensor, scales: tuple[int, ...] | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> local logits (B, K, N): every region of every scale pooled by one matrix product
+        and classified by one call of the head, returned as a view of a contiguous (B, N, K) tensor."""
+        if self._head_input_4d:
+            return self._apply_head(region_pool(feature, scales or self.scales))
+        b, c, h, w = feature.shape
+        matrix = pool_matrix(h, w, scales or self.scales, 1.0, feature.device, feature.dtype)  # (N, H*W)
+        regions = matrix @ feature.flatten(2).transpose(1, 2)  # (B, N, C)
+        n = regions.shape[1]
+        return self.head(regions.reshape(b * n, c)).view(b, n, -1).transpose(1, 2)
+
     def logits_and_feature(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's logits (B, K) and the last feature map (B, C, H, W) they were computed from."""
         self._feature = None
@@ -140,4 +203,4 @@ class LocalLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, feature = self.logits_and_feature(x)
-        return logits, self._apply_head(region_pool(feature, self.scales))
+        return logits, self.local_logits(feature)
