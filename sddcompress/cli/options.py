@@ -109,6 +109,10 @@ def training_options(student_flag: str) -> Callable:
         click.option("--clip-grad-norm", type=float, default=D.clip_grad_norm, show_default=True,
                      help="Clip the gradient norm to this value (0 = off; the paper configs use 40)."),
         click.option("--compile", is_flag=True, default=None, help="torch.compile the student and the teacher."),
+        click.option("--step", default=D.step, show_default=True,
+                     help="Training step on a CUDA GPU: graph (the whole step recorded once as a CUDA graph and "
+                          "replayed per batch), eager (op by op), auto (graph on one GPU; eager with several "
+                          "processes, --grad-accum > 1, --skip-nonfinite or fp16, saying why)."),
         click.option("--cpu", is_flag=True, default=None, help="Train on CPU even if a GPU is present."),
         click.option("--sync-bn/--no-sync-bn", default=D.sync_bn, show_default=True,
                      help="Sum batch-norm statistics across processes (multi-process runs)."),

@@ -102,6 +102,20 @@ def _digits(input_size: int) -> DataBundle:
                       preprocessing=small_image_preprocessing(input_size, mean, std))
 
 
+def in_memory_bundle(name: str, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                     class_names: list[str], mean, std) -> DataBundle:
+    """Small images given as arrays -- (N, H, W, 3) uint8 pixels and (N,) labels per split -- with the
+    CIFAR-style transforms at their own size; for feeding generated data through the trainer."""
+    size = int(train[0].shape[1])
+
+    def split(pixels: np.ndarray, labels: np.ndarray) -> ListDataset:
+        return ListDataset([(Image.fromarray(p), int(y)) for p, y in zip(pixels, labels)])
+
+    train_tf, val_tf = _small_transforms(size, size, mean, std, flip=True)
+    return DataBundle(name, split(*train), split(*val), train_tf, val_tf, list(class_names), tuple(mean), tuple(std),
+                      size, in_memory=True, preprocessing=small_image_preprocessing(size, mean, std))
+
+
 def _cifar(name: str, root: str, input_size: int, download: bool) -> DataBundle:
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     if not download and not (Path(root) / _CIFAR_FILES[name]).is_dir():

@@ -60,6 +60,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad_norm: float = 0.0
     compile: bool = False
+    step: str = "auto"  # the training step on CUDA: graph (captured, replayed), eager, auto
     cpu: bool = False
     sync_bn: bool = True
     seed: int = 0
@@ -191,7 +192,7 @@ def _cuda_available() -> bool:
 # options that may differ when a run resumes: they do not change what the run computes
 RESUME_FREE_KEYS = ("teacher_ckpt", "teacher_pretrained", "data_dir", "download", "skip_bad_images", "workers",
                     "pipeline",
-                    "compile", "cpu", "out", "resume", "fresh", "skip_nonfinite", "log_every", "epochs")
+                    "compile", "step", "cpu", "out", "resume", "fresh", "skip_nonfinite", "log_every", "epochs")
 METHOD_KEYS = ("temperature", "alpha", "beta", "gamma", "ce_weight", "kd_weight", "warmup_epochs", "scales")
 
 

@@ -65,7 +65,7 @@ RULES: dict[str, Rule] = {
     "milestones": Rule("ints", 1, hint="comma-separated epoch numbers, e.g. 150,180,210"),
     "lr_decay": Rule("float", 0, low_open=True), "precision": Rule("str", choices=("auto", "no", "fp16", "bf16")),
     "grad_accum": _POS_INT, "clip_grad_norm": Rule("float", 0, hint="0 = off; the paper configs use 40"),
-    "compile": _FLAG, "cpu": _FLAG, "sync_bn": Rule("bool"),
+    "compile": _FLAG, "step": Rule("str", choices=("auto", "graph", "eager")), "cpu": _FLAG, "sync_bn": Rule("bool"),
     "seed": Rule("int", 0, SEED_MAX, hint="numpy's seed range"), "out": Rule("str", optional=True),
     "resume": _FLAG, "fresh": _FLAG, "skip_nonfinite": _NONNEG_INT, "max_train_batches": _NONNEG_INT,
     "log_every": _POS_INT,

@@ -19,7 +19,6 @@ import shutil
 import signal
 import sys
 import time
-from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import DataBundle, EpochShuffleSampler, SeededTransform, load_dataset
+from ..data.augment import CropFlip
 from ..data.device_pipeline import DeviceImages, device_pipeline_fits, passthrough_batch
 from ..data.datasets import keep_samples, readable_samples
 from ..data.fraction import take_train_fraction
@@ -43,6 +43,7 @@ from .checkpoint import base_record, load_checkpoint, load_model_weights, model_
     rng_state, set_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
 from .config import MSD_OPTIONS, TrainConfig, check_resume, default_out, resolve_workers, train_out, validate
+from .captured_step import CapturedStep, CaptureFailed, EpochTally
 from .evaluate import evaluate
 from .method_nets import distillation_terms, load_train_only_state, method_networks, train_only_state
 from .run_preprocessing import weights_preprocessing
@@ -209,6 +210,8 @@ class Session:
     nonfinite_skipped: int = 0
     resume_row: dict | None = None  # the metrics row of the checkpoint being resumed
     student_source: str | None = None  # where pretrained student weights came from (--pretrained)
+    tally: EpochTally | None = None  # the epoch's running sums, on the device
+    captured: CapturedStep | None = None  # the step as a CUDA graph (--step graph/auto on one GPU)
 
     @property
     def latest(self) -> Path:
@@ -223,10 +226,11 @@ class Session:
         return self.acc.device.type == "cuda"
 
 
-def setup(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Session:
+def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundle | None = None) -> Session:
     """Data, models, optimiser and schedule, loaders, and the state of a run being resumed.
 
-    `cfg` is validated and `cfg.out` set (as `run` does before it takes the folder's lock)."""
+    `cfg` is validated and `cfg.out` set (as `run` does before it takes the folder's lock); `data`, when
+    given, replaces the dataset `cfg.data` names (the benchmarks feed generated images this way)."""
     method = method_from_config(cfg)
     out = Path(cfg.out)
     previous = _previous_run(cfg, out, method, echo)
@@ -240,7 +244,7 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Session:
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
-    bundle = load_training_data(cfg, acc)
+    bundle = data if data is not None else load_training_data(cfg, acc)
     expected = weights_preprocessing(cfg, method.uses_teacher, bundle)
     if expected is not None:
         bundle = preprocessed_as(bundle, expected[1])
@@ -276,15 +280,17 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Session:
             teacher_net = torch.compile(teacher_net)
 
     # student_net's parameters: the student's and any training-only part (MSDCRD's projection)
+    cuda = acc.device.type == "cuda"
+    graph_step = _use_graph_step(cfg, acc, say)
+    # fused SGD on CUDA: one kernel for all parameters, after the step's replay or eager backward
     optimizer = torch.optim.SGD(student_net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, fused=cuda or None)
     if cfg.schedule == "step":
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, gamma=cfg.lr_decay)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
     workers = (cfg.workers or 0) if bundle.in_memory else resolve_workers(cfg.workers, acc.num_processes)
-    cuda = acc.device.type == "cuda"
     loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda and workers > 0)
     sampler = EpochShuffleSampler(len(bundle.train), cfg.seed)
     if _use_device_pipeline(cfg, bundle, cuda):
@@ -294,16 +300,60 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print) -> Session:
     else:
         train_ds = SeededTransform(bundle.train, bundle.train_transform, cfg.seed)
         train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True, **loader_args)
-    val_loader = DataLoader(SeededTransform(bundle.val, bundle.val_transform, cfg.seed),
-                            batch_size=max(2 * per_process, 64), **loader_args)
+    val_loader = _val_loader(bundle, cfg, acc, per_process, isinstance(train_ds, DeviceImages), loader_args)
     student_p, optimizer_p, train_p, val_p = acc.prepare(student_net, optimizer, train_loader, val_loader)
 
     session = Session(cfg, method, acc, out, bundle, student, student_net, student_p, teacher_net, teacher_info,
                       Objective(method), optimizer_p, scheduler, train_ds, sampler, train_p, val_p, per_process, say,
-                      student_source=student_source)
+                      student_source=student_source, tally=EpochTally(acc.device))
+    if graph_step:
+        precision = resolve_precision(cfg)
+        session.captured = CapturedStep(student_net, teacher_net, session.objective, session.tally,
+                                        clip_grad_norm=cfg.clip_grad_norm,
+                                        autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+                                        compile_student=cfg.compile, capture=cuda)
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned once, in the capture's warm-up
     if previous is not None:
         _restore(session, previous)
     return session
+
+
+def _use_graph_step(cfg: TrainConfig, acc, say: Callable[[str], None]) -> bool:
+    """--step: graph where the step can be one CUDA graph, eager elsewhere; auto says why it falls back."""
+    if cfg.step == "eager" or (cfg.step == "auto" and acc.device.type != "cuda"):
+        return False
+    reasons = [why for bad, why in (
+        (acc.device.type != "cuda", "needs a CUDA GPU"),
+        (acc.num_processes > 1, f"runs in one process ({acc.num_processes} here)"),
+        (cfg.grad_accum > 1, "replays whole optimiser steps (--grad-accum 1)"),
+        (cfg.skip_nonfinite > 0, "cannot check the loss on the host every step (--skip-nonfinite 0)"),
+        (resolve_precision(cfg) == "fp16", "needs --precision bf16 or no (fp16's loss scaler syncs)"),
+    ) if bad]
+    if not reasons:
+        return True
+    if cfg.step == "graph":
+        raise UserError(f"--step graph {reasons[0]}; pass --step eager or auto")
+    say(f"training step: eager, not a CUDA graph (the graph step {reasons[0]})")
+    return False
+
+
+# evaluation batch on a GPU: large, since evaluation stores no activations for backward
+GPU_EVAL_BATCH = {64: 1024, 1024: 256}  # input size up to N px -> batch
+
+
+def _val_loader(bundle: DataBundle, cfg: TrainConfig, acc, per_process: int, device_resident: bool,
+                loader_args: dict):
+    """Validation batches: held on the device like the training images when those are, large on a GPU."""
+    batch = max(2 * per_process, 64)
+    if acc.device.type == "cuda":
+        batch = max(batch, next((b for size, b in GPU_EVAL_BATCH.items() if bundle.input_size <= size), 64))
+    if device_resident:
+        train_tf = bundle.train_transform
+        val_tf = CropFlip(train_tf.pre, 0, False, train_tf.mean, train_tf.std)  # no augmentation
+        return DataLoader(DeviceImages(bundle.val, val_tf, cfg.seed, acc.device), batch_size=batch,
+                          collate_fn=passthrough_batch)
+    return DataLoader(SeededTransform(bundle.val, bundle.val_transform, cfg.seed), batch_size=batch, **loader_args)
 
 
 def load_training_data(cfg: TrainConfig, acc) -> DataBundle:
@@ -413,8 +463,7 @@ def train_step(s: Session, images: torch.Tensor, labels: torch.Tensor, epoch_pro
     """Forward the student (and teacher), the objective, backward and (on sync steps) the optimiser step.
 
     No host-device sync: the caller checks the loss for NaN/inf only at log points."""
-    if s.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = _channels_last(s, images)
     with s.acc.accumulate(s.student_p):
         terms, s_logits = distillation_terms(s.objective, s.student_p, s.teacher, images, labels, epoch_progress,
                                              teacher_context=s.acc.autocast())
@@ -427,6 +476,23 @@ def train_step(s: Session, images: torch.Tensor, labels: torch.Tensor, epoch_pro
         s.optimizer.zero_grad(set_to_none=True)
     terms["correct"] = (s_logits.detach().argmax(1) == labels).sum()
     return terms
+
+
+def _captured_step(s: Session, images: torch.Tensor, labels: torch.Tensor) -> dict | None:
+    """One replay of the recorded step and the optimiser step after it; None (and from then on the eager
+    step) if the step cannot be recorded."""
+    try:
+        terms = s.captured(_channels_last(s, images), labels)
+    except CaptureFailed as exc:
+        s.say(f"training step: eager, the CUDA graph could not be recorded ({exc}); --step eager skips the try")
+        s.captured = None
+        return None
+    s.optimizer.step()
+    return terms
+
+
+def _channels_last(s: Session, images: torch.Tensor) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if s.channels_last else images
 
 
 def _skip_nonfinite(s: Session, loss: torch.Tensor) -> bool:
@@ -452,39 +518,39 @@ def train_one_epoch(s: Session, epoch: int, stop: "_StopFlag") -> dict[str, floa
     if hasattr(loader, "set_epoch"):  # Accelerate re-seeds the sampler from its own counter on __iter__
         loader.set_epoch(epoch)
     s.student_p.train()
-    sums: dict[str, torch.Tensor | float] = defaultdict(float)
-    sums.update(s.epoch_sums)
-    bad_at = torch.full((), -1, dtype=torch.long, device=acc.device)  # device-side non-finite flag
+    tally = s.tally
+    tally.reset(s.skip, s.epoch_sums)
+    if s.captured is not None:
+        s.captured.set_epoch(epoch, steps)
     progress = _Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", acc.is_main_process, cfg.log_every, s.say)
     for i, (images, labels) in enumerate(loader, start=s.skip):
         if i >= steps:
             break
-        terms = train_step(s, images, labels, epoch + (i + 1) / steps)
-        if not terms:  # skipped (--skip-nonfinite)
-            continue
-        bad_at = torch.where((bad_at < 0) & ~torch.isfinite(terms["loss"]), i, bad_at)
-        for k, v in terms.items():
-            sums[k] = sums[k] + v.detach().float()
-        sums["seen"] = sums["seen"] + float(labels.numel())
-        sums["batches"] = sums["batches"] + 1.0
+        terms = _captured_step(s, images, labels) if s.captured is not None else None
+        if terms is None:
+            terms = train_step(s, images, labels, epoch + (i + 1) / steps)
+            if not terms:  # skipped (--skip-nonfinite)
+                tally.skip()
+                continue
+            tally.add(terms, labels)
         at_log_point = (i + 1) % max(cfg.log_every, 1) == 0
         if at_log_point or (stop.signum and acc.num_processes == 1):
-            first_bad = _first_nonfinite(s, bad_at)
+            first_bad = _first_nonfinite(s, tally.bad_at)
             if first_bad >= 0:
                 progress.close()
                 _raise_nonfinite(s, epoch, first_bad)
         progress.advance(i + 1, terms["loss"])
         if acc.sync_gradients and (at_log_point or acc.num_processes == 1) and _stop_requested(s, stop):
-            save_checkpoint(s, [s.latest], epoch, i + 1, {k: float(v) for k, v in sums.items()})
+            save_checkpoint(s, [s.latest], epoch, i + 1, tally.floats())
             progress.close()
             raise Interrupted(f"interrupted at epoch {epoch + 1} batch {i + 1}; checkpoint saved to "
                               f"{s.latest}; run the same command again to resume")
     progress.close()
-    first_bad = _first_nonfinite(s, bad_at)  # before any checkpoint: never save non-finite weights
+    first_bad = _first_nonfinite(s, tally.bad_at)  # before any checkpoint: never save non-finite weights
     if first_bad >= 0:
         _raise_nonfinite(s, epoch, first_bad)
     s.skip, s.epoch_sums = 0, {}
-    totals = {k: torch.as_tensor(v, dtype=torch.float64, device=acc.device) for k, v in sums.items()}
+    totals = {k: v.to(torch.float64) for k, v in tally.sums.items()}
     if acc.num_processes > 1:
         totals = {k: acc.reduce(v, "sum") for k, v in totals.items()}
     totals = {k: float(v) for k, v in totals.items()}
@@ -493,7 +559,7 @@ def train_one_epoch(s: Session, epoch: int, stop: "_StopFlag") -> dict[str, floa
     return {**{k: v / n_batches for k, v in totals.items()}, "top1": train_top1}
 
 
-def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
+def run(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundle | None = None) -> RunResult:
     """Train (or distil into) `cfg.model`; returns the result, raises UserError for bad input.
 
     The output folder is locked for the whole run (one run per folder); temp files a killed
@@ -508,19 +574,19 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print) -> RunResult:
             removed = remove_orphan_temps(out / "checkpoints") + remove_orphan_temps(out)
             if removed:
                 echo(f"removed {len(removed)} temporary file(s) left by a killed run ({removed[0].name})")
-        return _run_locked(cfg, echo)
+        return _run_locked(cfg, echo, data)
 
 
-def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
+def _run_locked(cfg: TrainConfig, echo: Callable[[str], None], data: DataBundle | None) -> RunResult:
     """setup -> (teacher evaluation) -> for each epoch: train_one_epoch, scheduler step, evaluate,
     save_checkpoint, then the metrics row that checkpoint describes."""
-    s = setup(cfg, echo)
+    s = setup(cfg, echo, data)
     acc, say = s.acc, s.say
     log = MetricsLog(s.out)
     if acc.is_main_process:  # the log never runs ahead of the checkpoint the run starts from
         log.truncate_to(s.start_epoch, s.resume_row)
     if s.teacher is not None and s.teacher_metrics is None:
-        s.teacher_metrics = evaluate(s.teacher, s.val_loader, acc)
+        s.teacher_metrics = evaluate(s.teacher, s.val_loader, acc, autocast=acc.autocast)
         say(f"teacher {cfg.teacher}: val top-1 {s.teacher_metrics['top1']:.2f}")
     if acc.log_with:
         acc.init_trackers("sddcompress", config={k: str(v) for k, v in cfg.to_dict().items()})
@@ -532,19 +598,23 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None]) -> RunResult:
             started = time.perf_counter()
             train = train_one_epoch(s, epoch, stop)
             s.scheduler.step()
-            s.last_val = evaluate(s.student, s.val_loader, acc)
+            trained = time.perf_counter()
+            s.last_val = evaluate(s.student, s.val_loader, acc, autocast=acc.autocast)
+            evaluated = time.perf_counter()
             improved = s.last_val["top1"] > s.best_top1
             s.best_top1 = max(s.best_top1, s.last_val["top1"])
             train_top1 = train.pop("top1")
             record = {"epoch": epoch + 1, "lr": s.optimizer.param_groups[0]["lr"],
                       **{f"train_{k}": v for k, v in train.items()}, "train_top1": train_top1,
                       "val_top1": s.last_val["top1"], "val_top5": s.last_val["top5"],
-                      "val_loss": s.last_val["loss"], "seconds": time.perf_counter() - started}
+                      "val_loss": s.last_val["loss"], "train_seconds": trained - started,
+                      "eval_seconds": evaluated - trained, "seconds": time.perf_counter() - started}
             history.append(record)
             if acc.log_with:
                 acc.log(record, step=epoch + 1)
             say(f"epoch {epoch + 1}/{cfg.epochs}  {format_terms(train)}  train top-1 {train_top1:.2f}  "
-                f"val top-1 {s.last_val['top1']:.2f} top-5 {s.last_val['top5']:.2f}  ({record['seconds']:.1f}s)")
+                f"val top-1 {s.last_val['top1']:.2f} top-5 {s.last_val['top5']:.2f}  "
+                f"({record['train_seconds']:.1f}s + eval {record['eval_seconds']:.1f}s)")
             save_checkpoint(s, [s.latest, s.best] if improved else [s.latest], epoch + 1, 0, {}, row=record)
             if acc.is_main_process:  # after the checkpoint it describes
                 log.write(record)
