@@ -67,7 +67,7 @@ def _build_trt(args) -> dict:
     if args.precision == "int8":
         check_explicit_int8(args.model)  # before the GPU check: a wrong file is the first thing to fix
     require_tensorrt()
-    out = args.out or str(Path(args.model).with_suffix(f".{args.precision}.engine"))
+    out = args.out if args.out is not None else str(Path(args.model).with_suffix(f".{args.precision}.engine"))
     writable_file_path(out, "--out")
     timing = args.timing_cache or str(Path(out).parent / "timing.cache")
     source = Path(args.model)

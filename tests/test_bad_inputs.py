@@ -74,8 +74,16 @@ SDDCOMPRESS_ROWS = [
     ("unknown-model", _with(TRAIN, "--model", "resnet8x5"), 2, "unknown model 'resnet8x5'"),
     ("unknown-dataset", _with(TRAIN, "--data", "mnist"), 2, "unknown dataset 'mnist'"),
     ("out-under-a-file", _with(TRAIN, "--out", "{f[text]}/sub"), 2, "is not writable"),
+    ("out-empty", _with(TRAIN, "--out", ""), 2, "--out is empty (an unset shell variable?)"),
+    ("out-blank-fresh", _with(TRAIN, "--out", " ", "--fresh"), 2, "--out is empty"),
+    ("out-not-a-run-fresh", _with(TRAIN, "--out", "{f[user_folder]}", "--fresh"), 2,
+     "is not an sddcompress run and is not empty (checkpoints/precious.bin)"),
+    ("out-someone-elses-metrics", _with(TRAIN, "--out", "{f[metrics_folder]}"), 2,
+     "is not an sddcompress run and is not empty (metrics.csv, metrics.jsonl)"),
+    ("out-is-a-file", _with(TRAIN, "--out", "{f[text]}"), 2, "is a file; pass another --out"),
     ("all-images-unreadable", _with(TRAIN, "--data", "imagefolder:{f[unreadable_images]}", "--skip-bad-images"), 2,
      "is unreadable (2 skipped)"),
+    ("distill-out-empty", _with(DISTILL, "--out", ""), 2, "--out is empty"),
     ("gamma-negative", _with(DISTILL, "--gamma", "-1"), 2, "--gamma must be >= 0"),
     ("alpha-negative", _with(DISTILL, "--alpha", "-0.5"), 2, "--alpha must be >= 0"),
     ("beta-nan", _with(DISTILL, "--beta", "nan"), 2, "--beta must be a finite number"),
@@ -117,6 +125,7 @@ SDDCOMPRESS_ROWS = [
     ("export-calib-negative", ["export", "--ckpt", "{ckpt}", "--calib-size", "-1"], 2, "--calib-size must be >= 0"),
     ("export-ckpt-random", ["export", "--ckpt", "{f[random]}"], 2, "is corrupt or not a checkpoint"),
     ("export-ckpt-nan", ["export", "--ckpt", "{f[nan_ckpt]}", "--out", "{tmp}/x"], 3, "holds non-finite weights"),
+    ("export-out-empty", ["export", "--ckpt", "{ckpt}", "--out", ""], 2, "--out is empty"),
     ("export-out-under-a-file", ["export", "--ckpt", "{ckpt}", "--out", "{f[text]}/x"], 2, "is not writable"),
     ("artifact-not-onnx", ["eval-artifact", "--model", "{f[text]}"], 2, "neither an .onnx file"),
     ("artifact-directory", ["eval-artifact", "--model", "{f[onnx_dir]}", "--data", "{npz}"], 2, "is a directory"),
@@ -136,6 +145,9 @@ SDDCOMPRESS_ROWS = [
      2, "--min-seconds >= 0"),
     ("benchmark-compare-not-json", ["benchmark", "--compare", "{f[text]}", "{f[text]}"], 2,
      "cannot read benchmark results"),
+    ("benchmark-out-empty", ["benchmark", "--teacher", "{ckpt}", "--student", "{ckpt}", "--out", ""], 2,
+     "--out is empty"),
+    ("quickstart-out-empty", ["quickstart", "--out", " "], 2, "--out is empty"),
     ("quickstart-epochs-text", ["quickstart", "--epochs", "many"], 2, "'many' is not a valid integer"),
     ("unknown-command", ["distil"], 2, "No such command 'distil'"),
 ]
@@ -164,6 +176,7 @@ DEPLOY_ROWS = [
     ("quantize-out-directory", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{tmp}"], 2, "is a directory"),
     ("quantize-out-under-a-file", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{f[text]}/q.onnx"], 2,
      "cannot write --out"),
+    ("quantize-out-empty", ["quantize", "{onnx}", "--data", "{npz}", "--out", ""], 2, "--out is empty"),
     ("quantize-calib-size-zero", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{tmp}/q.onnx",
                                   "--calib-size", "0"], 2, "--calib-size: must be >= 1"),
     ("quantize-wrong-size-data", ["quantize", "{onnx}", "--data", "{f[small_npz]}", "--out", "{tmp}/q.onnx"], 2,
@@ -211,6 +224,13 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
             (d / "imgs" / split / cls).mkdir(parents=True)
             (d / "imgs" / split / cls / "x.png").write_bytes(b"not a png")
     f["unreadable_images"] = str(d / "imgs")
+    (d / "userproj" / "checkpoints").mkdir(parents=True)
+    (d / "userproj" / "checkpoints" / "precious.bin").write_bytes(b"\x00\x01weights")
+    f["user_folder"] = str(d / "userproj")
+    (d / "their_metrics").mkdir()
+    (d / "their_metrics" / "metrics.jsonl").write_text('{"epoch": 3, "val_top1": 91.5}\n')
+    (d / "their_metrics" / "metrics.csv").write_text("epoch,val_top1\n3,91.5\n")
+    f["metrics_folder"] = str(d / "their_metrics")
     (d / "dir.onnx").mkdir()
     f["onnx_dir"] = str(d / "dir.onnx")
     (d / "dir.npz").mkdir()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -120,7 +119,7 @@ def quickstart_cmd(out: str, epochs: int | None, seeds: int, fresh: bool) -> Non
     them with plain CE over several seeds; prints mean ± std and what the paired seeds show."""
     from ..quickstart import run_quickstart
 
-    run_quickstart(Path(out), epochs, fresh, echo=click.echo, seeds=seeds)
+    run_quickstart(out, epochs, fresh, echo=click.echo, seeds=seeds)
 
 
 from .benchmark_command import benchmark_cmd as _benchmark_cmd  # noqa: E402

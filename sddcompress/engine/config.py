@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..run_paths import require_out_given
 from .option_rules import check_options
 
 
@@ -172,6 +173,7 @@ def validate(cfg: TrainConfig) -> None:
     """Check (and coerce in place) every option, then the rules that involve several options."""
     for name, value in check_options(cfg.to_dict()).items():
         setattr(cfg, name, value)
+    require_out_given(cfg.out)
     if not 0.0 < cfg.train_fraction <= 1.0:
         raise UserError(f"--train-fraction must be in (0, 1], got {cfg.train_fraction}")
     if cfg.resume and cfg.fresh:
