@@ -273,3 +273,46 @@ def test_fresh_removes_only_what_a_run_wrote_with_or_without_the_marker(cli, tmp
     assert {k: v for k, v in _files(out).items() if k in user} == user
     assert (out / ".sddcompress-run").is_file()
     assert _epochs(out) == ([1], [1])
+
+
+# (id, metrics.jsonl of a run, the error its row in `sddcompress runs` carries)
+_DAMAGED_METRICS = [
+    ("not-json", "this is not json\n", "metrics.jsonl line 1 is not JSON"),
+    ("string-top1", '{"epoch": 1, "val_top1": "91.5"}\n', "line 1 is not a metrics record"),
+    ("not-objects", '{"epoch": 1, "val_top1": 50.0}\n[1, 2]\n"text"\n', "line 2 is not a metrics record"),
+    ("no-epoch", '{"val_top1": 50.0}\n', "line 1 is not a metrics record"),
+    ("binary", b"\xff\xfe\x00garbage", "metrics.jsonl cannot be read (not UTF-8 text)"),
+]
+
+
+@pytest.mark.parametrize("metrics, error", [c[1:] for c in _DAMAGED_METRICS], ids=[c[0] for c in _DAMAGED_METRICS])
+def test_runs_lists_a_run_with_damaged_metrics_as_damaged(cli, tmp_path, teacher_ckpt, metrics, error):
+    root = tmp_path / "runs"
+    _folder_of({"bad/metrics.jsonl": metrics}, root)
+    good = root / "good" / "checkpoints"
+    good.mkdir(parents=True)
+    good.joinpath("latest.pt").write_bytes(Path(teacher_ckpt).read_bytes())
+    code, out, err = cli("runs", str(root), "--json")
+    assert code == 0 and "Traceback" not in err, err
+    rows = {Path(r["run"]).name: r for r in json.loads(out)}
+    assert error in rows["bad"]["error"]
+    assert "error" not in rows["good"] and rows["good"]["model"] == "resnet20"
+    code, out, err = cli("runs", str(root))
+    assert code == 0 and err == "" and "damaged:" in out
+
+
+def test_runs_skips_wrongly_typed_checkpoint_fields(cli, tmp_path, teacher_ckpt):
+    ckpt = torch.load(teacher_ckpt, weights_only=True)
+    ckpt.update(config=["not", "a", "dict"], teacher="resnet20", epoch="three", best_top1=None,
+                last_val={"top1": "high"}, data=7)
+    run = tmp_path / "runs" / "odd" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save(ckpt, run / "latest.pt")
+    _folder_of({"metrics.jsonl": '{"epoch": 1, "val_top1": 42.0}\n{"epoch": 2, "val_top1": 4'}, run.parent)
+    code, out, err = cli("runs", str(tmp_path / "runs"), "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert (row["model"], row["teacher"], row["method"], row["data"]) == ("resnet20", None, None, None)
+    assert (row["epoch"], row["best_top1"], row["last_top1"]) == (1, 42.0, 42.0)  # a torn last line is skipped
+    code, out, err = cli("runs", str(tmp_path / "runs"))
+    assert code == 0 and err == "" and "42.00" in out
