@@ -19,6 +19,8 @@ TRAIN = ["train", "--model", "resnet20", "--out", "{tmp}/run", *tiny_args()]
 DISTILL = ["distill", "--teacher", "resnet20", "--student", "resnet20", "--teacher-ckpt", "{ckpt}",
            "--out", "{tmp}/run", *tiny_args()]
 
+MSD = [*DISTILL, "--method", "msdcrd"]
+
 
 def _with(base: list[str], *extra: str) -> list[str]:
     """`base` with some options replaced (a flag already in base gets the new value) or added."""
@@ -94,6 +96,20 @@ SDDCOMPRESS_ROWS = [
     ("warmup-negative", _with(DISTILL, "--warmup-epochs", "-1"), 2, "--warmup-epochs must be >= 0"),
     ("scales-zero", _with(DISTILL, "--scales", "0,2"), 2, "--scales must be positive integers"),
     ("scales-descending", _with(DISTILL, "--scales", "4,2,1"), 2, "--scales must start with 1 and be strictly ascending"),
+    ("msd-window-nan", _with(MSD, "--msd-window", "nan"), 2, "--msd-window must be a finite number"),
+    ("msd-window-below-1", _with(MSD, "--msd-window", "0.5"), 2, "--msd-window must be >= 1"),
+    ("msd-tau-nan", _with(MSD, "--msd-tau", "nan"), 2, "--msd-tau must be a finite number"),
+    ("msd-tau-zero", _with(MSD, "--msd-tau", "0"), 2, "--msd-tau must be > 0"),
+    ("msd-feature-weight-inf", _with(MSD, "--msd-feature-weight", "inf"), 2,
+     "--msd-feature-weight must be a finite number"),
+    ("msd-sample-weight-negative", _with(MSD, "--msd-sample-weight", "-1"), 2, "--msd-sample-weight must be >= 0"),
+    ("msd-ramp-epochs-negative", _with(MSD, "--msd-ramp-epochs", "-1"), 2, "--msd-ramp-epochs must be >= 0"),
+    ("msd-scales-zero", _with(MSD, "--msd-scales", "0,2"), 2, "--msd-scales must be positive integers"),
+    ("msd-scales-words", _with(MSD, "--msd-scales", "1,x"), 2, "--msd-scales must be positive integers"),
+    ("msd-space-unknown", _with(MSD, "--msd-space", "pixels"), 2, "--msd-space must be one of features, logits"),
+    ("msd-categorise-unknown", _with(MSD, "--msd-categorise", "all"), 2, "--msd-categorise must be one of sdd, none"),
+    ("config-msd-tau-nan", ["distill", "--config", "{f[cfg_msd_tau_nan]}", "--teacher-ckpt", "{ckpt}",
+                            "--out", "{tmp}/run", *tiny_args()], 2, "msd_tau in config"),
     ("teacher-ckpt-text", _with(DISTILL, "--teacher-ckpt", "{f[text]}"), 2, "is corrupt or not a checkpoint"),
     ("teacher-ckpt-nan-weights", _with(DISTILL, "--teacher-ckpt", "{f[nan_ckpt]}"), 3, "holds non-finite weights"),
     ("config-lr-nan", _cfg("cfg_lr_nan"), 2, "lr in config"),
@@ -217,7 +233,8 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
                        "cfg_milestones_words": "milestones: [a, b]\n", "cfg_seed_fraction": "seed: 1.5\n",
                        "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
                        "cfg_list": "- lr\n- 0.1\n", "cfg_broken": "lr: [1\n",
-                       "cfg_unknown": "learning_rate: 0.1\n"}.items():
+                       "cfg_unknown": "learning_rate: 0.1\n",
+                       "cfg_msd_tau_nan": "method: msdcrd\nteacher: resnet20\nstudent: resnet20\nmsd_tau: .nan\n"}.items():
         f[name] = write(f"{name}.yaml", text)
     for split in ("train", "val"):
         for cls in ("a", "b"):
@@ -287,3 +304,10 @@ def test_the_table_is_large_enough():
     assert len(SDDCOMPRESS_ROWS) + len(DEPLOY_ROWS) >= 60
     assert len({r[0] for r in SDDCOMPRESS_ROWS}) == len(SDDCOMPRESS_ROWS)
     assert len({r[0] for r in DEPLOY_ROWS}) == len(DEPLOY_ROWS)
+
+
+def test_msd_choices_are_the_losses_own():
+    from sddcompress.engine.option_rules import RULES
+    from sddcompress.losses.msdcrd import CATEGORISE, SPACES
+
+    assert RULES["msd_space"].choices == SPACES and RULES["msd_categorise"].choices == CATEGORISE
