@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import tiny_args
+from sddcompress_export.errors import MAX_ERROR_CHARS, error_line
 
 TRAIN = ["train", "--model", "resnet20", "--out", "{tmp}/run", *tiny_args()]
 DISTILL = ["distill", "--teacher", "resnet20", "--student", "resnet20", "--teacher-ckpt", "{ckpt}",
@@ -118,6 +119,9 @@ SDDCOMPRESS_ROWS = [
     ("config-seed-fraction", _cfg("cfg_seed_fraction"), 2, "seed in config"),
     ("config-flag-not-bool", _cfg("cfg_flag_word"), 2, "must be true or false"),
     ("config-momentum-mapping", _cfg("cfg_momentum_map"), 2, "momentum in config"),
+    ("config-duplicate-key", _cfg("cfg_duplicate"), 2, "'epochs' is given twice (lines 2 and 4); keep one"),
+    ("config-duplicate-nested-key", _cfg("cfg_duplicate_flow"), 2, "'lr' is given twice (line 1)"),
+    ("config-nested-anchors", _cfg("cfg_anchors"), 2, "milestones in config"),
     ("config-not-a-mapping", _cfg("cfg_list"), 2, "must be a mapping of option: value"),
     ("config-bad-yaml", _cfg("cfg_broken"), 2, "is not valid YAML"),
     ("config-unknown-key", _cfg("cfg_unknown"), 2, "unknown key(s) learning_rate"),
@@ -234,6 +238,10 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
                        "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
                        "cfg_list": "- lr\n- 0.1\n", "cfg_broken": "lr: [1\n",
                        "cfg_unknown": "learning_rate: 0.1\n",
+                       "cfg_duplicate": "model: resnet20\nepochs: 1\nlr: 0.1\nepochs: 3\n",
+                       "cfg_duplicate_flow": "{lr: 0.1, epochs: 2, lr: 0.2}\n",
+                       "cfg_anchors": "milestones: [&a [x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a], "
+                                      "&c [*b, *b, *b, *b, *b, *b, *b, *b], [*c, *c, *c, *c, *c, *c, *c, *c]]\n",
                        "cfg_msd_tau_nan": "method: msdcrd\nteacher: resnet20\nstudent: resnet20\nmsd_tau: .nan\n"}.items():
         f[name] = write(f"{name}.yaml", text)
     for split in ("train", "val"):
@@ -285,6 +293,7 @@ def assert_row(result, code: int, phrase: str) -> None:
     assert "Traceback" not in err, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines[0]) <= len("error: ") + MAX_ERROR_CHARS, len(lines[0])
     assert phrase in lines[0], lines[0]
     assert got == code, (got, lines[0])
 
@@ -311,3 +320,11 @@ def test_msd_choices_are_the_losses_own():
     from sddcompress.losses.msdcrd import CATEGORISE, SPACES
 
     assert RULES["msd_space"].choices == SPACES and RULES["msd_categorise"].choices == CATEGORISE
+
+
+def test_a_long_error_keeps_its_start_and_its_fix():
+    line = error_line("config 'x.yaml': lr must be a number, got [" + "1, " * 10_000 + "1]; fix the value\nsecond")
+    assert len(line) == MAX_ERROR_CHARS
+    assert line.startswith("config 'x.yaml': lr must be a number") and line.endswith("1]; fix the value")
+    assert " ... " in line
+    assert error_line("short\nsecond line") == "short"
