@@ -5,8 +5,9 @@ class DeployError(Exception):
     """A bad artefact, file or request; the CLI prints it as one line and exits non-zero."""
 
 
-#: The longest error line either CLI prints; a value echoed from a huge input never floods the terminal.
-MAX_ERROR_CHARS = 300
+#: The longest error line either CLI prints (room for two long paths and a URL); a value echoed from a
+#: huge input never floods the terminal.
+MAX_ERROR_CHARS = 500
 
 
 def error_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
