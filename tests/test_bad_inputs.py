@@ -112,6 +112,7 @@ SDDCOMPRESS_ROWS = [
     ("config-msd-tau-nan", ["distill", "--config", "{f[cfg_msd_tau_nan]}", "--teacher-ckpt", "{ckpt}",
                             "--out", "{tmp}/run", *tiny_args()], 2, "msd_tau in config"),
     ("teacher-ckpt-text", _with(DISTILL, "--teacher-ckpt", "{f[text]}"), 2, "is corrupt or not a checkpoint"),
+    ("teacher-ckpt-int64-weights", _with(DISTILL, "--teacher-ckpt", "{f[int64_ckpt]}"), 2, "as integers"),
     ("teacher-ckpt-nan-weights", _with(DISTILL, "--teacher-ckpt", "{f[nan_ckpt]}"), 3, "holds non-finite weights"),
     ("config-lr-nan", _cfg("cfg_lr_nan"), 2, "lr in config"),
     ("config-epochs-word", _cfg("cfg_epochs_word"), 2, "epochs in config"),
@@ -135,6 +136,11 @@ SDDCOMPRESS_ROWS = [
     ("eval-ckpt-with-code", ["eval", "--ckpt", "{f[pickled_object]}"], 2, "objects other than tensors"),
     ("eval-ckpt-not-sddcompress", ["eval", "--ckpt", "{f[list_ckpt]}"], 2, "not an sddcompress checkpoint"),
     ("eval-ckpt-nan-weights", ["eval", "--ckpt", "{f[nan_ckpt]}"], 3, "holds non-finite weights"),
+    ("eval-ckpt-int64-weights", ["eval", "--ckpt", "{f[int64_ckpt]}"], 2,
+     "stores 107 of the 'resnet20' weights as integers (e.g. conv1.weight as int64)"),
+    ("eval-safetensors-int64-weights", ["eval", "--ckpt", "{f[int64_safetensors]}", "--model", "resnet20", "--data",
+                                        "digits"], 2, "where the model's are floating point"),
+    ("eval-logits-overflow", ["eval", "--ckpt", "{f[overflow_ckpt]}"], 2, "gives non-finite logits on digits"),
     ("eval-batch-size-zero", ["eval", "--ckpt", "{ckpt}", "--batch-size", "0"], 2, "--batch-size must be > 0"),
     ("eval-input-size-huge", ["eval", "--ckpt", "{ckpt}", "--input-size", "100000"], 2, "--input-size must be"),
     ("eval-wrong-model", ["eval", "--ckpt", "{ckpt}", "--model", "resnet32"], 2, "holds a 'resnet20', not"),
@@ -233,6 +239,19 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     ckpt["model"]["state_dict"][first] = torch.full_like(ckpt["model"]["state_dict"][first], float("nan"))
     torch.save(ckpt, d / "nan.pt")
     f["nan_ckpt"] = str(d / "nan.pt")
+    ckpt = torch.load(teacher_ckpt, weights_only=True)
+    weights = ckpt["model"]["state_dict"]
+    as_int64 = {k: v.long() if v.is_floating_point() else v for k, v in weights.items()}
+    torch.save({**ckpt, "model": {**ckpt["model"], "state_dict": as_int64}}, d / "int64.pt")
+    f["int64_ckpt"] = str(d / "int64.pt")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in as_int64.items()}, d / "r20.safetensors")
+    f["int64_safetensors"] = str(d / "r20.safetensors")
+    overflowing = {**weights, "fc.weight": weights["fc.weight"] * 3e38}  # finite, but the logits overflow
+    assert torch.isfinite(overflowing["fc.weight"]).all()
+    torch.save({**ckpt, "model": {**ckpt["model"], "state_dict": overflowing}}, d / "overflow.pt")
+    f["overflow_ckpt"] = str(d / "overflow.pt")
     for name, text in {"cfg_lr_nan": "model: resnet20\nlr: .nan\n", "cfg_epochs_word": 'epochs: "ten"\n',
                        "cfg_milestones_words": "milestones: [a, b]\n", "cfg_seed_fraction": "seed: 1.5\n",
                        "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
