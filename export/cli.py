@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .closed_pipe import exit_on_closed_pipe
-from .errors import DeployError
+from .errors import DeployError, error_line
 from .file_checks import describe_os_error, writable_file_path
 from .ort_quantization import CALIBRATION_CHOICES
 
@@ -67,7 +67,7 @@ def _build_trt(args) -> dict:
     if args.precision == "int8":
         check_explicit_int8(args.model)  # before the GPU check: a wrong file is the first thing to fix
     require_tensorrt()
-    out = args.out or str(Path(args.model).with_suffix(f".{args.precision}.engine"))
+    out = args.out if args.out is not None else str(Path(args.model).with_suffix(f".{args.precision}.engine"))
     writable_file_path(out, "--out")
     timing = args.timing_cache or str(Path(out).parent / "timing.cache")
     source = Path(args.model)
@@ -181,10 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         exit_on_closed_pipe()
     except DeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"error: {error_line(describe_os_error(exc))}", file=sys.stderr)
         sys.exit(1)
     except MemoryError:
         print("error: out of memory; use a smaller --batch-size or --calib-size", file=sys.stderr)
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line, the traceback on request
         if os.environ.get("SDDCOMPRESS_DEBUG"):
             raise
-        print(f"error: internal error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+        first = error_line(str(exc), 200)
+        print(f"error: internal error {type(exc).__name__}: {first} "
               "(a bug: re-run with SDDCOMPRESS_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         sys.exit(70)
 

@@ -46,6 +46,8 @@ def existing_file(path: str | Path, what: str, hint: str, error: type[Exception]
 
 def writable_file_path(path: str | Path, what: str, error: type[Exception] = DeployError) -> Path:
     """`path` if a file can be written there (its folder exists and is writable, it is not a folder)."""
+    if not str(path).strip():
+        raise error(f"{what} is empty (an unset shell variable?); pass a file path such as model.int8.onnx")
     path = Path(path)
     if path.is_dir():
         raise error(f"{what} '{path}' is a directory; pass a file path such as {path / 'model.onnx'}")

@@ -17,7 +17,7 @@ from typing import Callable
 
 from .engine.config import TrainConfig
 from .engine.trainer import RunResult, run
-from .run_paths import QUICKSTART_DIR, SUMMARY_NAME
+from .run_paths import QUICKSTART_DIR, SUMMARY_NAME, require_out_given
 
 TEACHER, STUDENT, DATA, SIZE = "resnet56", "resnet20", "digits", 16
 STUDENT_FRACTION = 1.0  # of each class's training images (0.1 with DKD's defaults: see README)
@@ -51,9 +51,11 @@ def verdict(gains: list[float]) -> str:
             "budget")
 
 
-def run_quickstart(out: Path, epochs: int | None, fresh: bool, echo: Callable[[str], None] = print,
+def run_quickstart(out: str | Path, epochs: int | None, fresh: bool, echo: Callable[[str], None] = print,
                    seeds: int = DEFAULT_SEEDS) -> dict:
     """Train the teacher, then CE and SDD-DKD students over `seeds`; print and save (summary.json) the comparison."""
+    require_out_given(out)
+    out = Path(out)
     n = epochs or DEFAULT_EPOCHS
     n_teacher = 2 * n  # the deeper teacher needs longer to get ahead of what the student learns alone
     echo(f"quickstart: teacher {TEACHER} ({n_teacher} epochs), students {STUDENT} ({n} epochs, "

@@ -11,8 +11,16 @@ QUICKSTART_DIR = Path("runs/quickstart")
 SUMMARY_NAME = "summary.json"
 
 
+def require_out_given(out: str | Path | None, flag: str = "--out") -> None:
+    """A UserError for an empty or blank output path (an unset shell variable), which would mean the
+    current folder."""
+    if out is not None and not str(out).strip():
+        raise UserError(f"{flag} is empty (an unset shell variable?); pass the output folder, e.g. {flag} runs/NAME")
+
+
 def ensure_writable_dir(out: str | Path) -> Path:
     """Create `out` if needed and prove it can be written to; otherwise a one-line UserError."""
+    require_out_given(out)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

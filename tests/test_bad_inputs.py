@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from conftest import tiny_args
+from sddcompress_export.errors import MAX_ERROR_CHARS, error_line
 
 TRAIN = ["train", "--model", "resnet20", "--out", "{tmp}/run", *tiny_args()]
 DISTILL = ["distill", "--teacher", "resnet20", "--student", "resnet20", "--teacher-ckpt", "{ckpt}",
            "--out", "{tmp}/run", *tiny_args()]
+
+MSD = [*DISTILL, "--method", "msdcrd"]
 
 
 def _with(base: list[str], *extra: str) -> list[str]:
@@ -74,8 +77,16 @@ SDDCOMPRESS_ROWS = [
     ("unknown-model", _with(TRAIN, "--model", "resnet8x5"), 2, "unknown model 'resnet8x5'"),
     ("unknown-dataset", _with(TRAIN, "--data", "mnist"), 2, "unknown dataset 'mnist'"),
     ("out-under-a-file", _with(TRAIN, "--out", "{f[text]}/sub"), 2, "is not writable"),
+    ("out-empty", _with(TRAIN, "--out", ""), 2, "--out is empty (an unset shell variable?)"),
+    ("out-blank-fresh", _with(TRAIN, "--out", " ", "--fresh"), 2, "--out is empty"),
+    ("out-not-a-run-fresh", _with(TRAIN, "--out", "{f[user_folder]}", "--fresh"), 2,
+     "is not an sddcompress run and is not empty (checkpoints/precious.bin)"),
+    ("out-someone-elses-metrics", _with(TRAIN, "--out", "{f[metrics_folder]}"), 2,
+     "is not an sddcompress run and is not empty (metrics.csv, metrics.jsonl)"),
+    ("out-is-a-file", _with(TRAIN, "--out", "{f[text]}"), 2, "is a file; pass another --out"),
     ("all-images-unreadable", _with(TRAIN, "--data", "imagefolder:{f[unreadable_images]}", "--skip-bad-images"), 2,
      "is unreadable (2 skipped)"),
+    ("distill-out-empty", _with(DISTILL, "--out", ""), 2, "--out is empty"),
     ("gamma-negative", _with(DISTILL, "--gamma", "-1"), 2, "--gamma must be >= 0"),
     ("alpha-negative", _with(DISTILL, "--alpha", "-0.5"), 2, "--alpha must be >= 0"),
     ("beta-nan", _with(DISTILL, "--beta", "nan"), 2, "--beta must be a finite number"),
@@ -86,7 +97,22 @@ SDDCOMPRESS_ROWS = [
     ("warmup-negative", _with(DISTILL, "--warmup-epochs", "-1"), 2, "--warmup-epochs must be >= 0"),
     ("scales-zero", _with(DISTILL, "--scales", "0,2"), 2, "--scales must be positive integers"),
     ("scales-descending", _with(DISTILL, "--scales", "4,2,1"), 2, "--scales must start with 1 and be strictly ascending"),
+    ("msd-window-nan", _with(MSD, "--msd-window", "nan"), 2, "--msd-window must be a finite number"),
+    ("msd-window-below-1", _with(MSD, "--msd-window", "0.5"), 2, "--msd-window must be >= 1"),
+    ("msd-tau-nan", _with(MSD, "--msd-tau", "nan"), 2, "--msd-tau must be a finite number"),
+    ("msd-tau-zero", _with(MSD, "--msd-tau", "0"), 2, "--msd-tau must be > 0"),
+    ("msd-feature-weight-inf", _with(MSD, "--msd-feature-weight", "inf"), 2,
+     "--msd-feature-weight must be a finite number"),
+    ("msd-sample-weight-negative", _with(MSD, "--msd-sample-weight", "-1"), 2, "--msd-sample-weight must be >= 0"),
+    ("msd-ramp-epochs-negative", _with(MSD, "--msd-ramp-epochs", "-1"), 2, "--msd-ramp-epochs must be >= 0"),
+    ("msd-scales-zero", _with(MSD, "--msd-scales", "0,2"), 2, "--msd-scales must be positive integers"),
+    ("msd-scales-words", _with(MSD, "--msd-scales", "1,x"), 2, "--msd-scales must be positive integers"),
+    ("msd-space-unknown", _with(MSD, "--msd-space", "pixels"), 2, "--msd-space must be one of features, logits"),
+    ("msd-categorise-unknown", _with(MSD, "--msd-categorise", "all"), 2, "--msd-categorise must be one of sdd, none"),
+    ("config-msd-tau-nan", ["distill", "--config", "{f[cfg_msd_tau_nan]}", "--teacher-ckpt", "{ckpt}",
+                            "--out", "{tmp}/run", *tiny_args()], 2, "msd_tau in config"),
     ("teacher-ckpt-text", _with(DISTILL, "--teacher-ckpt", "{f[text]}"), 2, "is corrupt or not a checkpoint"),
+    ("teacher-ckpt-int64-weights", _with(DISTILL, "--teacher-ckpt", "{f[int64_ckpt]}"), 2, "as integers"),
     ("teacher-ckpt-nan-weights", _with(DISTILL, "--teacher-ckpt", "{f[nan_ckpt]}"), 3, "holds non-finite weights"),
     ("config-lr-nan", _cfg("cfg_lr_nan"), 2, "lr in config"),
     ("config-epochs-word", _cfg("cfg_epochs_word"), 2, "epochs in config"),
@@ -94,6 +120,9 @@ SDDCOMPRESS_ROWS = [
     ("config-seed-fraction", _cfg("cfg_seed_fraction"), 2, "seed in config"),
     ("config-flag-not-bool", _cfg("cfg_flag_word"), 2, "must be true or false"),
     ("config-momentum-mapping", _cfg("cfg_momentum_map"), 2, "momentum in config"),
+    ("config-duplicate-key", _cfg("cfg_duplicate"), 2, "'epochs' is given twice (lines 2 and 4); keep one"),
+    ("config-duplicate-nested-key", _cfg("cfg_duplicate_flow"), 2, "'lr' is given twice (line 1)"),
+    ("config-nested-anchors", _cfg("cfg_anchors"), 2, "milestones in config"),
     ("config-not-a-mapping", _cfg("cfg_list"), 2, "must be a mapping of option: value"),
     ("config-bad-yaml", _cfg("cfg_broken"), 2, "is not valid YAML"),
     ("config-unknown-key", _cfg("cfg_unknown"), 2, "unknown key(s) learning_rate"),
@@ -107,6 +136,11 @@ SDDCOMPRESS_ROWS = [
     ("eval-ckpt-with-code", ["eval", "--ckpt", "{f[pickled_object]}"], 2, "objects other than tensors"),
     ("eval-ckpt-not-sddcompress", ["eval", "--ckpt", "{f[list_ckpt]}"], 2, "not an sddcompress checkpoint"),
     ("eval-ckpt-nan-weights", ["eval", "--ckpt", "{f[nan_ckpt]}"], 3, "holds non-finite weights"),
+    ("eval-ckpt-int64-weights", ["eval", "--ckpt", "{f[int64_ckpt]}"], 2,
+     "stores 107 of the 'resnet20' weights as integers (e.g. conv1.weight as int64)"),
+    ("eval-safetensors-int64-weights", ["eval", "--ckpt", "{f[int64_safetensors]}", "--model", "resnet20", "--data",
+                                        "digits"], 2, "where the model's are floating point"),
+    ("eval-logits-overflow", ["eval", "--ckpt", "{f[overflow_ckpt]}"], 2, "gives non-finite logits on digits"),
     ("eval-batch-size-zero", ["eval", "--ckpt", "{ckpt}", "--batch-size", "0"], 2, "--batch-size must be > 0"),
     ("eval-input-size-huge", ["eval", "--ckpt", "{ckpt}", "--input-size", "100000"], 2, "--input-size must be"),
     ("eval-wrong-model", ["eval", "--ckpt", "{ckpt}", "--model", "resnet32"], 2, "holds a 'resnet20', not"),
@@ -117,6 +151,7 @@ SDDCOMPRESS_ROWS = [
     ("export-calib-negative", ["export", "--ckpt", "{ckpt}", "--calib-size", "-1"], 2, "--calib-size must be >= 0"),
     ("export-ckpt-random", ["export", "--ckpt", "{f[random]}"], 2, "is corrupt or not a checkpoint"),
     ("export-ckpt-nan", ["export", "--ckpt", "{f[nan_ckpt]}", "--out", "{tmp}/x"], 3, "holds non-finite weights"),
+    ("export-out-empty", ["export", "--ckpt", "{ckpt}", "--out", ""], 2, "--out is empty"),
     ("export-out-under-a-file", ["export", "--ckpt", "{ckpt}", "--out", "{f[text]}/x"], 2, "is not writable"),
     ("artifact-not-onnx", ["eval-artifact", "--model", "{f[text]}"], 2, "neither an .onnx file"),
     ("artifact-directory", ["eval-artifact", "--model", "{f[onnx_dir]}", "--data", "{npz}"], 2, "is a directory"),
@@ -136,6 +171,9 @@ SDDCOMPRESS_ROWS = [
      2, "--min-seconds >= 0"),
     ("benchmark-compare-not-json", ["benchmark", "--compare", "{f[text]}", "{f[text]}"], 2,
      "cannot read benchmark results"),
+    ("benchmark-out-empty", ["benchmark", "--teacher", "{ckpt}", "--student", "{ckpt}", "--out", ""], 2,
+     "--out is empty"),
+    ("quickstart-out-empty", ["quickstart", "--out", " "], 2, "--out is empty"),
     ("quickstart-epochs-text", ["quickstart", "--epochs", "many"], 2, "'many' is not a valid integer"),
     ("unknown-command", ["distil"], 2, "No such command 'distil'"),
 ]
@@ -164,6 +202,7 @@ DEPLOY_ROWS = [
     ("quantize-out-directory", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{tmp}"], 2, "is a directory"),
     ("quantize-out-under-a-file", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{f[text]}/q.onnx"], 2,
      "cannot write --out"),
+    ("quantize-out-empty", ["quantize", "{onnx}", "--data", "{npz}", "--out", ""], 2, "--out is empty"),
     ("quantize-calib-size-zero", ["quantize", "{onnx}", "--data", "{npz}", "--out", "{tmp}/q.onnx",
                                   "--calib-size", "0"], 2, "--calib-size: must be >= 1"),
     ("quantize-wrong-size-data", ["quantize", "{onnx}", "--data", "{f[small_npz]}", "--out", "{tmp}/q.onnx"], 2,
@@ -200,17 +239,42 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     ckpt["model"]["state_dict"][first] = torch.full_like(ckpt["model"]["state_dict"][first], float("nan"))
     torch.save(ckpt, d / "nan.pt")
     f["nan_ckpt"] = str(d / "nan.pt")
+    ckpt = torch.load(teacher_ckpt, weights_only=True)
+    weights = ckpt["model"]["state_dict"]
+    as_int64 = {k: v.long() if v.is_floating_point() else v for k, v in weights.items()}
+    torch.save({**ckpt, "model": {**ckpt["model"], "state_dict": as_int64}}, d / "int64.pt")
+    f["int64_ckpt"] = str(d / "int64.pt")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in as_int64.items()}, d / "r20.safetensors")
+    f["int64_safetensors"] = str(d / "r20.safetensors")
+    overflowing = {**weights, "fc.weight": weights["fc.weight"] * 3e38}  # finite, but the logits overflow
+    assert torch.isfinite(overflowing["fc.weight"]).all()
+    torch.save({**ckpt, "model": {**ckpt["model"], "state_dict": overflowing}}, d / "overflow.pt")
+    f["overflow_ckpt"] = str(d / "overflow.pt")
     for name, text in {"cfg_lr_nan": "model: resnet20\nlr: .nan\n", "cfg_epochs_word": 'epochs: "ten"\n',
                        "cfg_milestones_words": "milestones: [a, b]\n", "cfg_seed_fraction": "seed: 1.5\n",
                        "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
                        "cfg_list": "- lr\n- 0.1\n", "cfg_broken": "lr: [1\n",
-                       "cfg_unknown": "learning_rate: 0.1\n"}.items():
+                       "cfg_unknown": "learning_rate: 0.1\n",
+                       "cfg_duplicate": "model: resnet20\nepochs: 1\nlr: 0.1\nepochs: 3\n",
+                       "cfg_duplicate_flow": "{lr: 0.1, epochs: 2, lr: 0.2}\n",
+                       "cfg_anchors": "milestones: [&a [x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a], "
+                                      "&c [*b, *b, *b, *b, *b, *b, *b, *b], [*c, *c, *c, *c, *c, *c, *c, *c]]\n",
+                       "cfg_msd_tau_nan": "method: msdcrd\nteacher: resnet20\nstudent: resnet20\nmsd_tau: .nan\n"}.items():
         f[name] = write(f"{name}.yaml", text)
     for split in ("train", "val"):
         for cls in ("a", "b"):
             (d / "imgs" / split / cls).mkdir(parents=True)
             (d / "imgs" / split / cls / "x.png").write_bytes(b"not a png")
     f["unreadable_images"] = str(d / "imgs")
+    (d / "userproj" / "checkpoints").mkdir(parents=True)
+    (d / "userproj" / "checkpoints" / "precious.bin").write_bytes(b"\x00\x01weights")
+    f["user_folder"] = str(d / "userproj")
+    (d / "their_metrics").mkdir()
+    (d / "their_metrics" / "metrics.jsonl").write_text('{"epoch": 3, "val_top1": 91.5}\n')
+    (d / "their_metrics" / "metrics.csv").write_text("epoch,val_top1\n3,91.5\n")
+    f["metrics_folder"] = str(d / "their_metrics")
     (d / "dir.onnx").mkdir()
     f["onnx_dir"] = str(d / "dir.onnx")
     (d / "dir.npz").mkdir()
@@ -248,6 +312,7 @@ def assert_row(result, code: int, phrase: str) -> None:
     assert "Traceback" not in err, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines[0]) <= len("error: ") + MAX_ERROR_CHARS, len(lines[0])
     assert phrase in lines[0], lines[0]
     assert got == code, (got, lines[0])
 
@@ -267,3 +332,18 @@ def test_the_table_is_large_enough():
     assert len(SDDCOMPRESS_ROWS) + len(DEPLOY_ROWS) >= 60
     assert len({r[0] for r in SDDCOMPRESS_ROWS}) == len(SDDCOMPRESS_ROWS)
     assert len({r[0] for r in DEPLOY_ROWS}) == len(DEPLOY_ROWS)
+
+
+def test_msd_choices_are_the_losses_own():
+    from sddcompress.engine.option_rules import RULES
+    from sddcompress.losses.msdcrd import CATEGORISE, SPACES
+
+    assert RULES["msd_space"].choices == SPACES and RULES["msd_categorise"].choices == CATEGORISE
+
+
+def test_a_long_error_keeps_its_start_and_its_fix():
+    line = error_line("config 'x.yaml': lr must be a number, got [" + "1, " * 10_000 + "1]; fix the value\nsecond")
+    assert len(line) == MAX_ERROR_CHARS
+    assert line.startswith("config 'x.yaml': lr must be a number") and line.endswith("1]; fix the value")
+    assert " ... " in line
+    assert error_line("short\nsecond line") == "short"

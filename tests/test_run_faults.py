@@ -199,3 +199,120 @@ def test_weights_that_turn_non_finite_are_never_saved(cli, tmp_path, monkeypatch
     assert code == 3
     assert "weights became non-finite" in _one_error_line(err)
     assert not list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else True
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _folder_of(files: dict[str, bytes | str], root: Path) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return root
+
+
+_RECORD = '{"epoch": 3, "val_top1": 91.5}\n'
+# (id, the folder's files before, extra options, phrase of the one error line)
+_NOT_OURS = [
+    ("foreign-checkpoints-fresh", {"checkpoints/precious.bin": b"\x00\x01weights"}, ["--fresh"],
+     "is not an sddcompress run and is not empty (checkpoints/precious.bin)"),
+    ("foreign-checkpoints", {"checkpoints/precious.bin": b"\x00\x01weights"}, [], "pass another --out"),
+    ("foreign-metrics", {"metrics.jsonl": _RECORD, "metrics.csv": "epoch,val_top1\n3,91.5\n"}, [],
+     "(metrics.csv, metrics.jsonl)"),
+    ("foreign-metrics-fresh", {"metrics.jsonl": _RECORD, "notes.txt": "mine"}, ["--fresh"], "nothing was changed"),
+    ("latest-not-a-checkpoint-fresh", {"checkpoints/latest.pt": b"not torch", "checkpoints/best.pt": b"x"},
+     ["--fresh"], "(checkpoints/best.pt, checkpoints/latest.pt)"),
+    ("marker-not-ours-fresh", {".sddcompress-run": "[1, 2]", "checkpoints/latest.pt": b"mine"}, ["--fresh"],
+     "is not a run marker sddcompress wrote"),
+]
+
+
+@pytest.mark.parametrize("files, extra, phrase", [c[1:] for c in _NOT_OURS], ids=[c[0] for c in _NOT_OURS])
+def test_a_folder_that_is_not_a_run_is_refused_and_left_byte_identical(cli, tmp_path, files, extra, phrase):
+    out = _folder_of(files, tmp_path / "userproj")
+    before = _files(out)
+    code, _, err = cli(*TRAIN, "--out", str(out), *extra)
+    assert code == 2
+    assert phrase in _one_error_line(err)
+    assert _files(out) == before  # nothing deleted, overwritten or added (no lock, no marker)
+    assert sorted(p.name for p in out.iterdir()) == sorted({n.split("/")[0] for n in files})
+
+
+@pytest.mark.parametrize("out_value", ["", "  "])
+def test_an_empty_out_is_refused_and_the_current_folder_is_untouched(cli, tmp_path, monkeypatch, out_value):
+    cwd = _folder_of({"checkpoints/keep.txt": "keep", "metrics.jsonl": _RECORD}, tmp_path / "cwd")
+    monkeypatch.chdir(cwd)
+    before = _files(cwd)
+    code, _, err = cli(*TRAIN, "--out", out_value, "--fresh")
+    assert code == 2
+    assert "--out is empty" in _one_error_line(err)
+    assert _files(cwd) == before
+
+
+def test_fresh_removes_only_what_a_run_wrote_with_or_without_the_marker(cli, tmp_path):
+    out = tmp_path / "run"
+    assert cli(*TRAIN, "--out", str(out))[0] == 0
+    assert json.loads((out / ".sddcompress-run").read_text())["format"] == "sddcompress-run-v1"
+    user = {"checkpoints/precious.bin": b"\x00\x01weights", "notes.txt": b"mine", "extra/plot.png": b"\x89PNG"}
+    _folder_of(user, out)
+    old_latest = (out / "checkpoints" / "latest.pt").read_bytes()
+
+    code, _, err = cli(*TRAIN, "--out", str(out), "--fresh", "--seed", "1")  # a marked run
+    assert code == 0, err
+    assert {k: v for k, v in _files(out).items() if k in user} == user
+    assert (out / "checkpoints" / "latest.pt").read_bytes() != old_latest
+    assert _epochs(out) == ([1], [1])
+
+    # a run written before runs were marked: recognised by its checkpoint, marked, and the same holds
+    (out / ".sddcompress-run").unlink()
+    code, _, err = cli(*TRAIN, "--out", str(out), "--fresh", "--seed", "2")
+    assert code == 0, err
+    assert {k: v for k, v in _files(out).items() if k in user} == user
+    assert (out / ".sddcompress-run").is_file()
+    assert _epochs(out) == ([1], [1])
+
+
+# (id, metrics.jsonl of a run, the error its row in `sddcompress runs` carries)
+_DAMAGED_METRICS = [
+    ("not-json", "this is not json\n", "metrics.jsonl line 1 is not JSON"),
+    ("string-top1", '{"epoch": 1, "val_top1": "91.5"}\n', "line 1 is not a metrics record"),
+    ("not-objects", '{"epoch": 1, "val_top1": 50.0}\n[1, 2]\n"text"\n', "line 2 is not a metrics record"),
+    ("no-epoch", '{"val_top1": 50.0}\n', "line 1 is not a metrics record"),
+    ("binary", b"\xff\xfe\x00garbage", "metrics.jsonl cannot be read (not UTF-8 text)"),
+]
+
+
+@pytest.mark.parametrize("metrics, error", [c[1:] for c in _DAMAGED_METRICS], ids=[c[0] for c in _DAMAGED_METRICS])
+def test_runs_lists_a_run_with_damaged_metrics_as_damaged(cli, tmp_path, teacher_ckpt, metrics, error):
+    root = tmp_path / "runs"
+    _folder_of({"bad/metrics.jsonl": metrics}, root)
+    good = root / "good" / "checkpoints"
+    good.mkdir(parents=True)
+    good.joinpath("latest.pt").write_bytes(Path(teacher_ckpt).read_bytes())
+    code, out, err = cli("runs", str(root), "--json")
+    assert code == 0 and "Traceback" not in err, err
+    rows = {Path(r["run"]).name: r for r in json.loads(out)}
+    assert error in rows["bad"]["error"]
+    assert "error" not in rows["good"] and rows["good"]["model"] == "resnet20"
+    code, out, err = cli("runs", str(root))
+    assert code == 0 and err == "" and "damaged:" in out
+
+
+def test_runs_skips_wrongly_typed_checkpoint_fields(cli, tmp_path, teacher_ckpt):
+    ckpt = torch.load(teacher_ckpt, weights_only=True)
+    ckpt.update(config=["not", "a", "dict"], teacher="resnet20", epoch="three", best_top1=None,
+                last_val={"top1": "high"}, data=7)
+    run = tmp_path / "runs" / "odd" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save(ckpt, run / "latest.pt")
+    _folder_of({"metrics.jsonl": '{"epoch": 1, "val_top1": 42.0}\n{"epoch": 2, "val_top1": 4'}, run.parent)
+    code, out, err = cli("runs", str(tmp_path / "runs"), "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert (row["model"], row["teacher"], row["method"], row["data"]) == ("resnet20", None, None, None)
+    assert (row["epoch"], row["best_top1"], row["last_top1"]) == (1, 42.0, 42.0)  # a torn last line is skipped
+    code, out, err = cli("runs", str(tmp_path / "runs"))
+    assert code == 0 and err == "" and "42.00" in out

@@ -13,7 +13,7 @@ from sddcompress_export.classifier_metrics import score
 from sddcompress_export.latency_ratio import batch_of
 
 from ..errors import UserError
-from ..run_paths import QUICKSTART_DIR, SUMMARY_NAME, ensure_writable_dir, quickstart_checkpoints
+from ..run_paths import QUICKSTART_DIR, SUMMARY_NAME, ensure_writable_dir, quickstart_checkpoints, require_out_given
 from .backends import BACKENDS, Candidate, Runner
 from .candidates import ModelSource, candidates_for
 from .environment import environment
@@ -57,6 +57,7 @@ class BenchmarkOptions:
 
 
 def _validate(o: BenchmarkOptions) -> None:
+    require_out_given(o.out)
     if not o.batch_sizes or any(b <= 0 for b in o.batch_sizes):
         raise UserError(f"--batch-sizes must be positive integers, got {o.batch_sizes}")
     if o.val_size <= 0:

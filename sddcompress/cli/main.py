@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -120,7 +119,7 @@ def quickstart_cmd(out: str, epochs: int | None, seeds: int, fresh: bool) -> Non
     them with plain CE over several seeds; prints mean ± std and what the paired seeds show."""
     from ..quickstart import run_quickstart
 
-    run_quickstart(Path(out), epochs, fresh, echo=click.echo, seeds=seeds)
+    run_quickstart(out, epochs, fresh, echo=click.echo, seeds=seeds)
 
 
 from .benchmark_command import benchmark_cmd as _benchmark_cmd  # noqa: E402
@@ -133,18 +132,21 @@ cli.add_command(_runs_cmd)
 
 
 def _one_line(exc: BaseException) -> str:
-    """A UserError re-raised from a DataLoader worker carries the worker's traceback; keep its last line."""
+    """The error's one line, at most MAX_ERROR_CHARS long. A UserError re-raised from a DataLoader worker
+    carries the worker's traceback: its last line is the error."""
+    from sddcompress_export.errors import error_line
+
     text = str(exc).strip()
     if "Traceback" in text:
         last = [ln for ln in text.splitlines() if ln.strip()][-1]
         text = last.split("UserError: ", 1)[-1]
-    return text.splitlines()[0] if text else type(exc).__name__
+    return error_line(text) if text else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure is one line on stderr: exit 2 for bad input, 3 for a non-finite run,
     1 for a system fault (disk full, permission), 130 when interrupted, 70 for a bug."""
-    from sddcompress_export.errors import DeployError
+    from sddcompress_export.errors import DeployError, error_line
     from sddcompress_export.file_checks import describe_os_error
 
     from ..engine.checkpoint import CheckpointWriteError, NonFiniteWeights
@@ -163,19 +165,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        click.echo(f"error: {error_line(exc.format_message())}{hint}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(f"error: {error_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except Interrupted as exc:
-        click.echo(str(exc), err=True)
+        click.echo(error_line(str(exc)), err=True)
         sys.exit(130)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
     except OSError as exc:
-        click.echo(f"error: {describe_os_error(exc)}", err=True)
+        click.echo(f"error: {error_line(describe_os_error(exc))}", err=True)
         sys.exit(1)
     except MemoryError:
         click.echo("error: out of memory; lower --batch-size or --input-size", err=True)
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         if os.environ.get("SDDCOMPRESS_DEBUG"):
             raise
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        first = error_line(str(exc), 200)
         click.echo(f"error: internal error {type(exc).__name__}: {first} (a bug: re-run with SDDCOMPRESS_DEBUG=1 "
                    "for the traceback and report it)", err=True)
         sys.exit(70)

@@ -118,11 +118,12 @@ def training_options(student_flag: str) -> Callable:
                      help="Sum batch-norm statistics across processes (multi-process runs)."),
         click.option("--seed", type=int, default=D.seed, show_default=True, help="Random seed."),
         click.option("--out", default=None,
-                     help="Output folder (checkpoints/, metrics.jsonl, metrics.csv). [default: runs/MODEL-DATA for "
-                          "train, runs/STUDENT-from-TEACHER-METHOD-DATA for distill]"),
+                     help="Output folder (checkpoints/, metrics.jsonl, metrics.csv): new, empty, or a run of "
+                          "sddcompress; any other folder is refused. [default: runs/MODEL-DATA for train, "
+                          "runs/STUDENT-from-TEACHER-METHOD-DATA for distill]"),
         click.option("--resume", is_flag=True, default=None,
                      help="Require a run to resume in --out (re-running into a non-empty --out resumes anyway)."),
-        click.option("--fresh", is_flag=True, default=None, help="Discard any run in --out and start over."),
+        click.option("--fresh", is_flag=True, default=None, help="Discard the run in --out (its checkpoints and metrics; any other file stays) and start over."),
         click.option("--skip-nonfinite", type=int, default=D.skip_nonfinite, show_default=True,
                      help="Skip up to N steps with a NaN/inf loss instead of stopping. N > 0 checks the loss "
                           "every step (one host-device sync per step); with 0 the check runs at log points and "

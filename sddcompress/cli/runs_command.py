@@ -17,9 +17,48 @@ def find_runs(root: Path) -> list[Path]:
     return sorted(found)
 
 
+class DamagedRun(Exception):
+    """A run's file holds something our runs never write; the message says which file and line."""
+
+
+def _number(value) -> float | None:
+    """`value` if it is a real number (not a bool), else None."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _from_metrics(run_dir: Path) -> dict:
+    """Epoch, best and last val top-1 from metrics.jsonl; DamagedRun if a line is not a metrics record.
+    An unparsable last line without its newline is a write a kill cut short, and is skipped."""
     path = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise DamagedRun(f"metrics.jsonl cannot be read ({why})") from None
+    lines = text.splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number == len(lines) and not text.endswith("\n"):
+                continue
+            raise DamagedRun(f"metrics.jsonl line {number} is not JSON") from None
+        if not isinstance(row, dict) or _number(row.get("epoch")) is None or _number(row.get("val_top1")) is None:
+            raise DamagedRun(f"metrics.jsonl line {number} is not a metrics record (epoch and val_top1 numbers)")
+        rows.append(row)
     if not rows:
         return {}
     return {"epoch": rows[-1]["epoch"], "best_top1": max(r["val_top1"] for r in rows),
@@ -27,33 +66,39 @@ def _from_metrics(run_dir: Path) -> dict:
 
 
 def describe_run(run_dir: Path) -> dict:
-    """What a run folder holds, from its latest checkpoint (weights_only) and, failing that, its metrics."""
+    """What a run folder holds, from its latest checkpoint (weights_only) and, failing that, its metrics.
+
+    Both files are read as untrusted: a value of the wrong type is left out, and a file that is not
+    what a run writes gives the row an `error` (shown as damaged) instead of stopping the listing."""
     from ..engine.checkpoint import load_checkpoint
 
-    info = {"run": str(run_dir), **_from_metrics(run_dir)}
+    info: dict = {"run": str(run_dir)}
+    try:
+        info.update(_from_metrics(run_dir))
+    except DamagedRun as exc:
+        info["error"] = str(exc)
     latest = run_dir / "checkpoints" / "latest.pt"
     try:
         ckpt = load_checkpoint(latest) if latest.is_file() else {}
     except UserError as exc:
-        info["error"] = str(exc)
+        info.setdefault("error", str(exc))
         ckpt = {}
-    config = ckpt.get("config") or {}
-    teacher = ckpt.get("teacher") or {}
+    config = _dict(ckpt.get("config"))
+    fraction = _number(config.get("train_fraction", 1.0))
     info.update({
-        "model": (ckpt.get("model") or {}).get("name") or config.get("model"),
-        "teacher": teacher.get("name"),
-        "method": config.get("method"),
-        "seed": config.get("seed"),
-        "data": ckpt.get("data") or config.get("data"),
-        "train_fraction": config.get("train_fraction", 1.0) if config else None,
-        "epochs_planned": config.get("epochs"),
+        "model": _text(_dict(ckpt.get("model")).get("name")) or _text(config.get("model")),
+        "teacher": _text(_dict(ckpt.get("teacher")).get("name")),
+        "method": _text(config.get("method")),
+        "seed": _number(config.get("seed")),
+        "data": _text(ckpt.get("data")) or _text(config.get("data")),
+        "train_fraction": fraction if config else None,
+        "epochs_planned": _number(config.get("epochs")),
     })
     if ckpt:
-        info["epoch"] = ckpt.get("epoch", info.get("epoch"))
-        info["best_top1"] = ckpt.get("best_top1", info.get("best_top1"))
-        last = (ckpt.get("last_val") or {}).get("top1")
-        if last is not None:
-            info["last_top1"] = last
+        for key, value in (("epoch", ckpt.get("epoch")), ("best_top1", ckpt.get("best_top1")),
+                           ("last_top1", _dict(ckpt.get("last_val")).get("top1"))):
+            if _number(value) is not None:
+                info[key] = value
     best = run_dir / "checkpoints" / "best.pt"
     info["checkpoint"] = str(best if best.is_file() else latest) if (best.is_file() or latest.is_file()) else None
     return info
@@ -94,5 +139,5 @@ def runs_cmd(folder: str, as_json: bool) -> None:
             "—" if fraction is None else f"{fraction:.0%}",
             f"{_cell(r.get('epoch'))}/{_cell(r.get('epochs_planned'))}",
             _cell(r.get("best_top1"), "{:.2f}"), _cell(r.get("last_top1"), "{:.2f}"),
-            _cell(r.get("checkpoint")) if "error" not in r else f"unreadable: {r['error']}")
+            _cell(r.get("checkpoint")) if "error" not in r else f"damaged: {r['error']}")
     Console(width=max(160, Console().width)).print(table)

@@ -132,6 +132,7 @@ def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_cla
 
         state, layout = fit_state_dict(model, expected_name, num_classes, ckpt["model"]["state_dict"], path)
         ckpt["layout"] = layout
+        _require_floating(model, state, expected_name, path)
         model.load_state_dict(state)
         return
     record = ckpt["model"]
@@ -156,7 +157,21 @@ def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_cla
         detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shape_bad)} wrong-shape tensors"
                   + (f" (e.g. {(missing + unexpected + shape_bad)[0]})"))
         raise UserError(f"checkpoint '{path}' does not fit '{expected_name}' with {num_classes} classes: {detail}")
+    _require_floating(model, state, expected_name, path)
     model.load_state_dict(state)
+
+
+def _require_floating(model: nn.Module, state: dict, expected_name: str, path: str) -> None:
+    """A UserError if a tensor the model keeps in floating point is stored as integers or booleans:
+    load_state_dict would cast it silently, and whatever the values were, the model would be dead."""
+    own = model.state_dict()
+    bad = [(k, v.dtype) for k, v in state.items()
+           if k in own and own[k].is_floating_point() and isinstance(v, torch.Tensor) and not v.is_floating_point()]
+    if bad:
+        name, dtype = bad[0]
+        raise UserError(f"checkpoint '{path}' stores {len(bad)} of the '{expected_name}' weights as integers (e.g. "
+                        f"{name} as {str(dtype).replace('torch.', '')}) where the model's are floating point: the "
+                        "file is damaged or was converted wrongly; save the weights as float32")
 
 
 def rng_state() -> dict:

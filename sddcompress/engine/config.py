@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..run_paths import require_out_given
 from .option_rules import check_options
 
 
@@ -81,6 +82,34 @@ MSD_OPTIONS = tuple(f.name for f in fields(TrainConfig) if f.name.startswith("ms
 RESUME_KEYS = ("model", "teacher", "method", "scales", "data", "input_size", "batch_size", "seed")
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping in a config file gives the same key twice."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int) -> None:
+        where = f"line {first_line}" if first_line == second_line else f"lines {first_line} and {second_line}"
+        super().__init__(f"{key!r} is given twice ({where})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping giving one key twice (YAML would keep the last silently).
+    Keys brought in by a merge (`<<: *base`) may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def shipped_configs() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("sddcompress.configs").iterdir() if p.name.endswith(".yaml"))
 
@@ -102,7 +131,9 @@ def read_config_file(path_or_name: str) -> dict[str, Any]:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise UserError(f"config '{path}' cannot be read ({why}); pass a readable YAML file") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except DuplicateKey as exc:
+        raise UserError(f"config '{path_or_name}': {exc}; keep one") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config '{path_or_name}' is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -173,6 +204,7 @@ def validate(cfg: TrainConfig) -> None:
     """Check (and coerce in place) every option, then the rules that involve several options."""
     for name, value in check_options(cfg.to_dict()).items():
         setattr(cfg, name, value)
+    require_out_given(cfg.out)
     if not 0.0 < cfg.train_fraction <= 1.0:
         raise UserError(f"--train-fraction must be in (0, 1], got {cfg.train_fraction}")
     if cfg.resume and cfg.fresh:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -89,5 +91,8 @@ def evaluate_checkpoint(path: str, model: str | None, data: str | None, data_dir
     if cuda:
         net = net.to("cuda", memory_format=torch.channels_last)
     metrics = evaluate(net, loader)
+    if not math.isfinite(metrics["loss"]):  # finite logits always give a finite cross-entropy
+        raise UserError(f"'{path}' gives non-finite logits on {data} (its weights are finite but overflow): the "
+                        "model is broken and its accuracy meaningless; use an earlier checkpoint or train again")
     return {"model": ckpt["model"]["name"], "data": data, **metrics}
 

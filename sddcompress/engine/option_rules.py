@@ -19,7 +19,8 @@ INPUT_SIZE_MIN, INPUT_SIZE_MAX = 8, 1024
 
 @dataclass(frozen=True)
 class Rule:
-    """What one option accepts: `kind` is bool, int, float, str or ints (a list of integers)."""
+    """What one option accepts: `kind` is bool, int, float, str, ints (a list of integers) or scales
+    (pooling scales: positive integers, kept as the comma-separated string '1,2,4')."""
 
     kind: str
     low: float | None = None
@@ -28,6 +29,7 @@ class Rule:
     high_open: bool = False
     choices: tuple[str, ...] = ()
     optional: bool = False  # None is allowed (the method's or dataset's default applies)
+    ascending_from_1: bool = False  # scales: the first is 1 and each is larger than the one before
     hint: str = ""
 
     def requirement(self) -> str:
@@ -51,10 +53,18 @@ _FLAG = Rule("bool", optional=True)
 
 RULES: dict[str, Rule] = {
     "model": Rule("str"), "teacher": Rule("str", optional=True), "teacher_ckpt": Rule("str", optional=True),
-    "teacher_pretrained": _FLAG, "pretrained": _FLAG, "method": Rule("str"), "scales": Rule("str"),
+    "teacher_pretrained": _FLAG, "pretrained": _FLAG, "method": Rule("str"),
+    # SDD's weighting reads region 0 as the global prediction: its scales start at 1
+    "scales": Rule("scales", 1, ascending_from_1=True),
     "temperature": Rule("float", 0, low_open=True, optional=True),
     "alpha": _NONNEG_FLOAT, "beta": _NONNEG_FLOAT, "gamma": _NONNEG_FLOAT, "ce_weight": _NONNEG_FLOAT,
     "kd_weight": _NONNEG_FLOAT, "warmup_epochs": _NONNEG_FLOAT,
+    "msd_scales": Rule("scales", 1, optional=True),
+    "msd_window": Rule("float", 1, optional=True, hint="the window side in grid cells; 1 = the cell itself"),
+    "msd_tau": Rule("float", 0, low_open=True, optional=True),
+    "msd_space": Rule("str", choices=("features", "logits"), optional=True),  # losses.msdcrd.SPACES
+    "msd_categorise": Rule("str", choices=("sdd", "none"), optional=True),  # losses.msdcrd.CATEGORISE
+    "msd_sample_weight": _NONNEG_FLOAT, "msd_feature_weight": _NONNEG_FLOAT, "msd_ramp_epochs": _NONNEG_FLOAT,
     "data": Rule("str"), "data_dir": Rule("str", optional=True), "download": _FLAG,
     "input_size": Rule("int", INPUT_SIZE_MIN, INPUT_SIZE_MAX, optional=True,
                        hint="larger inputs need more memory than a training host has; 224 is the ImageNet size"),
@@ -126,6 +136,19 @@ def _ints(value: Any, label: str, rule: Rule) -> list[int]:
         raise _fail(label, "a list of integers", value, rule) from None
 
 
+def _scales(value: Any, label: str, rule: Rule) -> str:
+    what = "positive integers like 1,2,4"
+    try:
+        values = _ints(value, label, rule)
+    except UserError:
+        raise _fail(label, what, value, rule) from None
+    if not values or not all(_in_range(v, rule) for v in values):
+        raise _fail(label, what, value, rule)
+    if rule.ascending_from_1 and (values[0] != 1 or any(b <= a for a, b in zip(values, values[1:]))):
+        raise UserError(f"{label} must start with 1 and be strictly ascending, like 1,2,4; got {value!r}")
+    return ",".join(map(str, values))
+
+
 def check_option(name: str, value: Any, source: str | None = None) -> Any:
     """The value of option `name`, coerced to its type; a UserError if it breaks the option's rule."""
     rule = RULES.get(name)
@@ -153,6 +176,8 @@ def check_option(name: str, value: Any, source: str | None = None) -> Any:
         if bad:
             raise _fail(label, f"epochs {rule.requirement()}", value, rule)
         return values
+    if rule.kind == "scales":
+        return _scales(value, label, rule)
     number = _number(value, rule.kind, label, rule)
     if not _in_range(number, rule):
         raise _fail(label, rule.requirement(), value, rule)

@@ -70,14 +70,3 @@ class RunLock:
         os.close(self.fd)
         self.fd = None
 
-
-def remove_orphan_temps(folder: str | Path) -> list[Path]:
-    """Delete `.NAME.*.tmp` files a killed atomic write left in `folder` (call only while holding the lock)."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        try:
-            tmp.unlink()
-            removed.append(tmp)
-        except FileNotFoundError:
-            pass
-    return removed

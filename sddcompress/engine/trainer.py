@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -48,7 +47,8 @@ from .evaluate import evaluate
 from .method_nets import distillation_terms, load_train_only_state, method_networks, train_only_state
 from .run_preprocessing import weights_preprocessing
 from .metrics import MetricsLog, format_terms
-from .run_lock import RunLock, remove_orphan_temps
+from .run_folder import claim_run_folder, recognise_run_folder, remove_run_files, remove_run_temps
+from .run_lock import RunLock
 from .sync_batchnorm import convert_batchnorm
 
 
@@ -80,10 +80,8 @@ def method_from_config(cfg: TrainConfig) -> MethodConfig:
 
 def _previous_run(cfg: TrainConfig, out: Path, method: MethodConfig, say: Callable[[str], None]) -> dict | None:
     latest = out / "checkpoints" / "latest.pt"
-    if cfg.fresh:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in ("metrics.jsonl", "metrics.csv"):
-            (out / name).unlink(missing_ok=True)
+    if cfg.fresh:  # only the files a run writes, by name: anything else in the folder stays
+        remove_run_files(out)
         return None
     if not latest.exists():
         if cfg.resume:
@@ -562,16 +560,20 @@ def train_one_epoch(s: Session, epoch: int, stop: "_StopFlag") -> dict[str, floa
 def run(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundle | None = None) -> RunResult:
     """Train (or distil into) `cfg.model`; returns the result, raises UserError for bad input.
 
-    The output folder is locked for the whole run (one run per folder); temp files a killed
-    checkpoint write left there are removed first."""
+    The output folder must be new, empty or a run of ours (run_folder.py); it is marked as a run
+    and locked for the whole run (one run per folder); temp files a killed write left there are
+    removed first."""
     validate(cfg)
     if cfg.out is None:
         cfg.out = default_out(cfg)
-    out = ensure_writable_dir(cfg.out)
     first_process = int(os.environ.get("RANK", "0")) == 0
+    # a folder that is not a run of ours is refused before anything is written into it
+    state = recognise_run_folder(Path(cfg.out)) if first_process else None
+    out = ensure_writable_dir(cfg.out)
     with _StopFlag(outside_loop=True), (RunLock(out, echo) if first_process else nullcontext()):
         if first_process:
-            removed = remove_orphan_temps(out / "checkpoints") + remove_orphan_temps(out)
+            claim_run_folder(out, state)
+            removed = remove_run_temps(out)
             if removed:
                 echo(f"removed {len(removed)} temporary file(s) left by a killed run ({removed[0].name})")
         return _run_locked(cfg, echo, data)

@@ -19,7 +19,7 @@ from sddcompress_export.tensor_file import load_tensor_file
 from ..engine.checkpoint import FOREIGN
 from ..engine.evaluation_cli import dataset_for_checkpoint, model_from_checkpoint
 from ..errors import UserError
-from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints
+from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints, require_out_given
 from .onnx_writer import DEFAULT_OPSET, check_opset, checkpoint_metadata, write_onnx
 from .tensor_data import write_tensor_file
 
@@ -65,6 +65,7 @@ def default_checkpoint() -> str:
 
 
 def _validate(o: ExportOptions) -> None:
+    require_out_given(o.out)
     check_opset(o.opset)
     if o.batch not in ("1", "dynamic"):
         raise UserError(f"--batch must be 1 or dynamic, got '{o.batch}'")
@@ -100,7 +101,7 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     record = ckpt["model"]
     foreign = ckpt.get("format") == FOREIGN
     default_out = ckpt_path.with_name(ckpt_path.stem + "-export") if foreign else export_dir_for(ckpt_path)
-    out = ensure_writable_dir(o.out or default_out)
+    out = ensure_writable_dir(o.out if o.out is not None else default_out)
     size = record.get("input_size") or 32
     report: dict = {"checkpoint": str(ckpt_path), "model": record["name"], "out": str(out), "artifacts": {}}
 
