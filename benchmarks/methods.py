@@ -10,7 +10,7 @@ read back, a half-finished one continues from its checkpoint), methods.json, met
 the best-epoch and last-epoch val top-1 per method, the teacher's top-1, each method's gain over CE on
 the same seed with its spread) and methods.png (one point per seed; mean and spread per method).
 
-    python benchmarks/methods.py                        # the shared CIFAR-10 subset when present, ~30 min on 2 free cores
+    python benchmarks/methods.py                        # the CIFAR-10 subset beside the checkout when present, ~30 min on 2 free cores
     python benchmarks/methods.py --epochs 60 --seeds 5 --subset 0.5    # scale up (e.g. on a GPU)
     python benchmarks/methods.py --data digits --methods ce,sdd-dkd --epochs 2 --out runs/try
 """
@@ -33,7 +33,8 @@ PAPER_EPOCHS = 240  # the CIFAR-100 recipes' length; warm-ups/ramps are scaled f
 
 
 def default_data() -> tuple[str, int]:
-    """The shared CIFAR-10 subset (shown at 16 px: 4x less compute) when present, else digits at 16 px."""
+    """The CIFAR-10 subset beside the checkout, ../shared/data/cifar10-subset (shown at 16 px: 4x less compute),
+    when present, else digits at 16 px."""
     if SHARED_SUBSET.is_dir():
         return f"imagefolder:{SHARED_SUBSET}", 16
     return "digits", 16

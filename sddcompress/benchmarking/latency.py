@@ -28,7 +28,7 @@ CLOCK = ("time.perf_counter around each call, after a synchronisation. Every bac
          "device->host copy of the logits are INSIDE the timing")
 
 
-# After a call, PyTorch's OpenMP workers spin for about 8 ms on this machine (measured); ONNX Runtime's are
+# After a call, PyTorch's OpenMP workers keep spinning for several milliseconds; ONNX Runtime's are
 # stopped by the runner. A pause this long before each block keeps one backend's spinning out of the next
 # one's timing.
 IDLE_SECONDS = 0.03
