@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from sddcompress_export.artifacts import artifact_kind, artifact_metadata
-from sddcompress_export.chain import INT8_FILE, ONNX_FILE, engine_file
+from sddcompress_export.chain import INT8_FILE, ONNX_FILE, engine_file, int8_model, tensorrt_engine
 from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.metadata import ModelMetadata
 from sddcompress_export.preprocessing import Preprocessing
@@ -114,8 +114,6 @@ class ModelSource:
 
     def ensure_int8(self, calib: Calibration) -> str:
         if "ort-int8" not in self.artifacts:
-            from sddcompress_export.chain import int8_model
-
             path = self.work_dir / INT8_FILE
             result = int8_model(self.ensure_onnx(), path, calib.images, calib.labels, calib.size)
             self.say(f"quantised the {self.role} to {path} "
@@ -127,8 +125,6 @@ class ModelSource:
         """The engine for `precision`, built by the chain with a profile reaching `max_batch`."""
         key = f"trt-{precision}"
         if key not in self.artifacts:
-            from sddcompress_export.chain import tensorrt_engine
-
             model = self.ensure_int8(calib) if precision == "int8" else self.ensure_onnx()
             batches = (DEFAULTS.min_batch, min(DEFAULTS.opt_batch, max_batch), max_batch)
             path, _ = tensorrt_engine(model, precision, self.work_dir / engine_file(precision), batches)
