@@ -27,12 +27,13 @@ import torch
 from sddcompress.benchmarking.backends import ArtifactRunner, TorchRunner
 from sddcompress.benchmarking.timer import measure
 from sddcompress.engine.evaluation_cli import model_from_checkpoint
-from sddcompress.exporting.int8_report import GOAL_DROP
 from sddcompress.exporting.pipeline import ExportOptions, default_checkpoint, run_export
+from sddcompress_export.chain import int8_model
 from sddcompress_export.classifier_metrics import score
+from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.latency_ratio import GOAL_RATIO, batch_of, median_ms_side_by_side
 from sddcompress_export.onnxruntime_runner import OrtClassifier
-from sddcompress_export.ort_quantization import CALIBRATION_CHOICES, quantize_int8
+from sddcompress_export.ort_quantization import CALIBRATION_CHOICES
 from sddcompress_export.tensor_file import load_tensor_file
 
 BATCHES = (1, 32)
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--data", default=None, help="dataset, if the checkpoint's is not the one to score on")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--calib-size", type=int, default=256)
+    ap.add_argument("--calib-size", type=int, default=DEFAULTS.calib_size)
     ap.add_argument("--val-size", type=int, default=None)
     ap.add_argument("--methods", default=",".join(("minmax", "percentile", "entropy", "auto")))
     ap.add_argument("--calls", type=int, default=100, help="interleaved calls per ONNX Runtime model and batch")
@@ -69,8 +70,8 @@ def main() -> None:
         if method not in CALIBRATION_CHOICES:
             raise SystemExit(f"--methods: unknown '{method}'; use {', '.join(CALIBRATION_CHOICES)}")
         t0 = time.perf_counter()
-        result = quantize_int8(onnx_info["path"], out / f"model.int8.{method}.onnx", data.calib_images,
-                               data.calib_labels, method=method)
+        result = int8_model(onnx_info["path"], out / f"model.int8.{method}.onnx", data.calib_images,
+                            data.calib_labels, args.calib_size, method=method)
         metrics = score(OrtClassifier(result.path), data.val_images, data.val_labels)
         name = f"INT8 {method}" + (f"->{result.method}" if method == "auto" else "")
         rows[name] = {"top1": metrics["top1"], "drop": fp32_top1 - metrics["top1"], "float": result.float_nodes,
@@ -115,8 +116,8 @@ def main() -> None:
     print(f"goal ORT fp32 <= 0.5 x eager at b=1: {fp32_vs_eager:.2f} -> {'met' if fp32_vs_eager <= 0.5 else 'NOT met'}")
     for name, row in rows.items():
         if name.startswith("INT8"):
-            ok = row["drop"] <= GOAL_DROP and row["x_fp32_b32"] <= GOAL_RATIO
-            print(f"goal {name}: drop {row['drop']:+.2f} <= {GOAL_DROP}, b=32 {row['x_fp32_b32']:.2f} <= "
+            ok = row["drop"] <= DEFAULTS.max_drop and row["x_fp32_b32"] <= GOAL_RATIO
+            print(f"goal {name}: drop {row['drop']:+.2f} <= {DEFAULTS.max_drop}, b=32 {row['x_fp32_b32']:.2f} <= "
                   f"{GOAL_RATIO} x fp32 "
                   f"-> {'met' if ok else 'NOT met'}; float layers: {', '.join(row['float']) or 'none'}")
     (out / "export_bench.json").write_text(json.dumps({"checkpoint": ckpt, "rows": rows}, indent=2))

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from .classifier_metrics import predict_all
+from .atomic import atomic_write
 from .cpu_int8_plan import WEIGHTED_OPS
+from .defaults import DEFAULTS
 from .errors import DeployError
 from .metadata import load_onnx
 from .onnxruntime_runner import OrtClassifier
@@ -203,8 +205,8 @@ def _parse_keep_float(keep_float: str, model) -> list[str] | None:
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.ndarray,
-                  calib_labels: np.ndarray | None = None, method: str = "auto", keep_float: str = "auto",
-                  max_drop: float = 0.5, held_out_fraction: float = 0.25, batch_size: int = 32,
+                  calib_labels: np.ndarray | None = None, method: str = DEFAULTS.calib_method,
+                  keep_float: str = DEFAULTS.keep_float, max_drop: float = DEFAULTS.max_drop, held_out_fraction: float = 0.25, batch_size: int = 32,
                   echo=lambda s: None) -> QuantizationResult:
     """Calibrate on training images (preprocessed, N x 3 x H x W) and write the QDQ INT8 model.
 
@@ -286,9 +288,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
         model = onnx.load(best_path)
         del model.metadata_props[:]
         model.metadata_props.extend(source.metadata_props)
-        tmp_out = out_path.with_name(out_path.name + ".tmp")
-        onnx.save(model, str(tmp_out))
-        tmp_out.replace(out_path)
+        atomic_write(out_path, lambda temp: onnx.save(model, str(temp)))
     return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), fp32_top1, best_score,
                               candidates, sensitivity)
 

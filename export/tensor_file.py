@@ -8,13 +8,13 @@ which INT8 method picking scores on; older files lack them and are still read).
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import DeployError
 
 REQUIRED = ("calib_images", "val_images", "val_labels")
@@ -36,14 +36,16 @@ class TensorFile:
 def save_tensor_file(path: str | Path, calib_images: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
                      class_names: list[str], mean, std, calib_labels: np.ndarray | None = None) -> Path:
     """Write the file atomically (temp + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, calib_images=calib_images.astype(np.float32), val_images=val_images.astype(np.float32),
-                        val_labels=val_labels.astype(np.int64), class_names=np.array(class_names),
-                        mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
-                        **({} if calib_labels is None else {"calib_labels": np.asarray(calib_labels, np.int64)}))
-    os.replace(tmp, path)
-    return path
+    arrays = dict(calib_images=calib_images.astype(np.float32), val_images=val_images.astype(np.float32),
+                  val_labels=val_labels.astype(np.int64), class_names=np.array(class_names),
+                  mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
+                  **({} if calib_labels is None else {"calib_labels": np.asarray(calib_labels, np.int64)}))
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as f:  # a file object: np.savez would append .npz to a name lacking it
+            np.savez_compressed(f, **arrays)
+
+    return atomic_write(path, write)
 
 
 def load_tensor_file(path: str | Path, input_size: int | None = None) -> TensorFile:

@@ -10,12 +10,13 @@ from typing import Callable
 import numpy as np
 
 from sddcompress_export.classifier_metrics import score
+from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.latency_ratio import batch_of
 
 from ..errors import UserError
 from ..run_paths import QUICKSTART_DIR, SUMMARY_NAME, ensure_writable_dir, quickstart_checkpoints, require_out_given
 from .backends import BACKENDS, Candidate, Runner
-from .candidates import ModelSource, candidates_for
+from .candidates import Calibration, ModelSource, candidates_for
 from .environment import environment
 from .memory import PeakMemory
 from .sampling import dataset_labels, stratified_indices
@@ -43,7 +44,7 @@ class BenchmarkOptions:
     data: str | None = None
     data_dir: str | None = None
     val_size: int = 2000
-    calib_size: int = 256
+    calib_size: int = DEFAULTS.calib_size
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     backends: list[str] = field(default_factory=lambda: list(BACKENDS))
     warmup: int = 10
@@ -74,8 +75,8 @@ def _validate(o: BenchmarkOptions) -> None:
 
 
 def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
-                       size: int) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """(data description, {role: (val images, calibration images)}, val labels), preprocessed once per model
+                       size: int) -> tuple[dict, dict[str, tuple[np.ndarray, Calibration]], np.ndarray]:
+    """(data description, {role: (val images, calibration)}, val labels), preprocessed once per model
     as that model's own preprocessing record says (never with the dataset's statistics when they differ).
 
     The validation images are a class-stratified sample of `val_size` (every class its share), never
@@ -83,7 +84,7 @@ def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
     """
     student = sources[-1]
     data = o.data or student.record.get("data")
-    inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    inputs: dict[str, tuple[np.ndarray, Calibration]] = {}
     if data and data.endswith(".npz"):
         from sddcompress_export.tensor_file import load_tensor_file
 
@@ -99,11 +100,11 @@ def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
                 raise UserError(f"'{data}' holds images normalised with mean {[round(m, 4) for m in file_mean]} but "
                                 f"the {source.role} expects mean {list(spec.mean)}; pass the dataset name as --data "
                                 "so each model gets its own preprocessing")
-            inputs[source.role] = (images, t.calib_images)
+            inputs[source.role] = (images, Calibration(t.calib_images, t.calib_labels, o.calib_size))
     elif data:
         from ..data import load_dataset
         from ..data.preprocessing import preprocessed_as
-        from ..exporting.tensor_data import preprocess, preprocessed_splits
+        from ..exporting.tensor_data import calibration_split, preprocess
 
         bundle = load_dataset(data, o.data_dir, size)
         idx = stratified_indices(dataset_labels(bundle.val), o.val_size)
@@ -111,7 +112,7 @@ def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
         for source in sources:
             own = bundle if source.preprocessing is None else preprocessed_as(bundle, source.preprocessing)
             if own.preprocessing not in made:
-                calib, _, _ = preprocessed_splits(own, o.calib_size, 0)
+                calib = Calibration(*calibration_split(own, o.calib_size), o.calib_size)
                 images, labels = preprocess(own.val, own.val_transform, idx.tolist())
                 made[own.preprocessing] = (images, calib)
             inputs[source.role] = made[own.preprocessing]
