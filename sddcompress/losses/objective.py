@@ -11,7 +11,7 @@ from ..errors import UserError
 from .dkd import dkd_per_sample
 from .kd import kd_per_sample
 from .msdcrd import CATEGORISE, SPACES, category_weights, msdcrd_loss
-from .sdd import sdd_loss
+from .sdd import sdd_dkd_loss, sdd_kd_loss
 
 METHODS = ("sdd-dkd", "sdd-kd", "dkd", "kd", "ce", "msdcrd", "sdd-dkd+msdcrd")
 
@@ -139,8 +139,10 @@ class Objective:
         m = method
         if m.logit_method.endswith("dkd"):
             self._per_sample = lambda s, t, y: dkd_per_sample(s, t, y, m.temperature, m.alpha, m.beta)
+            self._regions = lambda s, t, y: sdd_dkd_loss(s, t, y, m.temperature, m.alpha, m.beta, m.gamma)
         else:
             self._per_sample = lambda s, t, y: kd_per_sample(s, t, m.temperature)
+            self._regions = lambda s, t, y: sdd_kd_loss(s, t, y, m.temperature, m.gamma)
 
     def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor, *,
                  teacher_logits: torch.Tensor | None = None, student_local: torch.Tensor | None = None,
@@ -154,7 +156,7 @@ class Objective:
         total = m.ce_weight * ce
         if m.uses_teacher and m.logit_method != "ce":
             if m.uses_local_logits:
-                parts = sdd_loss(student_local.float(), teacher_local.float(), labels, self._per_sample, m.gamma)
+                parts = self._regions(student_local.float(), teacher_local.float(), labels)
             else:
                 per = self._per_sample(student_logits.float(), teacher_logits.float(), labels)
                 parts = {k: v.mean() for k, v in per.items()}
