@@ -192,7 +192,7 @@ def method_overrides(name: str, epochs: int, beta: float | None = None) -> dict:
     over = {"warmup_epochs": method.warmup_epochs * scale} if method.warmup_epochs > 0 else {}
     if getattr(method, "uses_msd", False):
         over["msd_ramp_epochs"] = method.msd_ramp_epochs * scale
-    if beta is not None and "dkd" in name:
+    if beta is not None and "beta" in method.spec.options:
         over["beta"] = beta
     return over
 
@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from sddcompress.losses import METHODS
+    from sddcompress.losses import method_names
+
+    registered = method_names()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -314,11 +316,11 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_data = args.data
     if args.data.startswith("imagefolder:") and args.val_per_class:
         args.data = student_view(args.data, args.val_per_class, out)
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(registered)
     methods = ["ce"] + [m for m in methods if m != "ce"]  # the baseline first
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in registered]
     if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS)}")
+        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
     teacher_epochs = args.teacher_epochs
     log_file = (out / "sweep.log").open("a")
 

@@ -8,6 +8,7 @@ import click
 
 from ..data import DATASET_HELP
 from ..engine.config import TrainConfig
+from ..losses.registry import help_text as method_help
 
 D = TrainConfig()
 
@@ -32,7 +33,7 @@ def distill_options(fn: Callable) -> Callable:
                           "downloaded once, then cached); only for 1000-class data, otherwise fine-tune it first "
                           "with `sddcompress train --pretrained`."),
         click.option("--method", default="sdd-dkd", show_default=True,
-                     help="sdd-dkd, sdd-kd, dkd, kd, msdcrd, sdd-dkd+msdcrd or ce (student alone)."),
+                     help="Distillation method, one of the registered ones: " + method_help()),
         click.option("--scales", default=D.scales, show_default=True,
                      help="SDD pooling scales, comma separated (1,2,4 = 1+4+16 regions)."),
         click.option("--temperature", type=float, default=None, help="Softmax temperature T. [default: 4]"),

@@ -10,6 +10,10 @@ from typing import Callable
 
 import torch
 
+from .dkd import DKD
+from .kd import KD
+from .registry import Method, Outputs, logit_term, register
+
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
@@ -115,3 +119,35 @@ def sdd_dkd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, label
     tckd, nckd = _RegionDKD.apply(flatten_regions(student_local), flatten_regions(teacher_local), region_labels, w,
                                   temperature, alpha, beta)
     return {"tckd": tckd, "nckd": nckd}
+
+
+@register
+class SDDKD(Method):
+    """Wei et al.: KD on every region of the multi-scale local logits, complementary regions x gamma."""
+
+    name = "sdd-kd"
+    summary = "scale-decoupled KD (every region of --scales, complementary ones x --gamma)"
+    defaults = KD.defaults
+    options = KD.options + ("gamma", "scales")
+    needs_local_logits = True
+
+    def loss(self, config, outputs: Outputs):
+        parts = sdd_kd_loss(outputs.student_local.float(), outputs.teacher_local.float(), outputs.labels,
+                            config.temperature, config.gamma)
+        return logit_term(config, outputs, parts)
+
+
+@register
+class SDDDKD(Method):
+    """Wei et al.: DKD on every region of the multi-scale local logits, complementary regions x gamma."""
+
+    name = "sdd-dkd"
+    summary = "scale-decoupled DKD (the default)"
+    defaults = DKD.defaults
+    options = DKD.options + ("gamma", "scales")
+    needs_local_logits = True
+
+    def loss(self, config, outputs: Outputs):
+        parts = sdd_dkd_loss(outputs.student_local.float(), outputs.teacher_local.float(), outputs.labels,
+                             config.temperature, config.alpha, config.beta, config.gamma)
+        return logit_term(config, outputs, parts)
