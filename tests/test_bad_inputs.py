@@ -335,7 +335,7 @@ def test_the_table_is_large_enough():
 
 
 def test_msd_choices_are_the_losses_own():
-    from sddcompress.engine.option_rules import RULES
+    from sddcompress.engine.config import RULES
     from sddcompress.losses.msdcrd import CATEGORISE, SPACES
 
     assert RULES["msd_space"].choices == SPACES and RULES["msd_categorise"].choices == CATEGORISE

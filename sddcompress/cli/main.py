@@ -64,7 +64,7 @@ def _run_training(ctx: click.Context, command: str, values: dict) -> None:
 
 
 @cli.command("train")
-@opt.training_options(student_flag="--model")
+@opt.train_options
 @click.pass_context
 def train_cmd(ctx: click.Context, **values) -> None:
     """Train a model (e.g. a teacher) from scratch with cross-entropy."""
@@ -73,7 +73,6 @@ def train_cmd(ctx: click.Context, **values) -> None:
 
 @cli.command("distill")
 @opt.distill_options
-@opt.training_options(student_flag="--student")
 @click.pass_context
 def distill_cmd(ctx: click.Context, **values) -> None:
     """Distil a student from a trained teacher (default method: SDD-DKD)."""

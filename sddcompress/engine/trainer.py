@@ -41,7 +41,8 @@ from ..run_paths import ensure_writable_dir
 from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
     rng_state, set_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
-from .config import MSD_OPTIONS, TrainConfig, check_resume, default_out, resolve_workers, train_out, validate
+from .config import (METHOD_OPTIONS, TrainConfig, check_resume, default_out, is_validated, resolve_workers, train_out,
+                     validate)
 from .captured_step import CapturedStep, CaptureFailed, EpochTally
 from .evaluate import evaluate
 from .method_nets import distillation_terms, load_train_only_state, method_networks, train_only_state
@@ -73,9 +74,7 @@ class RunResult:
 
 
 def method_from_config(cfg: TrainConfig) -> MethodConfig:
-    return make_method(cfg.method, scales=cfg.scales, temperature=cfg.temperature, alpha=cfg.alpha, beta=cfg.beta,
-                       gamma=cfg.gamma, ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight,
-                       warmup_epochs=cfg.warmup_epochs, **{k: getattr(cfg, k) for k in MSD_OPTIONS})
+    return make_method(cfg.method, **{name: getattr(cfg, name) for name in METHOD_OPTIONS})
 
 
 def _previous_run(cfg: TrainConfig, out: Path, method: MethodConfig, say: Callable[[str], None]) -> dict | None:
@@ -563,7 +562,8 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundle 
     The output folder must be new, empty or a run of ours (run_folder.py); it is marked as a run
     and locked for the whole run (one run per folder); temp files a killed write left there are
     removed first."""
-    validate(cfg)
+    if not is_validated(cfg):  # configs from build_config (the command line) were validated there
+        validate(cfg)
     if cfg.out is None:
         cfg.out = default_out(cfg)
     first_process = int(os.environ.get("RANK", "0")) == 0
