@@ -22,10 +22,11 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from sddcompress.stats import mean_std
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
@@ -146,42 +147,41 @@ def ensure_run(cfg, epochs: int, log) -> dict:
     return done
 
 
-def _claim_file(run_dir: Path) -> Path:
-    return run_dir.parent / f".{run_dir.name}.claim"
+_CLAIMS: dict[Path, object] = {}  # the runs this process holds
+
+
+def _claim_lock(run_dir: Path):
+    from sddcompress.engine.run_lock import RunLock
+
+    return RunLock(run_dir.parent, lambda s: None, name=f".{run_dir.name}.claim")
 
 
 def claimed(run_dir: Path) -> bool:
-    """Whether a live process holds this run (a dead holder's claim is void)."""
-    try:
-        pid = int(_claim_file(run_dir).read_text())
-    except (OSError, ValueError):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    """Whether a live process holds this run (the lock dies with its holder)."""
+    if run_dir in _CLAIMS:
+        return True
+    probe = _claim_lock(run_dir)
+    if not probe.try_acquire():
+        return True
+    probe.__exit__()
+    return False
 
 
 def claim(run_dir: Path) -> bool:
     """Take the run for this process unless a live one holds it."""
-    path = _claim_file(run_dir)
-    if claimed(run_dir):
-        return int(path.read_text()) == os.getpid()
-    path.unlink(missing_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    if run_dir in _CLAIMS:
+        return True
+    lock = _claim_lock(run_dir)
+    if not lock.try_acquire():
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+    _CLAIMS[run_dir] = lock
     return True
 
 
 def release(run_dir: Path) -> None:
-    _claim_file(run_dir).unlink(missing_ok=True)
+    lock = _CLAIMS.pop(run_dir, None)
+    if lock is not None:
+        lock.__exit__()
 
 
 def method_overrides(name: str, epochs: int, beta: float | None = None) -> dict:
@@ -195,10 +195,6 @@ def method_overrides(name: str, epochs: int, beta: float | None = None) -> dict:
     if beta is not None and "beta" in method.spec.options:
         over["beta"] = beta
     return over
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:

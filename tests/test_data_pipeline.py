@@ -13,7 +13,7 @@ from sddcompress.data import SeededTransform, load_dataset
 from sddcompress.data.device_pipeline import DeviceImages
 from sddcompress.engine.config import TrainConfig
 from sddcompress.engine.trainer import run
-from test_engine import QUIET, assert_same_weights, sdd_config
+from helpers import QUIET, assert_same_weights, sdd_config
 
 
 def _image_folder(root, sizes=((20, 30), (64, 64), (30, 20), (40, 50), (33, 33)), bad: int = 0):

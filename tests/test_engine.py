@@ -14,34 +14,11 @@ import pytest
 import torch
 
 from conftest import TINY, tiny_args
+from helpers import QUIET, assert_same_weights, sdd_config, weights
 from sddcompress.engine.checkpoint import load_checkpoint
 from sddcompress.engine.config import TrainConfig, build_config, read_config_file, shipped_configs
 from sddcompress.engine.trainer import NonFiniteLoss, run
 from sddcompress.errors import UserError
-
-QUIET = dict(echo=lambda s: None)
-
-
-def weights(path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]["state_dict"]
-
-
-def assert_same_weights(a, b, atol=0.0) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        if atol == 0.0:
-            assert torch.equal(wa[k], wb[k]), k
-        else:
-            diff = (wa[k].double() - wb[k].double()).abs().max().item()
-            assert diff <= atol * (1 + wa[k].double().abs().max().item()), f"{k}: max abs difference {diff:.3g}"
-
-
-def sdd_config(out, teacher_ckpt, **over) -> TrainConfig:
-    values = {**TINY, "model": "resnet20", "teacher": "resnet20", "teacher_ckpt": teacher_ckpt,
-              "method": "sdd-dkd", "warmup_epochs": 1.0, "out": str(out), **over}
-    return TrainConfig(**values)
-
 
 def test_same_seed_same_weights_and_seed_matters(tmp_path, teacher_ckpt):
     a = run(sdd_config(tmp_path / "a", teacher_ckpt), **QUIET)

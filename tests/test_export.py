@@ -15,7 +15,7 @@ from sddcompress_export.errors import DeployError
 from sddcompress_export.metadata import read_metadata
 from sddcompress_export.onnxruntime_runner import OrtClassifier
 from sddcompress_export.tensor_file import load_tensor_file
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 
 def test_onnx_has_dynamic_batch_metadata_and_matches_torch(exported, teacher_ckpt):

@@ -22,7 +22,7 @@ from sddcompress.engine.checkpoint import atomic_save, base_record, load_checkpo
 from sddcompress.engine.evaluation_cli import model_from_checkpoint
 from sddcompress.models import build_model
 
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 torch.manual_seed(0)
 

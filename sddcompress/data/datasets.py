@@ -13,8 +13,8 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..torchvision_compat import torchvision
-from .preprocessing import (ValidationPreprocessing, large_image_preprocessing, small_image_preprocessing,
-                            validation_transform)
+from .preprocessing import (SMALL_INPUT_MAX, ValidationPreprocessing, large_image_preprocessing,
+                            small_image_preprocessing, validation_transform)
 from .augment import CropFlip
 
 T = torchvision.transforms
@@ -179,10 +179,10 @@ def _image_folder(root: str, input_size: int, skip_bad: bool) -> DataBundle:
     if splits["train"].classes != splits["val"].classes:
         raise UserError(f"image folder '{root}': train/ and val/ have different class folders")
     train_tf, val_tf = (_small_transforms(input_size, None, IMAGENET_MEAN, IMAGENET_STD, True)
-                        if input_size <= 64 else _large_transforms(input_size, IMAGENET_MEAN, IMAGENET_STD))
+                        if input_size <= SMALL_INPUT_MAX else _large_transforms(input_size, IMAGENET_MEAN, IMAGENET_STD))
     return DataBundle(f"imagefolder:{root}", splits["train"], splits["val"], train_tf, val_tf,
                       list(splits["train"].classes), IMAGENET_MEAN, IMAGENET_STD, input_size, skipped,
-                      preprocessing=(small_image_preprocessing if input_size <= 64 else large_image_preprocessing)(
+                      preprocessing=(small_image_preprocessing if input_size <= SMALL_INPUT_MAX else large_image_preprocessing)(
                           input_size, IMAGENET_MEAN, IMAGENET_STD))
 
 

@@ -32,7 +32,7 @@ from ..data.augment import CropFlip
 from ..data.device_pipeline import DeviceImages, device_pipeline_fits, passthrough_batch
 from ..data.datasets import keep_samples, readable_samples
 from ..data.fraction import take_train_fraction
-from ..data.preprocessing import preprocessed_as
+from ..data.preprocessing import SMALL_INPUT_MAX, preprocessed_as
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
 from ..models import build_model
@@ -46,6 +46,7 @@ from .config import (METHOD_OPTIONS, TrainConfig, check_resume, default_out, is_
 from .captured_step import CapturedStep, CaptureFailed, EpochTally
 from .evaluate import evaluate
 from .method_nets import distillation_terms, load_train_only_state, method_networks, train_only_state
+from .option_rules import INPUT_SIZE_MAX
 from .run_preprocessing import weights_preprocessing
 from .metrics import MetricsLog, format_terms
 from .run_folder import claim_run_folder, recognise_run_folder, remove_run_files, remove_run_temps
@@ -336,7 +337,7 @@ def _use_graph_step(cfg: TrainConfig, acc, say: Callable[[str], None]) -> bool:
 
 
 # evaluation batch on a GPU: large, since evaluation stores no activations for backward
-GPU_EVAL_BATCH = {64: 1024, 1024: 256}  # input size up to N px -> batch
+GPU_EVAL_BATCH = {SMALL_INPUT_MAX: 1024, INPUT_SIZE_MAX: 256}  # input size up to N px -> batch
 
 
 def _val_loader(bundle: DataBundle, cfg: TrainConfig, acc, per_process: int, device_resident: bool,
@@ -374,7 +375,8 @@ def _use_device_pipeline(cfg: TrainConfig, bundle: DataBundle, cuda: bool) -> bo
     """--pipeline: device when asked, or (auto) on a GPU for small images that fit; else the PIL loader."""
     fits = device_pipeline_fits(bundle.train, bundle.train_transform, bundle.input_size)
     if cfg.pipeline == "device" and not fits:
-        raise UserError("--pipeline device needs small images (input size <= 64 px) that fit in 4 GiB as uint8; "
+        raise UserError(f"--pipeline device needs small images (input size <= {SMALL_INPUT_MAX} px) that fit in 4 GiB "
+                        "as uint8; "
                         "use --pipeline loader")
     return cfg.pipeline == "device" or (cfg.pipeline == "auto" and fits and cuda)
 

@@ -147,10 +147,6 @@ ZOO_RENAMES: dict[str, Callable[[str], str]] = {
     "resnet50": _cifar_resnet50,
     **{n: _same for n in ("mobile_half", "shufflev1_paper", "shufflev2_paper")},
 }
-# what the zoo calls each model (mdistiller's cifar_model_dict), for messages and the README
-ZOO_NAMES = {"resnet50": "ResNet50", "vgg8": "vgg8_bn", "vgg11": "vgg11_bn", "vgg13": "vgg13_bn",
-             "mobile_half": "MobileNetV2 (mobile_half)", "shufflev1_paper": "ShuffleV1",
-             "shufflev2_paper": "ShuffleV2"}
 
 
 def head_keys(model: nn.Module) -> list[str]:

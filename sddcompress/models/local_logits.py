@@ -13,7 +13,6 @@ from functools import lru_cache
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import UserError
 
