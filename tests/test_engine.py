@@ -42,7 +42,7 @@ def test_checkpoint_contents_and_metrics_files(tmp_path, teacher_ckpt):
         assert term in records[0], term
     header = (result.out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "train_nckd" in header and "val_top5" in header
-    assert not list((result.out / "checkpoints").glob("*.tmp"))
+    assert not list((result.out / "checkpoints").glob(".*.tmp*"))
 
 
 def test_rerunning_a_finished_run_continues_to_more_epochs(tmp_path, teacher_ckpt):

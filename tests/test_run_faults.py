@@ -74,7 +74,7 @@ _DIE_IN_FIRST_SAVE = """
 import os, signal, sys
 real_replace = os.replace
 def die_before_rename(src, dst):
-    if ".latest.pt." in str(src):   # the temp file is written and fsynced; the rename never happens
+    if "/.latest." in str(src):   # the temp file is written and fsynced; the rename never happens
         os.kill(os.getpid(), signal.SIGKILL)
     return real_replace(src, dst)
 os.replace = die_before_rename
@@ -88,12 +88,12 @@ def test_a_kill_inside_the_first_checkpoint_write_leaves_no_orphan_and_no_duplic
     args = [*TRAIN, "--epochs", "2", "--out", str(out)]
     killed = subprocess.run([sys.executable, "-c", _DIE_IN_FIRST_SAVE, *args], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL
-    assert list((out / "checkpoints").glob(".latest.pt.*.tmp")), "the kill should have left a temp file"
+    assert list((out / "checkpoints").glob(".latest.*.tmp.pt")), "the kill should have left a temp file"
     assert not (out / "checkpoints" / "latest.pt").exists()
     code, stdout, err = cli(*args)
     assert code == 0, err
     assert "removed 1 temporary file" in stdout
-    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert not list((out / "checkpoints").glob(".*.tmp*"))
     assert _epochs(out) == ([1, 2], [1, 2])
 
 
@@ -115,10 +115,10 @@ def test_metrics_are_truncated_to_the_checkpoint_and_a_lost_row_is_restored(cli,
 def test_a_folder_that_turns_read_only_mid_run_is_one_line(cli, tmp_path, monkeypatch):
     import sddcompress.engine.checkpoint as checkpoint
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+    def read_only(path, write, **kwargs):  # the checkpoint's temp file cannot be created
+        raise OSError(errno.EROFS, "Read-only file system", str(path.parent))
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(checkpoint, "atomic_write", read_only)
     code, _, err = cli(*TRAIN, "--out", str(tmp_path / "run"))
     line = _one_error_line(err)
     assert code == 1
@@ -149,7 +149,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path):
     line = _one_error_line(done.stderr)
     assert done.returncode == 1, done.stderr
     assert "cannot save checkpoint" in line and "file-size limit" in line
-    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert not list((out / "checkpoints").glob(".*.tmp*"))
     assert not (out / "checkpoints" / "latest.pt").exists()
 
 
