@@ -360,7 +360,7 @@ def test_a_run_resumed_with_another_process_count_continues(tmp_path):
 
 
 def test_eval_command_scores_with_the_training_evaluation(tmp_path, teacher_ckpt):
-    from sddcompress.engine.evaluation_cli import evaluate_checkpoint
+    from sddcompress.engine.checkpoint_eval import evaluate_checkpoint
 
     result = run(sdd_config(tmp_path / "r", teacher_ckpt), **QUIET)
     scored = evaluate_checkpoint(str(result.latest), None, None, None, None, batch_size=64)

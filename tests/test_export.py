@@ -21,7 +21,7 @@ from helpers import assert_one_line_error
 def test_onnx_has_dynamic_batch_metadata_and_matches_torch(exported, teacher_ckpt):
     import torch
 
-    from sddcompress.engine.evaluation_cli import model_from_checkpoint
+    from sddcompress.engine.checkpoint_eval import model_from_checkpoint
 
     path = Path(exported["artifacts"]["onnx"]["path"])
     model = onnx.load(str(path))

@@ -68,7 +68,7 @@ class ModelSource:
         self.record: dict = {}
         self.artifacts: dict[str, str] = {}
         if ckpt:
-            from ..engine.evaluation_cli import model_from_checkpoint
+            from ..engine.checkpoint_eval import model_from_checkpoint
             from ..exporting.onnx_writer import checkpoint_metadata
 
             self.net, full = model_from_checkpoint(ckpt)

@@ -96,7 +96,7 @@ def distill_cmd(ctx: click.Context, **values) -> None:
 def eval_cmd(ckpt: str, model: str | None, num_classes: int | None, data: str | None, data_dir: str | None,
              input_size: int | None, batch_size: int, as_json: bool) -> None:
     """Top-1 / top-5 accuracy and loss of a checkpoint on a dataset's validation split."""
-    from ..engine.evaluation_cli import evaluate_checkpoint
+    from ..engine.checkpoint_eval import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(ckpt, model, data, data_dir, input_size, batch_size, num_classes)
     if as_json:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -13,9 +13,10 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..torchvision_compat import torchvision
-from .preprocessing import (SMALL_INPUT_MAX, ValidationPreprocessing, large_image_preprocessing,
+from .preprocessing import (SMALL_INPUT_MAX, large_image_preprocessing,
                             small_image_preprocessing, validation_transform)
 from .augment import CropFlip
+from .bundle import DataBundle
 
 T = torchvision.transforms
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -25,28 +26,6 @@ _CIFAR_STATS = {
 }
 _CIFAR_FILES = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 DATASET_HELP = "cifar10, cifar100, digits (offline, ships with scikit-learn) or imagefolder:PATH"
-
-
-@dataclass
-class DataBundle:
-    """Train/val splits (PIL image, label) with the transforms and stats that go with them."""
-
-    name: str
-    train: Dataset
-    val: Dataset
-    train_transform: Callable
-    val_transform: Callable
-    class_names: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: int
-    skipped_images: int = 0
-    preprocessing: ValidationPreprocessing | None = None  # what val_transform does, for checkpoints and ONNX
-    in_memory: bool = False  # decoded images already in memory: loader workers would only add overhead
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 class ListDataset(Dataset):

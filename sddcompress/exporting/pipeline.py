@@ -24,7 +24,7 @@ from sddcompress_export.parity import check_parity, compare_logits, nonfinite_re
 from sddcompress_export.tensor_file import TensorFile, load_tensor_file
 
 from ..engine.checkpoint import FOREIGN
-from ..engine.evaluation_cli import dataset_for_checkpoint, model_from_checkpoint
+from ..engine.checkpoint_eval import dataset_for_checkpoint, model_from_checkpoint
 from ..errors import UserError
 from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints, require_out_given
 from .onnx_writer import check_opset, checkpoint_metadata, write_onnx
