@@ -2,7 +2,7 @@
 
 Rows run in-process (the `cli` fixture for `sddcompress`, `deploy` for the torch-free `sddcompress-deploy`);
 every row must end in exactly one stderr line starting with `error: `, and never in a traceback.
-Placeholders in the arguments ({ckpt}, {onnx}, {npz}, {f[NAME]}) are files built once per module.
+Placeholders in the arguments ({ckpt}, {onnx}, {int8}, {npz}, {f[NAME]}) are files built once per module.
 """
 
 from __future__ import annotations
@@ -166,6 +166,19 @@ SDDCOMPRESS_ROWS = [
      "but the model has 10 classes"),
     ("artifact-npz-directory", ["eval-artifact", "--model", "{onnx}", "--data", "{f[npz_dir]}"], 2,
      "is a directory; pass the data.npz"),
+    ("artifact-no-val-images", ["eval-artifact", "--model", "{onnx}", "--data", "{f[empty_val_npz]}"], 2,
+     "holds no validation images (val_images is empty); write it again with `sddcompress export --val-size N`"),
+    ("artifact-two-class-data", ["eval-artifact", "--model", "{onnx}", "--data", "{f[two_class_npz]}"], 2,
+     "holds 2 classes (cat, dog) but the model has 10 (0, 1, 2, 3, ...)"),
+    ("artifact-float-raw-pixels", ["eval-artifact", "--model", "{onnx}", "--data", "{f[raw_float_npz]}"], 2,
+     "store them as uint8 and they are normalised on reading"),
+    ("export-calib-file-no-val-images", ["export", "--ckpt", "{ckpt}", "--calib-file", "{f[empty_val_npz]}", "--out",
+                                         "{tmp}/x"], 2, "holds no validation images"),
+    ("export-calib-file-no-calib-images", ["export", "--ckpt", "{ckpt}", "--ort-int8", "--calib-file",
+                                           "{f[no_calib_npz]}", "--out", "{tmp}/x"], 2,
+     "holds no calibration images (calib_images is empty)"),
+    ("export-calib-file-other-classes", ["export", "--ckpt", "{ckpt}", "--calib-file", "{f[renamed_npz]}", "--out",
+                                         "{tmp}/x"], 2, "names class 0 'c0' but the model calls it '0'"),
     ("benchmark-batch-sizes", ["benchmark", "--batch-sizes", "1,x"], 2, "expected comma-separated integers"),
     ("benchmark-min-seconds-nan", ["benchmark", "--teacher", "{ckpt}", "--student", "{ckpt}", "--min-seconds", "nan"],
      2, "--min-seconds >= 0"),
@@ -207,6 +220,26 @@ DEPLOY_ROWS = [
                                   "--calib-size", "0"], 2, "--calib-size: must be >= 1"),
     ("quantize-wrong-size-data", ["quantize", "{onnx}", "--data", "{f[small_npz]}", "--out", "{tmp}/q.onnx"], 2,
      "holds 8px images but the model expects 16px"),
+    ("no-val-images", ["eval", "{onnx}", "--data", "{f[empty_val_npz]}"], 2,
+     "holds no validation images (val_images is empty)"),
+    ("two-class-data", ["eval", "{onnx}", "--data", "{f[two_class_npz]}"], 2,
+     "holds 2 classes (cat, dog) but the model has 10 (0, 1, 2, 3, ...); use the data.npz exported for this model"),
+    ("int8-two-class-data", ["eval", "{int8}", "--data", "{f[two_class_npz]}"], 2, "holds 2 classes (cat, dog)"),
+    ("renamed-classes", ["eval", "{onnx}", "--data", "{f[renamed_npz]}"], 2,
+     "names class 0 'c0' but the model calls it '0'"),
+    ("float-raw-pixels", ["eval", "{onnx}", "--data", "{f[raw_float_npz]}"], 2,
+     "val_images spans 0..255, outside"),
+    ("other-normalisation", ["eval", "{onnx}", "--data", "{f[other_mean_npz]}"], 2,
+     "holds images normalised with mean [0.5, 0.5, 0.5] but the model expects mean"),
+    ("integer-pixels-above-255", ["eval", "{onnx}", "--data", "{f[wide_int_npz]}"], 2,
+     "val_images holds integers 300..300; raw pixels must be 0..255"),
+    ("quantize-no-calib-images", ["quantize", "{onnx}", "--data", "{f[no_calib_npz]}", "--out", "{tmp}/q.onnx",
+                                  "--calib-size", "10"], 2,
+     "holds no calibration images (calib_images is empty); write it again with `sddcompress export --calib-size N`"),
+    ("quantize-int8-model", ["quantize", "{int8}", "--data", "{npz}", "--out", "{tmp}/q.onnx"], 2,
+     "is already INT8 (it holds DequantizeLinear, QuantizeLinear nodes); quantize the fp32 model.onnx"),
+    ("quantize-two-class-data", ["quantize", "{onnx}", "--data", "{f[two_class_npz]}", "--out", "{tmp}/q.onnx"], 2,
+     "holds 2 classes"),
     ("build-trt-max-batch-zero", ["build-trt", "{onnx}", "--max-batch", "0"], 2, "--max-batch: must be >= 1"),
     ("build-trt-precision", ["build-trt", "{onnx}", "--precision", "int4"], 2, "invalid choice: 'int4'"),
     ("unknown-command", ["bogus"], 2, "invalid choice: 'bogus'"),
@@ -292,7 +325,14 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
                 "short_labels_npz": {"val_labels": z["val_labels"][:3]},
                 "nan_npz": {"val_images": np.full_like(z["val_images"], np.nan)},
                 "small_npz": {"val_images": np.zeros((n, 3, 8, 8), np.float32),
-                              "calib_images": np.zeros((4, 3, 8, 8), np.float32)}}
+                              "calib_images": np.zeros((4, 3, 8, 8), np.float32)},
+                "empty_val_npz": {"val_images": z["val_images"][:0], "val_labels": z["val_labels"][:0]},
+                "no_calib_npz": {"calib_images": z["calib_images"][:0], "calib_labels": z["calib_labels"][:0]},
+                "two_class_npz": {"val_labels": z["val_labels"] % 2, "class_names": np.array(["cat", "dog"])},
+                "renamed_npz": {"class_names": np.array([f"c{i}" for i in range(10)])},
+                "raw_float_npz": {"val_images": raw_pixels(z, "val_images").astype(np.float32)},
+                "other_mean_npz": {"mean": np.full(3, 0.5, np.float32)},
+                "wide_int_npz": {"val_images": np.full(z["val_images"].shape, 300, np.int16)}}
     for name, change in variants.items():
         np.savez(d / f"{name}.npz", **{**z, **change})
         f[name] = str(d / f"{name}.npz")
@@ -301,8 +341,15 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     return f
 
 
+def raw_pixels(z: dict, key: str) -> np.ndarray:
+    """The uint8 pixels an exported tensor file's normalised images were made from."""
+    mean, std = z["mean"][:, None, None], z["std"][:, None, None]
+    return np.clip(np.round((z[key] * std + mean) * 255), 0, 255).astype(np.uint8)
+
+
 def _fill(args: list[str], tmp_path, teacher_ckpt, exported, bad_files) -> list[str]:
     values = {"tmp": str(tmp_path), "ckpt": teacher_ckpt, "onnx": exported["artifacts"]["onnx"]["path"],
+              "int8": exported["artifacts"]["ort_int8"]["path"],
               "npz": exported["tensor_file"]["path"], "f": bad_files}
     return [a.format(**values) for a in args]
 
@@ -347,3 +394,31 @@ def test_a_long_error_keeps_its_start_and_its_fix():
     assert line.startswith("config 'x.yaml': lr must be a number") and line.endswith("1]; fix the value")
     assert " ... " in line
     assert error_line("short\nsecond line") == "short"
+
+
+def test_raw_pixels_are_normalised_with_the_models_own_preprocessing_by_every_reader(deploy, cli, exported, tmp_path):
+    """A tensor file of uint8 pixels scores as the exported float file does (fp32 and INT8, both CLIs) and
+    calibrates `quantize`; each reader says it normalised them."""
+    import json
+
+    z = dict(np.load(exported["tensor_file"]["path"]))
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, **{**z, "val_images": raw_pixels(z, "val_images"), "calib_images": raw_pixels(z, "calib_images")})
+    for model in (exported["artifacts"]["onnx"]["path"], exported["artifacts"]["ort_int8"]["path"]):
+        code, out, err = deploy("eval", model, "--data", str(raw))
+        assert code == 0, err
+        got = json.loads(out)
+        code, out, err = deploy("eval", model, "--data", exported["tensor_file"]["path"])
+        assert code == 0, err
+        want = json.loads(out)
+        assert got["top1"] == want["top1"] and got["count"] == want["count"] == len(z["val_labels"])
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-4)
+        assert "normalised on reading with the model's mean" in got["input"] and "input" not in want
+        code, out, err = cli("eval-artifact", "--model", model, "--data", str(raw), "--json")
+        assert code == 0, err
+        assert json.loads(out)["top1"] == want["top1"]
+    code, out, err = deploy("quantize", exported["artifacts"]["onnx"]["path"], "--data", str(raw),
+                            "--out", str(tmp_path / "q.onnx"), "--calib-size", "32", "--method", "minmax",
+                            "--int8-keep-float", "none")
+    assert code == 0, err
+    assert "integer pixels" in json.loads(out)["input"]

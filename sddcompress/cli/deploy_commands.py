@@ -92,7 +92,8 @@ def eval_artifact_cmd(artifact, data, data_dir, batch_size, threads, as_json) ->
         click.echo(json.dumps(metrics))
     else:
         click.echo(f"{artifact} on {metrics['data']} ({metrics['count']} images): top-1 {metrics['top1']:.2f}  "
-                   f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}")
+                   f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}"
+                   + (f"  ({metrics['input']})" if "input" in metrics else ""))
 
 
 def register(cli: click.Group) -> None:
