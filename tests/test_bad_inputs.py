@@ -117,6 +117,13 @@ SDDCOMPRESS_ROWS = [
                             "--out", "{tmp}/run", *tiny_args()], 2, "msd_tau in config"),
     ("teacher-ckpt-text", _with(DISTILL, "--teacher-ckpt", "{f[text]}"), 2, "is corrupt or not a checkpoint"),
     ("teacher-ckpt-int64-weights", _with(DISTILL, "--teacher-ckpt", "{f[int64_ckpt]}"), 2, "as integers"),
+    ("teacher-state-dict-other-classes", _with(DISTILL, "--teacher-ckpt", "{f[sd100]}"), 2,
+     "has 100 classes, not 10 (tensor 'fc.weight' is (100, 64) in the file but (10, 64) in the model); a teacher for "
+     "digits needs its 10 classes: pass one trained on it (`sddcompress train --model resnet20 --data digits`)"),
+    ("teacher-pretrained-imagenet-classes-offline",
+     ["distill", "--teacher", "resnet18", "--teacher-pretrained", "--student", "resnet20", "--out", "{tmp}/run",
+      *tiny_args()], 2, "pretrained 'resnet18' has ImageNet's classes, the data has 10: a fresh classifier would "
+     "teach nothing. Fine-tune it first: `sddcompress train --model resnet18 --pretrained --data digits`"),
     ("teacher-ckpt-nan-weights", _with(DISTILL, "--teacher-ckpt", "{f[nan_ckpt]}"), 3, "holds non-finite weights"),
     ("config-lr-nan", _cfg("cfg_lr_nan"), 2, "lr in config"),
     ("config-epochs-word", _cfg("cfg_epochs_word"), 2, "epochs in config"),
@@ -145,6 +152,9 @@ SDDCOMPRESS_ROWS = [
     ("eval-safetensors-int64-weights", ["eval", "--ckpt", "{f[int64_safetensors]}", "--model", "resnet20", "--data",
                                         "digits"], 2, "where the model's are floating point"),
     ("eval-logits-overflow", ["eval", "--ckpt", "{f[overflow_ckpt]}"], 2, "gives non-finite logits on digits"),
+    ("eval-state-dict-other-classes", ["eval", "--ckpt", "{f[sd100]}", "--model", "resnet20", "--num-classes", "10",
+                                       "--input-size", "16"], 2, "has 100 classes, not 10 (tensor 'fc.weight' is "
+     "(100, 64) in the file but (10, 64) in the model); pass --num-classes 100"),
     ("eval-batch-size-zero", ["eval", "--ckpt", "{ckpt}", "--batch-size", "0"], 2, "--batch-size must be > 0"),
     ("eval-input-size-huge", ["eval", "--ckpt", "{ckpt}", "--input-size", "100000"], 2, "--input-size must be"),
     ("eval-wrong-model", ["eval", "--ckpt", "{ckpt}", "--model", "resnet32"], 2, "holds a 'resnet20', not"),
@@ -289,6 +299,10 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     assert torch.isfinite(overflowing["fc.weight"]).all()
     torch.save({**ckpt, "model": {**ckpt["model"], "state_dict": overflowing}}, d / "overflow.pt")
     f["overflow_ckpt"] = str(d / "overflow.pt")
+    from sddcompress.models import build_model
+
+    torch.save(build_model("resnet20", 100, 16).state_dict(), d / "sd100.pt")  # a plain state dict, 100 classes
+    f["sd100"] = str(d / "sd100.pt")
     for name, text in {"cfg_lr_nan": "model: resnet20\nlr: .nan\n", "cfg_epochs_word": 'epochs: "ten"\n',
                        "cfg_milestones_words": "milestones: [a, b]\n", "cfg_seed_fraction": "seed: 1.5\n",
                        "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
