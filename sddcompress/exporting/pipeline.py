@@ -157,6 +157,9 @@ def _tensor_file_step(run: _Export, ckpt_path: Path, ckpt: dict) -> tuple[Tensor
         if not data:
             raise UserError("pass --data: the checkpoint does not say which dataset it was trained on")
         bundle = dataset_for_checkpoint(ckpt, data, o.data_dir, size)
+        if bundle.skipped_images:
+            run.echo(f"skipped {bundle.skipped_images} unreadable images, as the run did (it was trained with "
+                     "--skip-bad-images)")
         if bundle.num_classes != record["num_classes"]:
             raise UserError(f"'{ckpt_path}' has {record['num_classes']} classes but {data} has {bundle.num_classes}")
         val_size = o.val_size if o.val_size is not None else (2000 if size <= 64 else 500)
