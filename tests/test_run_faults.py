@@ -359,3 +359,32 @@ def test_an_image_that_breaks_after_training_names_a_fix_export_has(cli, tmp_pat
     assert code == 2
     line = _one_error_line(err)
     assert "cannot read image" in line and "0.png" in line and "remove or replace it" in line
+
+
+def _with_stdout_closed(args: list[str]) -> subprocess.CompletedProcess:
+    """Run `sddcompress ARGS` whose reader closes stdout before the first line (`... | head -0`)."""
+    proc = subprocess.Popen(_cli_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return subprocess.CompletedProcess(args, proc.wait(timeout=600), "", err)
+
+
+def test_a_closed_stdout_ends_the_printing_not_the_run(tmp_path):
+    out = tmp_path / "run"
+    done = _with_stdout_closed([*TRAIN, "--epochs", "2", "--log-every", "1", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert _epochs(out) == ([1, 2], [1, 2])  # every epoch trained, logged and checkpointed
+    assert torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_closed_stdout_ends_the_printing_not_the_export(teacher_ckpt, tmp_path):
+    out = tmp_path / "export"
+    done = _with_stdout_closed(["export", "--ckpt", teacher_ckpt, "--out", str(out), "--ort-int8", "--calib-size", "32",
+                                "--val-size", "64", "--int8-keep-float", "none", "--int8-calibration", "minmax"])
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["status"] == "ok"
+    assert report["artifacts"]["onnx"]["parity"]["count"] == 64  # the parity check ran
+    assert Path(report["artifacts"]["ort_int8"]["path"]).is_file()
