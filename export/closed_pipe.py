@@ -1,4 +1,4 @@
-"""When the reader of our stdout goes away (`sddcompress train ... | head -1`, `sddcompress-deploy info m.onnx | head -3`).
+"""When the reader of our stdout goes away (`sddcompress train ... | head -1`, `sddcompress-deploy info m.onnx | head`).
 
 A command whose output is its result (`sddcompress-deploy`) leaves quietly with the shell's SIGPIPE status.
 A command that does work while it prints (train, distill, export, quickstart, benchmark) prints through
