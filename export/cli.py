@@ -29,31 +29,39 @@ from .tensorrt_engine import PRECISIONS
 def _eval(args) -> dict:
     from .artifacts import open_artifact
     from .classifier_metrics import score
-    from .tensor_file import load_tensor_file
-
-    from .tensor_file import check_labels
+    from .tensor_file import load_for_model
 
     model, meta = open_artifact(args.model, threads=args.threads)
-    data = load_tensor_file(args.data, meta.input_size)
-    if meta.class_names:
-        check_labels(args.data, data.val_labels, len(meta.class_names))
+    data = load_for_model(args.data, meta, need=("val",))
     metrics = score(model, data.val_images, data.val_labels, args.batch_size)
     if not math.isfinite(metrics["loss"]):
         raise DeployError(f"'{args.model}' produced non-finite logits on '{args.data}'; the artefact is broken: "
                           "export it again from a checkpoint with finite weights")
-    return {"model": str(args.model), **metrics}
+    return {"model": str(args.model), **metrics, **_pixels_note(data, meta)}
+
+
+def _pixels_note(data, meta) -> dict:
+    """What the output says when the tensor file held raw pixels the model's normalisation was applied to."""
+    if not data.raw_pixels:
+        return {}
+    spec = meta.preprocessing_spec()
+    return {"input": f"integer pixels, normalised on reading with the model's mean "
+                     f"{[round(m, 4) for m in spec.mean]} and std {[round(s, 4) for s in spec.std]}"}
 
 
 def _quantize(args) -> dict:
     from .chain import int8_model
-    from .metadata import read_metadata
-    from .tensor_file import load_tensor_file
+    from .metadata import ModelMetadata, load_onnx, require_float_model
+    from .tensor_file import load_for_model
 
     writable_file_path(args.out, "--out")
-    data = load_tensor_file(args.data, read_metadata(args.model).input_size)
+    source = load_onnx(args.model)
+    require_float_model(source, args.model)
+    meta = ModelMetadata.from_props({p.key: p.value for p in source.metadata_props}, f"'{args.model}'")
+    data = load_for_model(args.data, meta, need=("calib",))
     result = int8_model(args.model, args.out, data.calib_images, data.calib_labels, args.calib_size,
                         args.int8_calibration, args.int8_keep_float, args.int8_max_drop)
-    return {"int8_model": str(result.path), **result.to_report()}
+    return {"int8_model": str(result.path), **result.to_report(), **_pixels_note(data, meta)}
 
 
 def _build_trt(args) -> dict:

@@ -80,6 +80,20 @@ def load_onnx(path: str | Path):
     return model
 
 
+#: Operators only a quantised ONNX model holds.
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "ConvInteger", "MatMulInteger")
+
+
+def require_float_model(model, path: str | Path) -> None:
+    """A DeployError if the ONNX model is already quantised (quantising it again fails deep inside the
+    quantiser)."""
+    ops = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if ops:
+        raise DeployError(f"'{path}' is already INT8 (it holds {', '.join(ops[:2])} nodes); quantize the fp32 "
+                          "model.onnx it was made from, or use this file as it is")
+
+
 def write_metadata(model, meta: ModelMetadata) -> None:
     """Replace this package's metadata entries of an in-memory ONNX ModelProto."""
     kept = [p for p in model.metadata_props if not p.key.startswith(_PREFIX)]

@@ -86,16 +86,32 @@ def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
     data = o.data or student.record.get("data")
     inputs: dict[str, tuple[np.ndarray, Calibration]] = {}
     if data and data.endswith(".npz"):
-        from sddcompress_export.tensor_file import load_tensor_file
+        from sddcompress_export.tensor_file import load_tensor_file, normalise_pixels
 
         from ..exporting.pipeline import tensor_file_normalization
 
         t = load_tensor_file(data, size)
+        if not len(t.val_images):
+            raise UserError(f"'{data}' holds no validation images (val_images is empty); pass another data.npz or "
+                            "the dataset name as --data")
         idx = stratified_indices(t.val_labels, o.val_size)
         images, labels = t.val_images[idx], t.val_labels[idx]
-        file_mean = tensor_file_normalization(Path(data)).get("mean")
+        file_stats = tensor_file_normalization(Path(data))
+        file_mean = file_stats.get("mean")
         for source in sources:
             spec = source.preprocessing
+            if images.dtype.kind in "iu":  # raw pixels: each model's own normalisation, as every reader does
+                mean, std = (spec.mean, spec.std) if spec is not None else \
+                    (file_stats.get("mean"), file_stats.get("std"))
+                if not mean or not std:
+                    raise UserError(f"'{data}' holds raw pixels and the {source.role} does not say its normalisation; "
+                                    "pass the dataset name as --data")
+                mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+                inputs[source.role] = (normalise_pixels(data, "val_images", images, mean, std),
+                                       Calibration(normalise_pixels(data, "calib_images", t.calib_images, mean, std)
+                                                   if t.calib_images.dtype.kind in "iu" else t.calib_images,
+                                                   t.calib_labels, o.calib_size))
+                continue
             if spec is not None and file_mean and not np.allclose(file_mean, spec.mean):
                 raise UserError(f"'{data}' holds images normalised with mean {[round(m, 4) for m in file_mean]} but "
                                 f"the {source.role} expects mean {list(spec.mean)}; pass the dataset name as --data "

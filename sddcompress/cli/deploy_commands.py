@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from sddcompress_export.closed_pipe import pipe_safe
 from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.ort_quantization import CALIBRATION_CHOICES
 from sddcompress_export.tensorrt_engine import PRECISIONS
@@ -71,7 +72,7 @@ def export_cmd(ckpt, model, num_classes, input_size, out, onnx_only, trt, ort_in
                              data_dir=data_dir, atol=atol, min_agreement=min_agreement, min_batch=min_batch,
                              opt_batch=opt_batch, max_batch=max_batch, slim=not no_slim,
                              calib_method=calib_method, int8_keep_float=int8_keep_float,
-                             int8_max_drop=int8_max_drop), echo=click.echo)
+                             int8_max_drop=int8_max_drop), echo=pipe_safe(click.echo))
 
 
 @click.command("eval-artifact")
@@ -92,7 +93,8 @@ def eval_artifact_cmd(artifact, data, data_dir, batch_size, threads, as_json) ->
         click.echo(json.dumps(metrics))
     else:
         click.echo(f"{artifact} on {metrics['data']} ({metrics['count']} images): top-1 {metrics['top1']:.2f}  "
-                   f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}")
+                   f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}"
+                   + (f"  ({metrics['input']})" if "input" in metrics else ""))
 
 
 def register(cli: click.Group) -> None:

@@ -7,6 +7,7 @@ import os
 import sys
 
 import click
+from sddcompress_export.closed_pipe import pipe_safe
 
 from .. import __version__
 from ..errors import UserError
@@ -58,9 +59,10 @@ def _run_training(ctx: click.Context, command: str, values: dict) -> None:
         values.update(method="ce", teacher=None, teacher_ckpt=None, teacher_pretrained=False)
         given.update({"method", "teacher", "teacher_ckpt", "teacher_pretrained"})
     cfg = build_config(file_values, values, given, config_name)
-    result = run(cfg, echo=click.echo)
+    echo = pipe_safe(click.echo)  # a closed stdout (`... | head -1`) ends the printing, never the run
+    result = run(cfg, echo=echo)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per process
-        click.echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")
+        echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")
 
 
 @cli.command("train")
@@ -118,7 +120,7 @@ def quickstart_cmd(out: str, epochs: int | None, seeds: int, fresh: bool) -> Non
     them with plain CE over several seeds; prints mean ± std and what the paired seeds show."""
     from ..quickstart import run_quickstart
 
-    run_quickstart(out, epochs, fresh, echo=click.echo, seeds=seeds)
+    run_quickstart(out, epochs, fresh, echo=pipe_safe(click.echo), seeds=seeds)
 
 
 from .benchmark_command import benchmark_cmd as _benchmark_cmd  # noqa: E402

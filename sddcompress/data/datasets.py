@@ -119,8 +119,8 @@ def load_image(path: str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read image '{path}' ({type(exc).__name__}); remove it or pass "
-                        "--skip-bad-images") from None
+        raise UserError(f"cannot read image '{path}' ({type(exc).__name__}); remove or replace it (train and "
+                        "distill can leave it out with --skip-bad-images)") from None
 
 
 def _readable(path: str) -> bool:

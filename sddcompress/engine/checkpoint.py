@@ -110,12 +110,15 @@ def model_record(name: str, model: nn.Module, num_classes: int, input_size: int,
     return record
 
 
-def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_classes: int, path: str) -> None:
-    """Copy checkpoint weights into `model`; architecture or class-count mismatch is a UserError."""
+def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_classes: int, path: str,
+                       class_fix: str | None = None) -> None:
+    """Copy checkpoint weights into `model`; architecture or class-count mismatch is a UserError (naming
+    `class_fix` as the fix for a state dict with another class count, when given)."""
     if ckpt.get("format") == FOREIGN:
         from ..models.foreign_checkpoints import fit_state_dict
 
-        state, layout = fit_state_dict(model, expected_name, num_classes, ckpt["model"]["state_dict"], path)
+        state, layout = fit_state_dict(model, expected_name, num_classes, ckpt["model"]["state_dict"], path,
+                                       class_fix)
         ckpt["layout"] = layout
         _require_floating(model, state, expected_name, path)
         model.load_state_dict(state)

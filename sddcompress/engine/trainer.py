@@ -36,7 +36,7 @@ from ..data.preprocessing import SMALL_INPUT_MAX, preprocessed_as
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
 from ..models import build_model
-from ..models.pretrained import build_pretrained
+from ..models.pretrained import build_pretrained, pretrained_num_classes
 from ..run_paths import ensure_writable_dir
 from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
     rng_state, set_rng_state
@@ -103,7 +103,10 @@ def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], Non
         ckpt = load_checkpoint(cfg.teacher_ckpt)
         teacher = build_model(cfg.teacher, bundle.num_classes, bundle.input_size,
                               imagenet_stem=bool(ckpt["model"].get("imagenet_stem")))
-        load_model_weights(teacher, ckpt, cfg.teacher, bundle.num_classes, cfg.teacher_ckpt)
+        load_model_weights(teacher, ckpt, cfg.teacher, bundle.num_classes, cfg.teacher_ckpt,
+                           class_fix=f"a teacher for {cfg.data} needs its {bundle.num_classes} classes: pass one "
+                                     f"trained on it (`sddcompress train --model {cfg.teacher} --data {cfg.data}`) "
+                                     "or the --data this teacher was trained on")
         if ckpt.get("layout"):
             say(f"teacher weights: {cfg.teacher_ckpt} ({ckpt['layout']} layout, mapped onto {cfg.teacher})")
         saved_size = ckpt["model"].get("input_size")
@@ -112,8 +115,11 @@ def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], Non
                             f"is {bundle.input_size} px; pass --input-size {saved_size}")
         info = {"name": cfg.teacher, "ckpt": str(cfg.teacher_ckpt)}
     elif cfg.teacher_pretrained:
-        teacher, pretrained = build_pretrained(cfg.teacher, bundle.num_classes, bundle.input_size)
-        if pretrained.head != "kept":
+        # the class count is known before the weights are fetched: a misfit is refused without them
+        fits = pretrained_num_classes(cfg.teacher) in (None, bundle.num_classes)
+        teacher, pretrained = build_pretrained(cfg.teacher, bundle.num_classes, bundle.input_size) if fits else \
+            (None, None)
+        if pretrained is None or pretrained.head != "kept":
             raise UserError(f"pretrained '{cfg.teacher}' has ImageNet's classes, the data has {bundle.num_classes}: "
                             f"a fresh classifier would teach nothing. Fine-tune it first: `sddcompress train --model "
                             f"{cfg.teacher} --pretrained --data {cfg.data}`, then pass --teacher-ckpt")

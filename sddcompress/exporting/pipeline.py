@@ -21,7 +21,7 @@ from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.errors import DeployError
 from sddcompress_export.metadata import ModelMetadata
 from sddcompress_export.parity import check_parity, compare_logits, nonfinite_reason, write_report
-from sddcompress_export.tensor_file import TensorFile, load_tensor_file
+from sddcompress_export.tensor_file import TensorFile, load_for_model, load_tensor_file
 
 from ..engine.checkpoint import FOREIGN
 from ..engine.checkpoint_eval import dataset_for_checkpoint, model_from_checkpoint
@@ -157,19 +157,27 @@ def _tensor_file_step(run: _Export, ckpt_path: Path, ckpt: dict) -> tuple[Tensor
         if not data:
             raise UserError("pass --data: the checkpoint does not say which dataset it was trained on")
         bundle = dataset_for_checkpoint(ckpt, data, o.data_dir, size)
+        if bundle.skipped_images:
+            run.echo(f"skipped {bundle.skipped_images} unreadable images, as the run did (it was trained with "
+                     "--skip-bad-images)")
         if bundle.num_classes != record["num_classes"]:
             raise UserError(f"'{ckpt_path}' has {record['num_classes']} classes but {data} has {bundle.num_classes}")
         val_size = o.val_size if o.val_size is not None else (2000 if size <= 64 else 500)
         write_tensor_file(bundle, tensors_path, o.calib_size, val_size)
         tensors = load_tensor_file(tensors_path)
-    if ckpt.get("format") == FOREIGN:  # the file does not say how its inputs look: the data's classes and normalisation
+    foreign = ckpt.get("format") == FOREIGN
+    if foreign:  # the file does not say how its inputs look: the data's classes and normalisation
         ckpt.setdefault("class_names", tensors.class_names or None)
         ckpt.setdefault("normalization", tensor_file_normalization(tensors_path))
+    meta = checkpoint_metadata(ckpt_path, ckpt)
+    if o.calib_file:  # a file from elsewhere must fit the model (its values too, unless they define the model's)
+        need = ("val", "calib") if o.ort_int8 or "int8" in o.trt else ("val",)
+        tensors = load_for_model(o.calib_file, meta, need, check_values=not foreign)
     run.report["tensor_file"] = {"path": str(tensors_path), "calib_images": int(len(tensors.calib_images)),
                                  "val_images": int(len(tensors.val_images))}
     run.echo(f"tensor file: {tensors_path} ({len(tensors.calib_images)} calibration, {len(tensors.val_images)} "
              f"validation images, {time.perf_counter() - started:.1f}s)")
-    return tensors, checkpoint_metadata(ckpt_path, ckpt)
+    return tensors, meta
 
 
 def _onnx_step(run: _Export, net: torch.nn.Module, meta: ModelMetadata, tensors: TensorFile):
