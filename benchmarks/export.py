@@ -26,7 +26,7 @@ import torch
 
 from sddcompress.benchmarking.backends import ArtifactRunner, TorchRunner
 from sddcompress.benchmarking.timer import measure
-from sddcompress.engine.evaluation_cli import model_from_checkpoint
+from sddcompress.engine.checkpoint_eval import model_from_checkpoint
 from sddcompress.exporting.pipeline import ExportOptions, default_checkpoint, run_export
 from sddcompress_export.chain import int8_model
 from sddcompress_export.classifier_metrics import score
