@@ -89,7 +89,7 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int) -
     plan = result.plan or {}
     row = {"family": name, "epochs": epochs, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
            "drop": fp32_top1 - int8_top1, "plan": plan.get("chosen"), "float_nodes": result.float_nodes,
-           "why": plan.get("why", {}), "ship": plan.get("ship"), "plan_ratio": plan.get("ratio"),
+           "why": plan.get("why", {}), "ship": plan.get("ship"), "plan_ratio": plan.get("ratio"), "plan_fastest_ratio": plan.get("fastest_ratio"),
            "layers": len(plan.get("layer_costs_us", {})), "train_export_seconds": train_seconds,
            "quantize_seconds": quantize_seconds,
            "candidates": {c["name"]: c["ratio"] for c in plan.get("candidates", [])}}
