@@ -33,14 +33,16 @@ def engine_file(precision: str) -> str:
 def int8_model(onnx_path: str | Path, out_path: str | Path, calib_images: np.ndarray,
                calib_labels: np.ndarray | None = None, calib_size: int = DEFAULTS.calib_size,
                method: str = DEFAULTS.calib_method, keep_float: str = DEFAULTS.keep_float,
-               max_drop: float = DEFAULTS.max_drop, echo: Callable[[str], None] = lambda s: None):
+               max_drop: float = DEFAULTS.max_drop, echo: Callable[[str], None] = lambda s: None, speed=None):
     """Quantise the fp32 ONNX file on the first `calib_size` calibration images (and their labels, which let
-    the held-out slice be scored by top-1); returns the `QuantizationResult`."""
+    the held-out slice be scored by top-1); returns the `QuantizationResult`. With `keep_float='auto'` the
+    layers kept float are also chosen for speed on this CPU (`precision_plan`), timed by `speed` (default:
+    measured here; tests pass a stand-in)."""
     from .ort_quantization import quantize_int8
 
     labels = None if calib_labels is None else calib_labels[:calib_size]
     return quantize_int8(onnx_path, out_path, calib_images[:calib_size], labels, method=method,
-                         keep_float=keep_float, max_drop=max_drop, echo=echo)
+                         keep_float=keep_float, max_drop=max_drop, echo=echo, speed=speed)
 
 
 def fp16_path(engine_path: str | Path) -> Path:

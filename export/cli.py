@@ -90,9 +90,24 @@ def _classify(args) -> dict:
 
 
 def _info(args) -> dict:
-    from .artifacts import artifact_metadata
+    """The metadata; for an ONNX model also the recommendation of the INT8 precision plan, from the INT8
+    model itself or, for the fp32 model, from the `model.int8.onnx` beside it."""
+    from .artifacts import artifact_kind, artifact_metadata
+    from .chain import INT8_FILE
+    from .metadata import read_int8_plan
 
-    return artifact_metadata(args.model).__dict__
+    info = dict(artifact_metadata(args.model).__dict__)
+    if artifact_kind(args.model) == "onnx":
+        source = Path(args.model)
+        plan = read_int8_plan(source)
+        if plan is None and source.name != INT8_FILE and (source.parent / INT8_FILE).is_file():
+            source = source.parent / INT8_FILE
+            plan = read_int8_plan(source)
+        if plan is not None:
+            info["recommendation"] = plan.get("recommendation")
+            info["int8_plan"] = {"from": str(source), **{k: plan.get(k) for k in (
+                "ship", "chosen", "ratio", "batch", "float_nodes", "why", "machine")}}
+    return info
 
 
 def _check(args) -> dict:

@@ -11,6 +11,9 @@ from .file_checks import existing_file
 from .preprocessing import Preprocessing, legacy_preprocessing
 
 _PREFIX = "sddcompress."
+# The INT8 model's precision plan for the CPU that exported it (`precision_plan.PrecisionPlan`, JSON): which
+# layers stay float and why, and which model to ship there. Outside `_PREFIX`, which `ModelMetadata` owns.
+INT8_PLAN_KEY = "sddcompress_int8_plan"
 
 
 @dataclass
@@ -108,6 +111,20 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     """Metadata of an ONNX file (without loading its weights into a session)."""
     model = load_onnx(path)
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, f"'{path}'")
+
+
+def read_int8_plan(path: str | Path) -> dict | None:
+    """The precision plan recorded in an INT8 model (None for a model without one)."""
+    model = load_onnx(path)
+    value = next((p.value for p in model.metadata_props if p.key == INT8_PLAN_KEY), None)
+    if value is None:
+        return None
+    try:
+        plan = json.loads(value)
+    except ValueError:
+        raise DeployError(f"'{path}' has a damaged INT8 plan in its metadata (not JSON); quantise it again "
+                          "with `sddcompress-deploy quantize`") from None
+    return plan if isinstance(plan, dict) else None
 
 
 def onnx_opset(model) -> int:

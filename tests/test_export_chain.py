@@ -174,6 +174,24 @@ def quantiser_inputs(monkeypatch) -> list[dict]:
     return calls
 
 
+class _EvenSpeed:
+    """The precision plan's timings as a stand-in: every INT8 candidate equally fast, so the plan (and the
+    INT8 file) depends on the inputs only, as it must for the files to be compared byte for byte."""
+
+    def layer_costs(self, fp32_path, int8_path, images, names):
+        return {}, {}
+
+    def times_ms(self, paths, images):
+        return {name: [1.0 if name == "fp32" else 0.5] for name in paths}
+
+
+@pytest.fixture
+def even_speed(monkeypatch) -> None:
+    import sddcompress_export.precision_plan as plan
+
+    monkeypatch.setattr(plan, "MeasuredSpeed", _EvenSpeed)
+
+
 @pytest.fixture
 def stand_in_tensorrt(monkeypatch) -> _Builds:
     import sddcompress_export.tensorrt_engine as te
@@ -187,7 +205,7 @@ def stand_in_tensorrt(monkeypatch) -> _Builds:
 
 
 def test_export_deploy_and_benchmark_build_the_same_artefacts(teacher_ckpt, tmp_path, cli, deploy, quantiser_inputs,
-                                                              stand_in_tensorrt):
+                                                              stand_in_tensorrt, even_speed):
     pytest.importorskip("onnxconverter_common", reason="the fp16 converter is in the dev extra")
     from sddcompress.benchmarking.candidates import ModelSource
     from sddcompress.benchmarking.latency import BenchmarkOptions, _validation_tensors

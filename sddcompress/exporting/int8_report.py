@@ -48,7 +48,12 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
          f"{fp32_metrics['top1']:.2f}; goal {line}")
     latency = latency_section(fp32_model, int8_model, tensors.val_images)
     echo(f"INT8 latency ({latency['providers'][0]}): " + latency.get("goal", latency.get("skipped", "")))
-    return {"path": str(int8_path), "bytes": int8_path.stat().st_size, "quantize_seconds": seconds,
+    plan = result.plan
+    recommendation = plan["recommendation"] if plan else f"ship {int8_path.name} (layers chosen by hand: no plan " \
+                                                         "was measured for this CPU)"
+    echo(f"INT8 recommendation: {recommendation}")
+    return {"recommendation": recommendation, "ship": plan["ship"] if plan else "int8", "plan": plan,
+            "path": str(int8_path), "bytes": int8_path.stat().st_size, "quantize_seconds": seconds,
             "metrics": metrics, "parity": compare_logits(ref, logits),
             "calibration_method": result.method, "calibration_requested": o.calib_method,
             "calibration_images": result.calibration_images, "held_out_images": result.held_out_images,
