@@ -43,7 +43,6 @@ from .onnxruntime_runner import OrtClassifier
 
 METHODS = ("minmax", "percentile", "entropy")
 CALIBRATION_CHOICES = ("auto",) + METHODS
-KEEP_FLOAT_CHOICES = ("auto", "none", "ends")  # or a comma-separated list of node names
 
 
 @dataclass
