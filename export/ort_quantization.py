@@ -209,6 +209,95 @@ def _parse_keep_float(keep_float: str, model) -> list[str] | None:
     return names
 
 
+class _HeldOutSearch:
+    """What the INT8 choices share: the quantiser over the fit slice, and each candidate's score on the
+    held-out slice against the fp32 model (top-1 drop with labels, disagreement without)."""
+
+    def __init__(self, prepared: str, fit: np.ndarray, held: np.ndarray, held_labels: np.ndarray | None, tmp: str,
+                 batch_size: int) -> None:
+        self.quantizer = _Quantizer(prepared, fit, tmp, batch_size)
+        self.held, self.held_labels = held, held_labels
+        self.ref = _predict(prepared, held) if len(held) else None
+        self.fp32_top1 = (None if self.ref is None or held_labels is None
+                          else float(100.0 * (self.ref.argmax(1) == held_labels).mean()))
+
+    def evaluate(self, path: str) -> HeldOutScore | None:
+        return None if self.ref is None else _score(_predict(path, self.held), self.ref, self.held_labels)
+
+    def drop(self, score: HeldOutScore | None) -> float:
+        if score is None:
+            return 0.0
+        return self.fp32_top1 - score.top1 if score.top1 is not None else 100.0 - score.agreement
+
+
+def _choose_calibration(search: _HeldOutSearch, method: str, start_float: list[str], echo):
+    """Step 1: the calibration method (each one tried with `auto`); returns (method, path, score, candidates)."""
+    candidates: dict[str, dict] = {}
+    variants: dict[str, tuple[str, HeldOutScore | None]] = {}
+    for m in (METHODS if method == "auto" else (method,)):
+        path = search.quantizer.quantize(m, start_float)
+        score = search.evaluate(path)
+        variants[m] = (path, score)
+        candidates[m] = {"held_out": None if score is None else asdict(score), "held_out_drop": search.drop(score)}
+        echo(f"INT8 {m}: held-out drop {search.drop(score):+.2f}")
+    chosen = max(variants, key=lambda m: variants[m][1].key() if variants[m][1] else (0,)) \
+        if method == "auto" and search.ref is not None else next(iter(variants))
+    return chosen, *variants[chosen], candidates
+
+
+def _keep_float_for_accuracy(search: _HeldOutSearch, graph, chosen: str, best_path: str, best_score, max_drop: float,
+                             echo):
+    """Step 2: layers kept in float while the held-out drop is above `max_drop`: the first conv and the
+    classifier, then the most sensitive layers one by one. Returns (path, score, float nodes, reason or None,
+    sensitivity)."""
+    float_nodes: list[str] = []
+    reason, sensitivity = None, []
+    ends = end_nodes(graph)
+    path = search.quantizer.quantize(chosen, ends)
+    score = search.evaluate(path)
+    echo(f"INT8 {chosen} with {ends} in float: held-out drop {search.drop(score):+.2f}")
+    if score.key() > best_score.key():
+        best_path, best_score, float_nodes, reason = path, score, ends, "first conv and classifier"
+    if search.drop(best_score) > max_drop:
+        names = weighted_nodes(graph)
+        for name in names:
+            s = search.evaluate(search.quantizer.quantize(chosen, only=[name]))
+            sensitivity.append({"node": name, "logit_mse": s.logit_mse, "agreement": s.agreement})
+        ranked = [r["node"] for r in sorted(sensitivity, key=lambda r: -r["logit_mse"])]
+        kept: list[str] = []
+        for name in ranked[: max(1, len(names) // 4)]:
+            kept.append(name)
+            path = search.quantizer.quantize(chosen, kept)
+            score = search.evaluate(path)
+            if wins_back_accuracy(score, best_score):
+                best_path, best_score, float_nodes = path, score, list(kept)
+                reason = "per-layer sensitivity"
+            if search.drop(score) <= max_drop:
+                break
+        echo(f"INT8 {chosen}: sensitivity pass keeps {float_nodes} in float "
+             f"(held-out drop {search.drop(best_score):+.2f})")
+    return best_path, best_score, float_nodes, reason, sensitivity
+
+
+def _keep_float_for_speed(search: _HeldOutSearch, graph, fp32_path, chosen: str, best_path: str, float_nodes,
+                          fit: np.ndarray, max_drop: float, speed, echo):
+    """Step 3: layers kept in float for speed on this CPU, within the same accuracy constraint
+    (precision_plan.choose_plan). Returns (plan, path, float nodes)."""
+    from .precision_plan import MeasuredSpeed, choose_plan, kernel_names, weighted_layers
+
+    def quantize_plan(nodes: list[str]) -> str:
+        return best_path if set(nodes) == set(float_nodes) else search.quantizer.quantize(chosen, nodes)
+
+    def held_out_drop(path: str) -> float | None:
+        return None if search.ref is None else search.drop(search.evaluate(path))
+
+    timing_images = search.held if len(search.held) else fit  # training images only, like every other choice
+    plan, plan_path = choose_plan(weighted_layers(graph), float_nodes, str(fp32_path), timing_images,
+                                  quantize_plan, held_out_drop, max_drop, speed or MeasuredSpeed(),
+                                  names=kernel_names(graph))
+    return plan, plan_path
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.ndarray,
                   calib_labels: np.ndarray | None = None, method: str = DEFAULTS.calib_method,
                   keep_float: str = DEFAULTS.keep_float, max_drop: float = DEFAULTS.max_drop,
@@ -218,7 +307,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
 
     `calib_labels` (optional) lets the held-out slice be scored by top-1; without them INT8 is scored by its
     agreement with fp32. Metadata is carried over from the fp32 file. With `keep_float='auto'` the layers
-    are also chosen for speed, timed by `speed` (a `precision_plan.SpeedSource`; default: measured here).
+    are chosen in three steps: the calibration method, layers kept float for accuracy, then for speed on
+    this CPU, timed by `speed` (a `precision_plan.SpeedSource`; default: measured here).
     """
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -238,77 +328,19 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
         quant_pre_process(str(fp32_path), prepared, skip_symbolic_shape=True)
         graph = load_onnx(prepared)  # node names as the quantiser sees them
         forced = _parse_keep_float(keep_float, graph)
-        quantizer = _Quantizer(prepared, fit, tmp, batch_size)
-        ref = _predict(prepared, held) if len(held) else None
-        fp32_top1 = None if ref is None or held_labels is None else float(100.0 * (ref.argmax(1) == held_labels).mean())
-
-        def evaluate(path: str) -> HeldOutScore | None:
-            return None if ref is None else _score(_predict(path, held), ref, held_labels)
-
-        def drop(s: HeldOutScore | None) -> float:
-            if s is None:
-                return 0.0
-            return fp32_top1 - s.top1 if s.top1 is not None else 100.0 - s.agreement
-
-        # 1. calibration method
-        start_float = forced or []
-        candidates: dict[str, dict] = {}
-        variants: dict[str, tuple[str, HeldOutScore | None]] = {}
-        for m in (METHODS if method == "auto" else (method,)):
-            path = quantizer.quantize(m, start_float)
-            score = evaluate(path)
-            variants[m] = (path, score)
-            candidates[m] = {"held_out": None if score is None else asdict(score), "held_out_drop": drop(score)}
-            echo(f"INT8 {m}: held-out drop {drop(score):+.2f}")
-        chosen = max(variants, key=lambda m: variants[m][1].key() if variants[m][1] else (0,)) \
-            if method == "auto" and ref is not None else next(iter(variants))
-        best_path, best_score = variants[chosen]
-        float_nodes, reason, sensitivity = list(start_float), "requested" if forced else "none needed", []
-
-        # 2. layers kept in float, only when asked to decide and the held-out drop is too large
-        if forced is None and ref is not None and drop(best_score) > max_drop:
-            ends = end_nodes(graph)
-            path = quantizer.quantize(chosen, ends)
-            score = evaluate(path)
-            echo(f"INT8 {chosen} with {ends} in float: held-out drop {drop(score):+.2f}")
-            if score.key() > best_score.key():
-                best_path, best_score, float_nodes, reason = path, score, ends, "first conv and classifier"
-            if drop(best_score) > max_drop:
-                names = weighted_nodes(graph)
-                for name in names:
-                    s = evaluate(quantizer.quantize(chosen, only=[name]))
-                    sensitivity.append({"node": name, "logit_mse": s.logit_mse, "agreement": s.agreement})
-                ranked = [r["node"] for r in sorted(sensitivity, key=lambda r: -r["logit_mse"])]
-                kept: list[str] = []
-                for name in ranked[: max(1, len(names) // 4)]:
-                    kept.append(name)
-                    path = quantizer.quantize(chosen, kept)
-                    score = evaluate(path)
-                    if wins_back_accuracy(score, best_score):
-                        best_path, best_score, float_nodes = path, score, list(kept)
-                        reason = "per-layer sensitivity"
-                    if drop(score) <= max_drop:
-                        break
-                echo(f"INT8 {chosen}: sensitivity pass keeps {float_nodes} in float "
-                     f"(held-out drop {drop(best_score):+.2f})")
-
-        # 3. layers kept in float for speed on this CPU, within the same accuracy constraint
+        search = _HeldOutSearch(prepared, fit, held, held_labels, tmp, batch_size)
+        chosen, best_path, best_score, candidates = _choose_calibration(search, method, forced or [], echo)
+        float_nodes, reason, sensitivity = list(forced or []), "requested" if forced else "none needed", []
+        if forced is None and search.ref is not None and search.drop(best_score) > max_drop:
+            best_path, best_score, float_nodes, why, sensitivity = _keep_float_for_accuracy(
+                search, graph, chosen, best_path, best_score, max_drop, echo)
+            reason = why or reason
         plan = None
         if forced is None:
-            from .precision_plan import MeasuredSpeed, choose_plan, kernel_names, weighted_layers
-
-            def quantize_plan(nodes: list[str]) -> str:
-                return best_path if set(nodes) == set(float_nodes) else quantizer.quantize(chosen, nodes)
-
-            def held_out_drop(path: str) -> float | None:
-                return None if ref is None else drop(evaluate(path))
-
-            timing_images = held if len(held) else fit  # training images only, like every other choice
-            plan, plan_path = choose_plan(weighted_layers(graph), float_nodes, str(fp32_path), timing_images,
-                                          quantize_plan, held_out_drop, max_drop, speed or MeasuredSpeed(),
-                                          names=kernel_names(graph))
+            plan, plan_path = _keep_float_for_speed(search, graph, fp32_path, chosen, best_path, float_nodes, fit,
+                                                    max_drop, speed, echo)
             if plan_path != best_path:
-                best_path, best_score = plan_path, evaluate(plan_path)
+                best_path, best_score = plan_path, search.evaluate(plan_path)
                 reason = f"{reason}; for speed: {plan.chosen}" if float_nodes else f"for speed: {plan.chosen}"
                 float_nodes = list(plan.float_nodes)
             echo(f"INT8 plan for this CPU: {plan.chosen} ({len(float_nodes)} layers in float); "
@@ -322,7 +354,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
             entry = model.metadata_props.add()
             entry.key, entry.value = INT8_PLAN_KEY, json.dumps(plan)
         atomic_write(out_path, lambda temp: onnx.save(model, str(temp)))
-    return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), fp32_top1, best_score,
+    return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), search.fp32_top1, best_score,
                               candidates, sensitivity, plan)
 
 
