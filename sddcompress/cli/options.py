@@ -85,6 +85,13 @@ def training_options(student_flag: str) -> Callable:
                      help="Skip unreadable images in an image folder (counted) instead of failing."),
         click.option("--train-fraction", type=float, default=D.train_fraction, show_default=True,
                      help="Train on this fraction of each class's training images (fixed subset; val untouched)."),
+        click.option("--labelled-fraction", type=float, default=D.labelled_fraction, show_default=True,
+                     help="Cross-entropy sees the labels of this fraction of each class's training images (a fixed "
+                          "subset drawn with --seed); the distillation terms use every image. With --method ce "
+                          "the run trains on the labelled images only."),
+        click.option("--unlabelled", default=None, metavar="FOLDER",
+                     help="Images without labels (any layout, any size; searched recursively) added to the "
+                          "training set for the distillation terms only."),
         click.option("--workers", type=int, default=None,
                      help="Data loader workers. [default: from the CPU count, at most 8]"),
         click.option("--pipeline", default=D.pipeline, show_default=True,

@@ -47,6 +47,8 @@ class TrainConfig:
     input_size: int | None = None
     skip_bad_images: bool = False
     train_fraction: float = 1.0
+    labelled_fraction: float = 1.0  # of each class's training images keeping their labels (data/label_scarce.py)
+    unlabelled: str | None = None  # a folder of images without labels, for the distillation terms only
     workers: int | None = None  # None: from the CPU count (resolve_workers)
     pipeline: str = "auto"  # training input: device (in-memory uint8, batched augmentation), loader (PIL), auto
     epochs: int = 240
@@ -207,12 +209,30 @@ def validate(cfg: TrainConfig) -> None:
     require_out_given(cfg.out)
     if not 0.0 < cfg.train_fraction <= 1.0:
         raise UserError(f"--train-fraction must be in (0, 1], got {cfg.train_fraction}")
+    if cfg.unlabelled is not None:
+        _check_unlabelled(cfg)
     if cfg.resume and cfg.fresh:
         raise UserError("--resume and --fresh contradict each other; pick one")
     if cfg.precision == "fp16" and (cfg.cpu or not _cuda_available()):
         # Accelerate would train in fp32 on a CPU while the checkpoint records fp16
         raise UserError("--precision fp16 needs a CUDA GPU" + (" and --cpu was given" if cfg.cpu else ", and there "
                         "is none here") + "; use --precision bf16 (CPU autocast) or --precision no")
+
+
+def _check_unlabelled(cfg: TrainConfig) -> None:
+    """--unlabelled: given, meaningful for the method, an existing folder (kept as an absolute path, so a
+    run resumed from another working folder compares equal)."""
+    if not str(cfg.unlabelled).strip():
+        raise UserError("--unlabelled is empty (an unset shell variable?); pass a folder of images, or leave it out")
+    if cfg.method == "ce":
+        raise UserError("--unlabelled images feed the distillation terms only, and --method ce has none: distil "
+                        "(e.g. --method sdd-dkd with --teacher) or leave --unlabelled out")
+    folder = Path(cfg.unlabelled).expanduser()
+    if not folder.exists():
+        raise UserError(f"--unlabelled '{cfg.unlabelled}' does not exist; pass a folder of images")
+    if not folder.is_dir():
+        raise UserError(f"--unlabelled '{cfg.unlabelled}' is a file; pass the folder that holds the images")
+    cfg.unlabelled = str(folder.resolve())
 
 
 def _cuda_available() -> bool:
