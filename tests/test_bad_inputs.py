@@ -96,6 +96,8 @@ SDDCOMPRESS_ROWS = [
      "--labelled-fraction must be a finite number"),
     ("labelled-fraction-empties-a-class", _with(DISTILL, "--labelled-fraction", "0.001"), 2,
      "without a labelled image; pass --labelled-fraction 0.0036 or more"),
+    ("labelled-fraction-smaller-than-a-batch", _with(TRAIN, "--labelled-fraction", "0.01", "--batch-size", "64"), 2,
+     "larger than the training set (10: the labelled images of --labelled-fraction 0.01)"),
     ("config-labelled-fraction-word", _cfg("cfg_labelled_fraction_word"), 2, "labelled_fraction in config"),
     ("unlabelled-missing", _with(DISTILL, "--unlabelled", "{tmp}/no-such-folder"), 2,
      "no-such-folder' does not exist; pass a folder of images"),

@@ -86,9 +86,9 @@ def training_options(student_flag: str) -> Callable:
         click.option("--train-fraction", type=float, default=D.train_fraction, show_default=True,
                      help="Train on this fraction of each class's training images (fixed subset; val untouched)."),
         click.option("--labelled-fraction", type=float, default=D.labelled_fraction, show_default=True,
-                     help="Cross-entropy sees the labels of this fraction of each class's training images (a fixed "
-                          "subset drawn with --seed); the distillation terms use every image. With --method ce "
-                          "the run trains on the labelled images only."),
+                     help="Cross-entropy sees the labels of this fraction of each class's training images (of "
+                          "those --train-fraction keeps; a fixed subset drawn with --seed); the distillation terms "
+                          "use every image. With --method ce the run trains on the labelled images only."),
         click.option("--unlabelled", default=None, metavar="FOLDER",
                      help="Images without labels (any layout, any size; searched recursively) added to the "
                           "training set for the distillation terms only."),

@@ -259,7 +259,10 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
         say(f"skipped {bundle.skipped_images} unreadable images")
     size, classes = bundle.input_size, bundle.num_classes
     if len(bundle.train) < cfg.batch_size:
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(bundle.train)})")
+        which = f"{len(bundle.train)}"
+        if cfg.labelled_fraction < 1.0 and not method.uses_teacher:
+            which += f": the labelled images of --labelled-fraction {cfg.labelled_fraction:g}"
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({which})")
 
     student_source = previous.get("pretrained") if previous is not None else None
     if cfg.pretrained and previous is None:
