@@ -5,12 +5,15 @@
   (s0) the SDD-DKD step on pre-made tensors (no input pipeline)
   (s1) the SDD-DKD step fed by (p3)   (s2) the SDD-DKD step fed by (p2)
 
-Same student, teacher, batch and images for all; images/s of each. Goals (issue 10): (p3) >= 20 x the
+Same student, teacher, batch and images for all; images/s of each. Goals: (p3) >= 20 x the
 step's images/s (s0), and the real-data step (s1) <= 1.05 x the step on pre-made tensors (s0).
 Each case is measured in interleaved rounds and reports its median, so slow drift of a shared
 machine hits all alike. The ratios are printed last.
 
-    python benchmarks/data.py [--data imagefolder:/work/shared/data/cifar10-subset --batch 64 --size 32]
+    python benchmarks/data.py [--data imagefolder:../shared/data/cifar10-subset --batch 64 --size 32]
+
+The default data is the CIFAR-10 subset beside the checkout (../shared/data/cifar10-subset) when
+present, else digits.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from sddcompress.engine.method_nets import distillation_terms, method_networks
 from sddcompress.losses import Objective, make_method
 from sddcompress.models import build_model
 
-SHARED_SUBSET = "/work/shared/data/cifar10-subset"
+SHARED_SUBSET = str(Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-subset")
 
 
 def batches_forever(loader: DataLoader, sampler: EpochShuffleSampler, dataset):

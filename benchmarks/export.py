@@ -11,6 +11,13 @@ Goals on a CPU: ORT fp32 <= 0.5 x eager at batch 1; INT8 <= 0.7 x fp32 at batch 
 
     python benchmarks/export.py                 # the quickstart's SDD student
     python benchmarks/export.py --ckpt runs/quickstart/teacher/checkpoints/best.pt --out /tmp/export-bench
+
+With `--families`, one row per student family instead, each trained briefly on `digits` at 32 px (or left
+untrained with `--epochs 0`: timing-only rows, top-1 meaningless): fp32 and INT8 top-1, the precision plan
+chosen for this CPU (its candidate, the layers kept float), what to ship, and the chosen INT8 model's time
+as a ratio to fp32 at batch 1 and 32 (interleaved call by call):
+
+    python benchmarks/export.py --families resnet20,mobile_half --epochs 3 --out /tmp/families
 """
 
 from __future__ import annotations
@@ -26,16 +33,87 @@ import torch
 
 from sddcompress.benchmarking.backends import ArtifactRunner, TorchRunner
 from sddcompress.benchmarking.timer import measure
-from sddcompress.engine.evaluation_cli import model_from_checkpoint
-from sddcompress.exporting.int8_report import GOAL_DROP
+from sddcompress.engine.checkpoint_eval import model_from_checkpoint
 from sddcompress.exporting.pipeline import ExportOptions, default_checkpoint, run_export
+from sddcompress_export.chain import int8_model
 from sddcompress_export.classifier_metrics import score
+from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.latency_ratio import GOAL_RATIO, batch_of, median_ms_side_by_side
 from sddcompress_export.onnxruntime_runner import OrtClassifier
-from sddcompress_export.ort_quantization import CALIBRATION_CHOICES, quantize_int8
+from sddcompress_export.ort_quantization import CALIBRATION_CHOICES
 from sddcompress_export.tensor_file import load_tensor_file
 
 BATCHES = (1, 32)
+FAMILIES = ("resnet20", "resnet8x4", "wrn_16_2", "vgg8", "mobile_half", "shufflev1_paper", "shufflev2_paper",
+            "mobilenetv2", "shufflenetv2", "mobilenet_v3_small")
+
+
+def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int) -> dict:
+    """Train `name` briefly on digits at 32 px (or not at all), export, quantise with the default chain
+    (accuracy, then the precision plan for this CPU) and time the chosen INT8 model against fp32."""
+    import numpy as np
+
+    from sddcompress.engine.config import TrainConfig
+    from sddcompress.engine.trainer import run
+    from sddcompress.exporting.onnx_writer import write_onnx
+    from sddcompress.models.registry import build_model
+    from sddcompress_export.metadata import ModelMetadata
+
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if epochs > 0:
+        result = run(TrainConfig(model=name, data="digits", input_size=32, epochs=epochs, batch_size=64, lr=0.05,
+                                 schedule="cosine", out=str(folder / "train"), cpu=True, log_every=10**6),
+                     echo=lambda s: None)
+        report = run_export(ExportOptions(ckpt=str(result.best), out=str(folder), calib_size=calib_size),
+                            echo=lambda s: None)
+        onnx_path, data = report["artifacts"]["onnx"]["path"], load_tensor_file(report["tensor_file"]["path"])
+    else:  # untrained weights: the graph and its timing only
+        torch.manual_seed(0)
+        net = build_model(name, 10, 32).eval()
+        onnx_path = str(folder / "model.onnx")
+        write_onnx(net, onnx_path, ModelMetadata([str(k) for k in range(10)], 32, [0.5] * 3, [0.5] * 3,
+                                                 model_name=name))
+        rng = np.random.default_rng(0)
+        images = rng.standard_normal((calib_size + 256, 3, 32, 32)).astype(np.float32)
+        data = type("Data", (), {"calib_images": images[:calib_size], "calib_labels": None,
+                                 "val_images": images[calib_size:], "val_labels": np.zeros(256, np.int64)})
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    result = int8_model(onnx_path, folder / "model.int8.onnx", data.calib_images, data.calib_labels, calib_size)
+    quantize_seconds = time.perf_counter() - started
+    fp32, int8 = OrtClassifier(onnx_path), OrtClassifier(result.path)
+    fp32_top1 = score(fp32, data.val_images, data.val_labels)["top1"]
+    int8_top1 = score(int8, data.val_images, data.val_labels)["top1"]
+    plan = result.plan or {}
+    row = {"family": name, "epochs": epochs, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
+           "drop": fp32_top1 - int8_top1, "plan": plan.get("chosen"), "float_nodes": result.float_nodes,
+           "why": plan.get("why", {}), "ship": plan.get("ship"), "plan_ratio": plan.get("ratio"), "plan_fastest_ratio": plan.get("fastest_ratio"),
+           "layers": len(plan.get("layer_costs_us", {})), "train_export_seconds": train_seconds,
+           "quantize_seconds": quantize_seconds,
+           "candidates": {c["name"]: c["ratio"] for c in plan.get("candidates", [])}}
+    for batch, rounds in zip(BATCHES, (calls * 4, calls)):
+        ms = median_ms_side_by_side({"fp32": fp32, "int8": int8}, batch_of(data.val_images, batch), rounds=rounds)
+        row[f"x_fp32_b{batch}"] = ms["int8"] / ms["fp32"]
+        row[f"fp32_ms_b{batch}"] = ms["fp32"]
+    return row
+
+
+def families_main(args) -> None:
+    out = Path(args.out or tempfile.mkdtemp(prefix="sddcompress-families-"))
+    rows = []
+    names = FAMILIES if args.families == "all" else args.families.split(",")
+    print(f"{'family':<20}{'fp32':>7}{'int8':>7}{'drop':>7}  {'plan':<20}{'float':>8}{'ship':>6}"
+          f"{'b=1 x':>7}{'b=32 x':>8}", flush=True)
+    for name in names:
+        row = family_row(name, out, args.epochs, args.calib_size, args.calls)
+        rows.append(row)
+        print(f"{name:<20}{row['fp32_top1']:>7.2f}{row['int8_top1']:>7.2f}{row['drop']:>+7.2f}  {row['plan']:<20}"
+              f"{len(row['float_nodes']):>4}/{row['layers']:<3}{row['ship']:>6}{row['x_fp32_b1']:>7.2f}"
+              f"{row['x_fp32_b32']:>8.2f}", flush=True)
+        (out / "families.json").write_text(json.dumps(rows, indent=2))
+    print(f"rows: {out / 'families.json'}")
 
 
 def main() -> None:
@@ -44,13 +122,18 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--data", default=None, help="dataset, if the checkpoint's is not the one to score on")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--calib-size", type=int, default=256)
+    ap.add_argument("--calib-size", type=int, default=DEFAULTS.calib_size)
     ap.add_argument("--val-size", type=int, default=None)
     ap.add_argument("--methods", default=",".join(("minmax", "percentile", "entropy", "auto")))
     ap.add_argument("--calls", type=int, default=100, help="interleaved calls per ONNX Runtime model and batch")
     ap.add_argument("--rounds", type=int, default=5, help="eager vs ORT fp32: blocks per backend and batch")
     ap.add_argument("--iters", type=int, default=30, help="eager vs ORT fp32: calls per block")
+    ap.add_argument("--families", default=None,
+                    help=f"comma-separated student families, or all ({', '.join(FAMILIES)}): one row each")
+    ap.add_argument("--epochs", type=int, default=3, help="with --families: training epochs on digits (0: untrained)")
     args = ap.parse_args()
+    if args.families:
+        return families_main(args)
     ckpt = args.ckpt or default_checkpoint()
     out = Path(args.out or tempfile.mkdtemp(prefix="sddcompress-export-bench-"))
     started = time.perf_counter()
@@ -69,8 +152,8 @@ def main() -> None:
         if method not in CALIBRATION_CHOICES:
             raise SystemExit(f"--methods: unknown '{method}'; use {', '.join(CALIBRATION_CHOICES)}")
         t0 = time.perf_counter()
-        result = quantize_int8(onnx_info["path"], out / f"model.int8.{method}.onnx", data.calib_images,
-                               data.calib_labels, method=method)
+        result = int8_model(onnx_info["path"], out / f"model.int8.{method}.onnx", data.calib_images,
+                            data.calib_labels, args.calib_size, method=method)
         metrics = score(OrtClassifier(result.path), data.val_images, data.val_labels)
         name = f"INT8 {method}" + (f"->{result.method}" if method == "auto" else "")
         rows[name] = {"top1": metrics["top1"], "drop": fp32_top1 - metrics["top1"], "float": result.float_nodes,
@@ -115,8 +198,8 @@ def main() -> None:
     print(f"goal ORT fp32 <= 0.5 x eager at b=1: {fp32_vs_eager:.2f} -> {'met' if fp32_vs_eager <= 0.5 else 'NOT met'}")
     for name, row in rows.items():
         if name.startswith("INT8"):
-            ok = row["drop"] <= GOAL_DROP and row["x_fp32_b32"] <= GOAL_RATIO
-            print(f"goal {name}: drop {row['drop']:+.2f} <= {GOAL_DROP}, b=32 {row['x_fp32_b32']:.2f} <= "
+            ok = row["drop"] <= DEFAULTS.max_drop and row["x_fp32_b32"] <= GOAL_RATIO
+            print(f"goal {name}: drop {row['drop']:+.2f} <= {DEFAULTS.max_drop}, b=32 {row['x_fp32_b32']:.2f} <= "
                   f"{GOAL_RATIO} x fp32 "
                   f"-> {'met' if ok else 'NOT met'}; float layers: {', '.join(row['float']) or 'none'}")
     (out / "export_bench.json").write_text(json.dumps({"checkpoint": ckpt, "rows": rows}, indent=2))

@@ -2,8 +2,11 @@
 
 The logit losses take logits; the MSDCRD-style terms also take (B, N, D) region embeddings (D=256, a
 wide teacher's width; the student's are normalised inside the step so their gradient is included)
-and the teacher's region logits. Prints each as a ratio to KD measured in the same run, plus bytes
-allocated per step (CUDA: peak memory). Run: python benchmarks/losses.py [--device cuda]
+and the teacher's region logits. Local logits are laid out as the networks give them (the transpose of a
+contiguous (B, N, K) tensor). Prints each as a ratio to KD measured in the same run, plus bytes
+allocated per step (CUDA: peak memory), and the fused SDD-KD / SDD-DKD expressions against the
+per-region composition they replace (`sdd_loss` over the per-sample KD / DKD terms).
+Run: python benchmarks/losses.py [--device cuda]
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from sddcompress.benchmarking.timer import measure
-from sddcompress.losses import Objective, make_method
+from sddcompress.losses import Objective, dkd_per_sample, kd_per_sample, make_method, sdd_loss
 
 
 @contextlib.contextmanager
@@ -54,20 +57,33 @@ def main() -> None:
     b, k, n, dev = args.batch, args.classes, 21, args.device
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, k, (b,), generator=g).to(dev)
-    s_local = torch.randn(b, k, n, generator=g).to(dev).requires_grad_()
-    t_local = torch.randn(b, k, n, generator=g).to(dev)
+    # local logits (B, K, N) as LocalLogits returns them: the transpose of a contiguous (B, N, K) tensor
+    s_leaf = torch.randn(b, n, k, generator=g).to(dev).requires_grad_()
+    t_local = torch.randn(b, n, k, generator=g).to(dev).transpose(1, 2)
     s_raw = torch.randn(b, n, args.dim, generator=g).to(dev).requires_grad_()
     t_msd = {"embedding": F.normalize(torch.randn(b, n, args.dim, generator=g), dim=2).to(dev),
              "region_logits": t_local.transpose(1, 2).contiguous()}
     sync = torch.cuda.synchronize if dev.startswith("cuda") else None
 
     rows = {}
+    composed = {  # the per-region composition the fused SDD expressions replace: sdd_loss over per-sample terms
+        "sdd-kd, composed": lambda s: sdd_loss(s, t_local, y, lambda a, c, yy: kd_per_sample(a, c, 4.0), 2.0),
+        "sdd-dkd, composed": lambda s: sdd_loss(s, t_local, y, lambda a, c, yy: dkd_per_sample(a, c, yy, 4.0, 1.0, 8.0),
+                                                2.0)}
+    for name, terms in composed.items():
+        def composed_step(terms=terms) -> None:
+            s_leaf.grad = None
+            sum(terms(s_leaf.transpose(1, 2)).values()).backward()
+
+        stats = measure(composed_step, warmup=10, min_iters=args.iters, sync=sync)
+        rows[name] = (stats.p50, allocated_bytes(composed_step, dev))
     for name in ("kd", "dkd", "sdd-kd", "sdd-dkd", "msdcrd", "sdd-dkd+msdcrd"):
-        objective = Objective(make_method(name))
-        msd = name.endswith("msdcrd")
+        method = make_method(name)
+        objective, msd = Objective(method), method.uses_msd
 
         def step() -> None:
-            s_local.grad = s_raw.grad = None
+            s_leaf.grad = s_raw.grad = None
+            s_local = s_leaf.transpose(1, 2)
             s_msd = {"embedding": F.normalize(s_raw, dim=2)} if msd else None
             out = objective(s_local[:, :, 0], y, teacher_logits=t_local[:, :, 0], student_local=s_local,
                             teacher_local=t_local, epoch_progress=100.0, student_msd=s_msd,
@@ -78,9 +94,11 @@ def main() -> None:
         rows[name] = (stats.p50, allocated_bytes(step, dev))
     base = rows["kd"][0]
     print(f"loss fwd+bwd, B={b} K={k} N={n} on {dev} ({torch.get_num_threads()} threads), p50 of {args.iters}")
-    print(f"{'method':<16}{'p50 ms':>10}{'x KD':>8}{'MB alloc':>10}")
+    print(f"{'method':<18}{'p50 ms':>10}{'x KD':>8}{'MB alloc':>10}")
     for name, (p50, mem) in rows.items():
-        print(f"{name:<16}{p50:>10.3f}{p50 / base:>8.2f}{mem / 2**20:>10.2f}")
+        print(f"{name:<18}{p50:>10.3f}{p50 / base:>8.2f}{mem / 2**20:>10.2f}")
+    for name in ("sdd-kd", "sdd-dkd"):
+        print(f"{name}: fused / composed {rows[name][0] / rows[name + ', composed'][0]:.2f}")
 
 
 if __name__ == "__main__":

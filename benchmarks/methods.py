@@ -10,7 +10,7 @@ read back, a half-finished one continues from its checkpoint), methods.json, met
 the best-epoch and last-epoch val top-1 per method, the teacher's top-1, each method's gain over CE on
 the same seed with its spread) and methods.png (one point per seed; mean and spread per method).
 
-    python benchmarks/methods.py                        # the shared CIFAR-10 subset when present, ~30 min on 2 free cores
+    python benchmarks/methods.py                        # the CIFAR-10 subset beside the checkout when present, ~30 min on 2 free cores
     python benchmarks/methods.py --epochs 60 --seeds 5 --subset 0.5    # scale up (e.g. on a GPU)
     python benchmarks/methods.py --data digits --methods ce,sdd-dkd --epochs 2 --out runs/try
 """
@@ -22,10 +22,11 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from sddcompress.stats import mean_std
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
@@ -33,7 +34,8 @@ PAPER_EPOCHS = 240  # the CIFAR-100 recipes' length; warm-ups/ramps are scaled f
 
 
 def default_data() -> tuple[str, int]:
-    """The shared CIFAR-10 subset (shown at 16 px: 4x less compute) when present, else digits at 16 px."""
+    """The CIFAR-10 subset beside the checkout, ../shared/data/cifar10-subset (shown at 16 px: 4x less compute),
+    when present, else digits at 16 px."""
     if SHARED_SUBSET.is_dir():
         return f"imagefolder:{SHARED_SUBSET}", 16
     return "digits", 16
@@ -145,42 +147,41 @@ def ensure_run(cfg, epochs: int, log) -> dict:
     return done
 
 
-def _claim_file(run_dir: Path) -> Path:
-    return run_dir.parent / f".{run_dir.name}.claim"
+_CLAIMS: dict[Path, object] = {}  # the runs this process holds
+
+
+def _claim_lock(run_dir: Path):
+    from sddcompress.engine.run_lock import RunLock
+
+    return RunLock(run_dir.parent, lambda s: None, name=f".{run_dir.name}.claim")
 
 
 def claimed(run_dir: Path) -> bool:
-    """Whether a live process holds this run (a dead holder's claim is void)."""
-    try:
-        pid = int(_claim_file(run_dir).read_text())
-    except (OSError, ValueError):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    """Whether a live process holds this run (the lock dies with its holder)."""
+    if run_dir in _CLAIMS:
+        return True
+    probe = _claim_lock(run_dir)
+    if not probe.try_acquire():
+        return True
+    probe.__exit__()
+    return False
 
 
 def claim(run_dir: Path) -> bool:
     """Take the run for this process unless a live one holds it."""
-    path = _claim_file(run_dir)
-    if claimed(run_dir):
-        return int(path.read_text()) == os.getpid()
-    path.unlink(missing_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    if run_dir in _CLAIMS:
+        return True
+    lock = _claim_lock(run_dir)
+    if not lock.try_acquire():
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+    _CLAIMS[run_dir] = lock
     return True
 
 
 def release(run_dir: Path) -> None:
-    _claim_file(run_dir).unlink(missing_ok=True)
+    lock = _CLAIMS.pop(run_dir, None)
+    if lock is not None:
+        lock.__exit__()
 
 
 def method_overrides(name: str, epochs: int, beta: float | None = None) -> dict:
@@ -191,13 +192,9 @@ def method_overrides(name: str, epochs: int, beta: float | None = None) -> dict:
     over = {"warmup_epochs": method.warmup_epochs * scale} if method.warmup_epochs > 0 else {}
     if getattr(method, "uses_msd", False):
         over["msd_ramp_epochs"] = method.msd_ramp_epochs * scale
-    if beta is not None and "dkd" in name:
+    if beta is not None and "beta" in method.spec.options:
         over["beta"] = beta
     return over
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -298,7 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from sddcompress.losses import METHODS
+    from sddcompress.losses import method_names
+
+    registered = method_names()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -313,11 +312,11 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_data = args.data
     if args.data.startswith("imagefolder:") and args.val_per_class:
         args.data = student_view(args.data, args.val_per_class, out)
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(registered)
     methods = ["ce"] + [m for m in methods if m != "ce"]  # the baseline first
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in registered]
     if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS)}")
+        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
     teacher_epochs = args.teacher_epochs
     log_file = (out / "sweep.log").open("a")
 

@@ -35,7 +35,6 @@ import time
 from collections import Counter
 
 import torch
-from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sddcompress.benchmarking.timer import measure

@@ -19,63 +19,58 @@ import sys
 from pathlib import Path
 
 from .closed_pipe import exit_on_closed_pipe
+from .defaults import DEFAULTS
 from .errors import DeployError, error_line
 from .file_checks import describe_os_error, writable_file_path
 from .ort_quantization import CALIBRATION_CHOICES
+from .tensorrt_engine import PRECISIONS
 
 
 def _eval(args) -> dict:
     from .artifacts import open_artifact
     from .classifier_metrics import score
-    from .tensor_file import load_tensor_file
-
-    from .tensor_file import check_labels
+    from .tensor_file import load_for_model
 
     model, meta = open_artifact(args.model, threads=args.threads)
-    data = load_tensor_file(args.data, meta.input_size)
-    if meta.class_names:
-        check_labels(args.data, data.val_labels, len(meta.class_names))
+    data = load_for_model(args.data, meta, need=("val",))
     metrics = score(model, data.val_images, data.val_labels, args.batch_size)
     if not math.isfinite(metrics["loss"]):
         raise DeployError(f"'{args.model}' produced non-finite logits on '{args.data}'; the artefact is broken: "
                           "export it again from a checkpoint with finite weights")
-    return {"model": str(args.model), **metrics}
+    return {"model": str(args.model), **metrics, **_pixels_note(data, meta)}
+
+
+def _pixels_note(data, meta) -> dict:
+    """What the output says when the tensor file held raw pixels the model's normalisation was applied to."""
+    if not data.raw_pixels:
+        return {}
+    spec = meta.preprocessing_spec()
+    return {"input": f"integer pixels, normalised on reading with the model's mean "
+                     f"{[round(m, 4) for m in spec.mean]} and std {[round(s, 4) for s in spec.std]}"}
 
 
 def _quantize(args) -> dict:
-    from .ort_quantization import quantize_int8
-    from .tensor_file import load_tensor_file
-
-    from .metadata import read_metadata
+    from .chain import int8_model
+    from .metadata import ModelMetadata, load_onnx, require_float_model
+    from .tensor_file import load_for_model
 
     writable_file_path(args.out, "--out")
-    data = load_tensor_file(args.data, read_metadata(args.model).input_size)
-    labels = None if data.calib_labels is None else data.calib_labels[: args.calib_size]
-    result = quantize_int8(args.model, args.out, data.calib_images[: args.calib_size], labels,
-                           method=args.int8_calibration, keep_float=args.int8_keep_float,
-                           max_drop=args.int8_max_drop)
-    return {"int8_model": str(result.path), **result.to_report()}
+    source = load_onnx(args.model)
+    require_float_model(source, args.model)
+    meta = ModelMetadata.from_props({p.key: p.value for p in source.metadata_props}, f"'{args.model}'")
+    data = load_for_model(args.data, meta, need=("calib",))
+    result = int8_model(args.model, args.out, data.calib_images, data.calib_labels, args.calib_size,
+                        args.int8_calibration, args.int8_keep_float, args.int8_max_drop)
+    return {"int8_model": str(result.path), **result.to_report(), **_pixels_note(data, meta)}
 
 
 def _build_trt(args) -> dict:
-    from .metadata import read_metadata
-    from .tensorrt_engine import EngineSpec, build_engine, check_explicit_int8, require_tensorrt
+    from .chain import tensorrt_engine
 
-    spec = EngineSpec(args.precision, args.min_batch, args.opt_batch, args.max_batch)
-    spec.validate()
-    meta = read_metadata(args.model)
-    if args.precision == "int8":
-        check_explicit_int8(args.model)  # before the GPU check: a wrong file is the first thing to fix
-    require_tensorrt()
     out = args.out if args.out is not None else str(Path(args.model).with_suffix(f".{args.precision}.engine"))
     writable_file_path(out, "--out")
-    timing = args.timing_cache or str(Path(out).parent / "timing.cache")
-    source = Path(args.model)
-    if args.precision == "fp16":
-        from .fp16_onnx import convert_to_fp16
-
-        source = convert_to_fp16(args.model, Path(out).with_suffix(".onnx"))
-    path = build_engine(source, out, spec, meta, timing_cache=timing)
+    path, source = tensorrt_engine(args.model, args.precision, out, (args.min_batch, args.opt_batch, args.max_batch),
+                                   args.timing_cache)
     return {"engine": str(path), "onnx": str(source)}
 
 
@@ -95,9 +90,24 @@ def _classify(args) -> dict:
 
 
 def _info(args) -> dict:
-    from .artifacts import artifact_metadata
+    """The metadata; for an ONNX model also the recommendation of the INT8 precision plan, from the INT8
+    model itself or, for the fp32 model, from the `model.int8.onnx` beside it."""
+    from .artifacts import artifact_kind, artifact_metadata
+    from .chain import INT8_FILE
+    from .metadata import read_int8_plan
 
-    return artifact_metadata(args.model).__dict__
+    info = dict(artifact_metadata(args.model).__dict__)
+    if artifact_kind(args.model) == "onnx":
+        source = Path(args.model)
+        plan = read_int8_plan(source)
+        if plan is None and source.name != INT8_FILE and (source.parent / INT8_FILE).is_file():
+            source = source.parent / INT8_FILE
+            plan = read_int8_plan(source)
+        if plan is not None:
+            info["recommendation"] = plan.get("recommendation")
+            info["int8_plan"] = {"from": str(source), **{k: plan.get(k) for k in (
+                "ship", "chosen", "ratio", "batch", "float_nodes", "why", "machine")}}
+    return info
 
 
 def _check(args) -> dict:
@@ -142,21 +152,22 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("model")
     q.add_argument("--data", required=True, help="tensor file whose calib_images (training images) calibrate")
     q.add_argument("--out", required=True)
-    q.add_argument("--calib-size", type=_count(1), default=512)
-    q.add_argument("--int8-calibration", "--method", default="auto", choices=list(CALIBRATION_CHOICES),
+    q.add_argument("--calib-size", type=_count(1), default=DEFAULTS.calib_size,
+                   help="the first N calibration images of the tensor file calibrate (default: %(default)s)")
+    q.add_argument("--int8-calibration", "--method", default=DEFAULTS.calib_method, choices=list(CALIBRATION_CHOICES),
                    help="auto tries each method and keeps the best on held-out calibration images")
-    q.add_argument("--int8-keep-float", default="auto",
+    q.add_argument("--int8-keep-float", default=DEFAULTS.keep_float,
                    help="auto (only if needed), none, ends (first conv + classifier) or comma-separated node names")
-    q.add_argument("--int8-max-drop", type=float, default=0.5,
+    q.add_argument("--int8-max-drop", type=float, default=DEFAULTS.max_drop,
                    help="top-1 points INT8 may lose on the held-out calibration images before layers stay float")
     q.set_defaults(run=_quantize)
     t = sub.add_parser("build-trt", help="build a strongly typed TensorRT engine (needs an NVIDIA GPU)")
     t.add_argument("model", help="fp32 ONNX for fp32/fp16 (fp16 is converted first); the Q/DQ ONNX for int8")
-    t.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    t.add_argument("--precision", default=DEFAULTS.precision, choices=list(PRECISIONS))
     t.add_argument("--out", default=None)
-    t.add_argument("--min-batch", type=_count(1), default=1)
-    t.add_argument("--opt-batch", type=_count(1), default=8)
-    t.add_argument("--max-batch", type=_count(1), default=32)
+    t.add_argument("--min-batch", type=_count(1), default=DEFAULTS.min_batch)
+    t.add_argument("--opt-batch", type=_count(1), default=DEFAULTS.opt_batch)
+    t.add_argument("--max-batch", type=_count(1), default=DEFAULTS.max_batch)
     t.add_argument("--timing-cache", default=None, help="reused across builds (default: next to the engine)")
     t.set_defaults(run=_build_trt)
     i = sub.add_parser("info", help="print an artefact's preprocessing metadata")

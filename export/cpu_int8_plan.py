@@ -4,7 +4,7 @@
 quantisation requires it. A ReLU output quantised that way keeps its `Relu` node between Q/DQ pairs
 (`... -> Q -> DQ -> Relu -> Q -> DQ`): ONNX Runtime has no integer ReLU, so on the CPU it runs the ReLU in
 float, cannot fuse the convolution before it into `QLinearConv`, and moves every such tensor in and out of
-its NHWC layout. On this project's quickstart models that makes INT8 about 2x *slower* than fp32.
+its NHWC layout. On the quickstart models that makes INT8 about 2x *slower* than fp32.
 
 ONNX Runtime's own fast pattern is an unsigned output with zero point 0: the quantisation clamp at 0 *is*
 the ReLU, so `DQ -> Conv -> Q(uint8)` fuses into one `QLinearConv`. `fold_relu_into_uint8` rewrites the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .atomic import atomic_write
 from .errors import DeployError
 from .metadata import load_onnx
 
@@ -55,9 +56,7 @@ def convert_to_fp16(fp32_path: str | Path, out_path: str | Path, converter: str 
             from None
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)
-    out_path = Path(out_path)
-    onnx.save(model, str(out_path))
-    return out_path
+    return atomic_write(out_path, lambda temp: onnx.save(model, str(temp)))
 
 
 def is_fp16_onnx(model) -> bool:

@@ -11,6 +11,9 @@ from .file_checks import existing_file
 from .preprocessing import Preprocessing, legacy_preprocessing
 
 _PREFIX = "sddcompress."
+# The INT8 model's precision plan for the CPU that exported it (`precision_plan.PrecisionPlan`, JSON): which
+# layers stay float and why, and which model to ship there. Outside `_PREFIX`, which `ModelMetadata` owns.
+INT8_PLAN_KEY = "sddcompress_int8_plan"
 
 
 @dataclass
@@ -80,6 +83,20 @@ def load_onnx(path: str | Path):
     return model
 
 
+#: Operators only a quantised ONNX model holds.
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "ConvInteger", "MatMulInteger")
+
+
+def require_float_model(model, path: str | Path) -> None:
+    """A DeployError if the ONNX model is already quantised (quantising it again fails deep inside the
+    quantiser)."""
+    ops = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if ops:
+        raise DeployError(f"'{path}' is already INT8 (it holds {', '.join(ops[:2])} nodes); quantize the fp32 "
+                          "model.onnx it was made from, or use this file as it is")
+
+
 def write_metadata(model, meta: ModelMetadata) -> None:
     """Replace this package's metadata entries of an in-memory ONNX ModelProto."""
     kept = [p for p in model.metadata_props if not p.key.startswith(_PREFIX)]
@@ -94,6 +111,20 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     """Metadata of an ONNX file (without loading its weights into a session)."""
     model = load_onnx(path)
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, f"'{path}'")
+
+
+def read_int8_plan(path: str | Path) -> dict | None:
+    """The precision plan recorded in an INT8 model (None for a model without one)."""
+    model = load_onnx(path)
+    value = next((p.value for p in model.metadata_props if p.key == INT8_PLAN_KEY), None)
+    if value is None:
+        return None
+    try:
+        plan = json.loads(value)
+    except ValueError:
+        raise DeployError(f"'{path}' has a damaged INT8 plan in its metadata (not JSON); quantise it again "
+                          "with `sddcompress-deploy quantize`") from None
+    return plan if isinstance(plan, dict) else None
 
 
 def onnx_opset(model) -> int:

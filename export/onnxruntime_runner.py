@@ -72,13 +72,14 @@ class OrtClassifier:
     to CPU when a GPU provider cannot load) are in `.providers`, and `.device` says where it runs.
     On the CPU provider a symmetric INT8 model runs through `cpu_int8_plan` (ReLUs folded into uint8 outputs,
     7-bit weights where the input is signed, first-conv input channels padded to a multiple of 4, the spatial
-    mean as a global pool; `.cpu_plan` counts each), unless `use_cpu_plan=False`.
+    mean as a global pool; `.cpu_plan` counts each), unless `use_cpu_plan=False`. With `profile_prefix`,
+    ONNX Runtime's profiler records every node's kernel time until `end_profiling()` returns the JSON file.
     """
 
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 use_cpu_plan: bool = True) -> None:
+                 use_cpu_plan: bool = True, profile_prefix: str | None = None) -> None:
         import onnxruntime as ort
 
         model = load_onnx(path)  # a clear error for a missing/non-ONNX file before ORT's own message
@@ -93,6 +94,9 @@ class OrtClassifier:
         options.add_session_config_entry("session.force_spinning_stop", "1")
         if threads:
             options.intra_op_num_threads = threads
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         available = ort.get_available_providers()
         wanted = default_providers(available) if providers is None else providers
         chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
@@ -121,6 +125,10 @@ class OrtClassifier:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images, np.float32)})[0]
+
+    def end_profiling(self) -> str:
+        """Stop ONNX Runtime's profiler; returns the path of the JSON file it wrote."""
+        return self.session.end_profiling()
 
     @property
     def static_batch(self) -> int | None:

@@ -12,6 +12,10 @@ decision is scored on the held-out slice, never on the validation images a repor
   a per-layer sensitivity pass (quantise one layer at a time, rank by logit error) and keeps the most
   sensitive layers in float one by one until the held-out drop is within `max_drop` or a quarter of the
   layers are float; a set with more float layers is kept only if it wins back held-out top-1 or agreement.
+  Then, for speed on this machine's CPU (`precision_plan`), layers that are slower in INT8 here (depthwise
+  and grouped convolutions, kinds or single layers that ONNX Runtime's profiler finds slower) are tried in
+  float too; the fastest plan that keeps the held-out accuracy is written, and the plan with its
+  recommendation (INT8, or fp32 where no INT8 plan is faster) goes into the model's metadata.
 
 Each method is calibrated once (ONNX Runtime's calibration cache); later variants only re-quantise.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -29,14 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from .classifier_metrics import predict_all
+from .atomic import atomic_write
 from .cpu_int8_plan import WEIGHTED_OPS
+from .defaults import DEFAULTS
 from .errors import DeployError
-from .metadata import load_onnx
+from .metadata import INT8_PLAN_KEY, load_onnx
 from .onnxruntime_runner import OrtClassifier
 
 METHODS = ("minmax", "percentile", "entropy")
 CALIBRATION_CHOICES = ("auto",) + METHODS
-KEEP_FLOAT_CHOICES = ("auto", "none", "ends")  # or a comma-separated list of node names
 
 
 @dataclass
@@ -64,6 +70,7 @@ class QuantizationResult:
     held_out: HeldOutScore | None
     candidates: dict[str, dict] = field(default_factory=dict)
     sensitivity: list[dict] = field(default_factory=list)
+    plan: dict | None = None  # `PrecisionPlan.to_dict()` when the layers were chosen for speed as well
 
     def held_out_drop(self) -> float | None:
         if self.held_out is None:
@@ -203,13 +210,15 @@ def _parse_keep_float(keep_float: str, model) -> list[str] | None:
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.ndarray,
-                  calib_labels: np.ndarray | None = None, method: str = "auto", keep_float: str = "auto",
-                  max_drop: float = 0.5, held_out_fraction: float = 0.25, batch_size: int = 32,
-                  echo=lambda s: None) -> QuantizationResult:
+                  calib_labels: np.ndarray | None = None, method: str = DEFAULTS.calib_method,
+                  keep_float: str = DEFAULTS.keep_float, max_drop: float = DEFAULTS.max_drop,
+                  held_out_fraction: float = 0.25, batch_size: int = 32, echo=lambda s: None,
+                  speed=None) -> QuantizationResult:
     """Calibrate on training images (preprocessed, N x 3 x H x W) and write the QDQ INT8 model.
 
     `calib_labels` (optional) lets the held-out slice be scored by top-1; without them INT8 is scored by its
-    agreement with fp32. Metadata is carried over from the fp32 file.
+    agreement with fp32. Metadata is carried over from the fp32 file. With `keep_float='auto'` the layers
+    are also chosen for speed, timed by `speed` (a `precision_plan.SpeedSource`; default: measured here).
     """
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -283,14 +292,38 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
                 echo(f"INT8 {chosen}: sensitivity pass keeps {float_nodes} in float "
                      f"(held-out drop {drop(best_score):+.2f})")
 
+        # 3. layers kept in float for speed on this CPU, within the same accuracy constraint
+        plan = None
+        if forced is None:
+            from .precision_plan import MeasuredSpeed, choose_plan, kernel_names, weighted_layers
+
+            def quantize_plan(nodes: list[str]) -> str:
+                return best_path if set(nodes) == set(float_nodes) else quantizer.quantize(chosen, nodes)
+
+            def held_out_drop(path: str) -> float | None:
+                return None if ref is None else drop(evaluate(path))
+
+            timing_images = held if len(held) else fit  # training images only, like every other choice
+            plan, plan_path = choose_plan(weighted_layers(graph), float_nodes, str(fp32_path), timing_images,
+                                          quantize_plan, held_out_drop, max_drop, speed or MeasuredSpeed(),
+                                          names=kernel_names(graph))
+            if plan_path != best_path:
+                best_path, best_score = plan_path, evaluate(plan_path)
+                reason = f"{reason}; for speed: {plan.chosen}" if float_nodes else f"for speed: {plan.chosen}"
+                float_nodes = list(plan.float_nodes)
+            echo(f"INT8 plan for this CPU: {plan.chosen} ({len(float_nodes)} layers in float); "
+                 f"{plan.recommendation}")
+            plan = plan.to_dict()
+
         model = onnx.load(best_path)
         del model.metadata_props[:]
         model.metadata_props.extend(source.metadata_props)
-        tmp_out = out_path.with_name(out_path.name + ".tmp")
-        onnx.save(model, str(tmp_out))
-        tmp_out.replace(out_path)
+        if plan is not None:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = INT8_PLAN_KEY, json.dumps(plan)
+        atomic_write(out_path, lambda temp: onnx.save(model, str(temp)))
     return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), fp32_top1, best_score,
-                              candidates, sensitivity)
+                              candidates, sensitivity, plan)
 
 
 def zero_points(model) -> dict[str, list[int]]:

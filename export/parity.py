@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .errors import DeployError
 
 
@@ -46,8 +47,4 @@ def check_parity(result: dict, atol: float, min_agreement: float, what: str) -> 
 
 
 def write_report(path: str | Path, report: dict) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(report, indent=2, default=str))

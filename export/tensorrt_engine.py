@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .defaults import DEFAULTS
 from .errors import DeployError
 from .metadata import ModelMetadata, load_onnx
 
@@ -73,10 +74,10 @@ def require_tensorrt() -> None:
 class EngineSpec:
     """What to build: the precision (a label: the ONNX file carries it) and the dynamic-batch profile."""
 
-    precision: str = "fp16"
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 32
+    precision: str = DEFAULTS.precision
+    min_batch: int = DEFAULTS.min_batch
+    opt_batch: int = DEFAULTS.opt_batch
+    max_batch: int = DEFAULTS.max_batch
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:

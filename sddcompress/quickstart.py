@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Callable
 
 from .engine.config import TrainConfig
 from .engine.trainer import RunResult, run
 from .run_paths import QUICKSTART_DIR, SUMMARY_NAME, require_out_given
+from .stats import mean_std
 
 TEACHER, STUDENT, DATA, SIZE, BATCH = "resnet56", "resnet20", "digits", 16, 64
 LABELLED_FRACTION = 0.05  # of each class's training digits whose labels the students see
@@ -44,13 +44,9 @@ def _student_dir(out: Path, method: str, seed: int) -> Path:
     return out / (f"student-{method}" if seed == 0 else f"student-{method}-seed{seed}")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def verdict(gains: list[float]) -> str:
     """What the paired SDD-DKD - CE gains support, in words."""
-    mean, std = _mean_std(gains)
+    mean, std = mean_std(gains)
     if len(gains) < 2:
         return f"SDD-DKD - CE: {mean:+.2f} points on one seed; run --seeds 3 or more before reading anything into it"
     if abs(mean) > std and all((g > 0) == (mean > 0) for g in gains):
@@ -104,7 +100,7 @@ def run_quickstart(out: str | Path, epochs: int | None, fresh: bool, echo: Calla
 
     def row(role: str, model: str, runs: list[RunResult]) -> dict:
         top1s = [r.best_top1 for r in runs]
-        mean, std = _mean_std(top1s)
+        mean, std = mean_std(top1s)
         return {"role": role, "model": model, "top1": mean, "top1_std": std, "top1_seeds": top1s,
                 "params": runs[0].params, "checkpoint": str(runs[0].best)}
 
@@ -113,7 +109,7 @@ def run_quickstart(out: str | Path, epochs: int | None, fresh: bool, echo: Calla
     gains = [s.best_top1 - c.best_top1 for s, c in zip(results["sdd-dkd"], results["ce"])]
     summary = {"data": DATA, "input_size": SIZE, "epochs": n, "teacher_epochs": n_teacher, "ce_epochs": n_ce,
                "steps": n * all_steps, "labelled_fraction": LABELLED_FRACTION, "seeds": seeds, "rows": rows,
-               "gain_sdd_dkd_over_ce": {"mean": _mean_std(gains)[0], "std": _mean_std(gains)[1], "per_seed": gains},
+               "gain_sdd_dkd_over_ce": {"mean": mean_std(gains)[0], "std": mean_std(gains)[1], "per_seed": gains},
                "verdict": verdict(gains), "teacher_checkpoint": t_ckpt,
                "student_checkpoint": str(results["sdd-dkd"][0].best)}
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
@@ -141,7 +137,7 @@ def deploy_comparison(teacher_ckpt: str, student_ckpt: str, min_seconds: float =
     from sddcompress_export.onnxruntime_runner import OrtClassifier
 
     from .benchmarking.timer import measure
-    from .engine.evaluation_cli import model_from_checkpoint
+    from .engine.checkpoint_eval import model_from_checkpoint
     from .exporting.pipeline import ExportOptions, run_export
 
     report = run_export(ExportOptions(ckpt=student_ckpt, ort_int8=True), echo=lambda s: None)

@@ -2,7 +2,7 @@
 
 Rows run in-process (the `cli` fixture for `sddcompress`, `deploy` for the torch-free `sddcompress-deploy`);
 every row must end in exactly one stderr line starting with `error: `, and never in a traceback.
-Placeholders in the arguments ({ckpt}, {onnx}, {npz}, {f[NAME]}) are files built once per module.
+Placeholders in the arguments ({ckpt}, {onnx}, {int8}, {npz}, {f[NAME]}) are files built once per module.
 """
 
 from __future__ import annotations
@@ -133,12 +133,23 @@ SDDCOMPRESS_ROWS = [
     ("msd-ramp-epochs-negative", _with(MSD, "--msd-ramp-epochs", "-1"), 2, "--msd-ramp-epochs must be >= 0"),
     ("msd-scales-zero", _with(MSD, "--msd-scales", "0,2"), 2, "--msd-scales must be positive integers"),
     ("msd-scales-words", _with(MSD, "--msd-scales", "1,x"), 2, "--msd-scales must be positive integers"),
+    ("msd-scales-larger-than-the-map", _with(DISTILL, "--method", "sdd-dkd+msdcrd", "--msd-scales", "1,2,8"), 2,
+     "smaller than the largest MSD scale 8 (--msd-scales 1,2,8); use a larger --input-size, smaller --msd-scales,"),
+    ("sdd-scales-larger-than-the-map", _with(DISTILL, "--method", "sdd-dkd+msdcrd", "--scales", "1,2,8"), 2,
+     "smaller than the largest SDD scale 8 (--scales 1,2,8); use a larger --input-size, smaller --scales,"),
     ("msd-space-unknown", _with(MSD, "--msd-space", "pixels"), 2, "--msd-space must be one of features, logits"),
     ("msd-categorise-unknown", _with(MSD, "--msd-categorise", "all"), 2, "--msd-categorise must be one of sdd, none"),
     ("config-msd-tau-nan", ["distill", "--config", "{f[cfg_msd_tau_nan]}", "--teacher-ckpt", "{ckpt}",
                             "--out", "{tmp}/run", *tiny_args()], 2, "msd_tau in config"),
     ("teacher-ckpt-text", _with(DISTILL, "--teacher-ckpt", "{f[text]}"), 2, "is corrupt or not a checkpoint"),
     ("teacher-ckpt-int64-weights", _with(DISTILL, "--teacher-ckpt", "{f[int64_ckpt]}"), 2, "as integers"),
+    ("teacher-state-dict-other-classes", _with(DISTILL, "--teacher-ckpt", "{f[sd100]}"), 2,
+     "has 100 classes, not 10 (tensor 'fc.weight' is (100, 64) in the file but (10, 64) in the model); a teacher for "
+     "digits needs its 10 classes: pass one trained on it (`sddcompress train --model resnet20 --data digits`)"),
+    ("teacher-pretrained-imagenet-classes-offline",
+     ["distill", "--teacher", "resnet18", "--teacher-pretrained", "--student", "resnet20", "--out", "{tmp}/run",
+      *tiny_args()], 2, "pretrained 'resnet18' has ImageNet's classes, the data has 10: a fresh classifier would "
+     "teach nothing. Fine-tune it first: `sddcompress train --model resnet18 --pretrained --data digits`"),
     ("teacher-ckpt-nan-weights", _with(DISTILL, "--teacher-ckpt", "{f[nan_ckpt]}"), 3, "holds non-finite weights"),
     ("config-lr-nan", _cfg("cfg_lr_nan"), 2, "lr in config"),
     ("config-epochs-word", _cfg("cfg_epochs_word"), 2, "epochs in config"),
@@ -167,6 +178,9 @@ SDDCOMPRESS_ROWS = [
     ("eval-safetensors-int64-weights", ["eval", "--ckpt", "{f[int64_safetensors]}", "--model", "resnet20", "--data",
                                         "digits"], 2, "where the model's are floating point"),
     ("eval-logits-overflow", ["eval", "--ckpt", "{f[overflow_ckpt]}"], 2, "gives non-finite logits on digits"),
+    ("eval-state-dict-other-classes", ["eval", "--ckpt", "{f[sd100]}", "--model", "resnet20", "--num-classes", "10",
+                                       "--input-size", "16"], 2, "has 100 classes, not 10 (tensor 'fc.weight' is "
+     "(100, 64) in the file but (10, 64) in the model); pass --num-classes 100"),
     ("eval-batch-size-zero", ["eval", "--ckpt", "{ckpt}", "--batch-size", "0"], 2, "--batch-size must be > 0"),
     ("eval-input-size-huge", ["eval", "--ckpt", "{ckpt}", "--input-size", "100000"], 2, "--input-size must be"),
     ("eval-wrong-model", ["eval", "--ckpt", "{ckpt}", "--model", "resnet32"], 2, "holds a 'resnet20', not"),
@@ -192,6 +206,19 @@ SDDCOMPRESS_ROWS = [
      "but the model has 10 classes"),
     ("artifact-npz-directory", ["eval-artifact", "--model", "{onnx}", "--data", "{f[npz_dir]}"], 2,
      "is a directory; pass the data.npz"),
+    ("artifact-no-val-images", ["eval-artifact", "--model", "{onnx}", "--data", "{f[empty_val_npz]}"], 2,
+     "holds no validation images (val_images is empty); write it again with `sddcompress export --val-size N`"),
+    ("artifact-two-class-data", ["eval-artifact", "--model", "{onnx}", "--data", "{f[two_class_npz]}"], 2,
+     "holds 2 classes (cat, dog) but the model has 10 (0, 1, 2, 3, ...)"),
+    ("artifact-float-raw-pixels", ["eval-artifact", "--model", "{onnx}", "--data", "{f[raw_float_npz]}"], 2,
+     "store them as uint8 and they are normalised on reading"),
+    ("export-calib-file-no-val-images", ["export", "--ckpt", "{ckpt}", "--calib-file", "{f[empty_val_npz]}", "--out",
+                                         "{tmp}/x"], 2, "holds no validation images"),
+    ("export-calib-file-no-calib-images", ["export", "--ckpt", "{ckpt}", "--ort-int8", "--calib-file",
+                                           "{f[no_calib_npz]}", "--out", "{tmp}/x"], 2,
+     "holds no calibration images (calib_images is empty)"),
+    ("export-calib-file-other-classes", ["export", "--ckpt", "{ckpt}", "--calib-file", "{f[renamed_npz]}", "--out",
+                                         "{tmp}/x"], 2, "names class 0 'c0' but the model calls it '0'"),
     ("benchmark-batch-sizes", ["benchmark", "--batch-sizes", "1,x"], 2, "expected comma-separated integers"),
     ("benchmark-min-seconds-nan", ["benchmark", "--teacher", "{ckpt}", "--student", "{ckpt}", "--min-seconds", "nan"],
      2, "--min-seconds >= 0"),
@@ -233,6 +260,26 @@ DEPLOY_ROWS = [
                                   "--calib-size", "0"], 2, "--calib-size: must be >= 1"),
     ("quantize-wrong-size-data", ["quantize", "{onnx}", "--data", "{f[small_npz]}", "--out", "{tmp}/q.onnx"], 2,
      "holds 8px images but the model expects 16px"),
+    ("no-val-images", ["eval", "{onnx}", "--data", "{f[empty_val_npz]}"], 2,
+     "holds no validation images (val_images is empty)"),
+    ("two-class-data", ["eval", "{onnx}", "--data", "{f[two_class_npz]}"], 2,
+     "holds 2 classes (cat, dog) but the model has 10 (0, 1, 2, 3, ...); use the data.npz exported for this model"),
+    ("int8-two-class-data", ["eval", "{int8}", "--data", "{f[two_class_npz]}"], 2, "holds 2 classes (cat, dog)"),
+    ("renamed-classes", ["eval", "{onnx}", "--data", "{f[renamed_npz]}"], 2,
+     "names class 0 'c0' but the model calls it '0'"),
+    ("float-raw-pixels", ["eval", "{onnx}", "--data", "{f[raw_float_npz]}"], 2,
+     "val_images spans 0..255, outside"),
+    ("other-normalisation", ["eval", "{onnx}", "--data", "{f[other_mean_npz]}"], 2,
+     "holds images normalised with mean [0.5, 0.5, 0.5] but the model expects mean"),
+    ("integer-pixels-above-255", ["eval", "{onnx}", "--data", "{f[wide_int_npz]}"], 2,
+     "val_images holds integers 300..300; raw pixels must be 0..255"),
+    ("quantize-no-calib-images", ["quantize", "{onnx}", "--data", "{f[no_calib_npz]}", "--out", "{tmp}/q.onnx",
+                                  "--calib-size", "10"], 2,
+     "holds no calibration images (calib_images is empty); write it again with `sddcompress export --calib-size N`"),
+    ("quantize-int8-model", ["quantize", "{int8}", "--data", "{npz}", "--out", "{tmp}/q.onnx"], 2,
+     "is already INT8 (it holds DequantizeLinear, QuantizeLinear nodes); quantize the fp32 model.onnx"),
+    ("quantize-two-class-data", ["quantize", "{onnx}", "--data", "{f[two_class_npz]}", "--out", "{tmp}/q.onnx"], 2,
+     "holds 2 classes"),
     ("build-trt-max-batch-zero", ["build-trt", "{onnx}", "--max-batch", "0"], 2, "--max-batch: must be >= 1"),
     ("build-trt-precision", ["build-trt", "{onnx}", "--precision", "int4"], 2, "invalid choice: 'int4'"),
     ("unknown-command", ["bogus"], 2, "invalid choice: 'bogus'"),
@@ -278,6 +325,10 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     assert torch.isfinite(overflowing["fc.weight"]).all()
     torch.save({**ckpt, "model": {**ckpt["model"], "state_dict": overflowing}}, d / "overflow.pt")
     f["overflow_ckpt"] = str(d / "overflow.pt")
+    from sddcompress.models import build_model
+
+    torch.save(build_model("resnet20", 100, 16).state_dict(), d / "sd100.pt")  # a plain state dict, 100 classes
+    f["sd100"] = str(d / "sd100.pt")
     for name, text in {"cfg_lr_nan": "model: resnet20\nlr: .nan\n", "cfg_epochs_word": 'epochs: "ten"\n',
                        "cfg_milestones_words": "milestones: [a, b]\n", "cfg_seed_fraction": "seed: 1.5\n",
                        "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
@@ -328,7 +379,14 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
                 "short_labels_npz": {"val_labels": z["val_labels"][:3]},
                 "nan_npz": {"val_images": np.full_like(z["val_images"], np.nan)},
                 "small_npz": {"val_images": np.zeros((n, 3, 8, 8), np.float32),
-                              "calib_images": np.zeros((4, 3, 8, 8), np.float32)}}
+                              "calib_images": np.zeros((4, 3, 8, 8), np.float32)},
+                "empty_val_npz": {"val_images": z["val_images"][:0], "val_labels": z["val_labels"][:0]},
+                "no_calib_npz": {"calib_images": z["calib_images"][:0], "calib_labels": z["calib_labels"][:0]},
+                "two_class_npz": {"val_labels": z["val_labels"] % 2, "class_names": np.array(["cat", "dog"])},
+                "renamed_npz": {"class_names": np.array([f"c{i}" for i in range(10)])},
+                "raw_float_npz": {"val_images": raw_pixels(z, "val_images").astype(np.float32)},
+                "other_mean_npz": {"mean": np.full(3, 0.5, np.float32)},
+                "wide_int_npz": {"val_images": np.full(z["val_images"].shape, 300, np.int16)}}
     for name, change in variants.items():
         np.savez(d / f"{name}.npz", **{**z, **change})
         f[name] = str(d / f"{name}.npz")
@@ -337,8 +395,15 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     return f
 
 
+def raw_pixels(z: dict, key: str) -> np.ndarray:
+    """The uint8 pixels an exported tensor file's normalised images were made from."""
+    mean, std = z["mean"][:, None, None], z["std"][:, None, None]
+    return np.clip(np.round((z[key] * std + mean) * 255), 0, 255).astype(np.uint8)
+
+
 def _fill(args: list[str], tmp_path, teacher_ckpt, exported, bad_files) -> list[str]:
     values = {"tmp": str(tmp_path), "ckpt": teacher_ckpt, "onnx": exported["artifacts"]["onnx"]["path"],
+              "int8": exported["artifacts"]["ort_int8"]["path"],
               "npz": exported["tensor_file"]["path"], "f": bad_files}
     return [a.format(**values) for a in args]
 
@@ -371,7 +436,7 @@ def test_the_table_is_large_enough():
 
 
 def test_msd_choices_are_the_losses_own():
-    from sddcompress.engine.option_rules import RULES
+    from sddcompress.engine.config import RULES
     from sddcompress.losses.msdcrd import CATEGORISE, SPACES
 
     assert RULES["msd_space"].choices == SPACES and RULES["msd_categorise"].choices == CATEGORISE
@@ -383,3 +448,31 @@ def test_a_long_error_keeps_its_start_and_its_fix():
     assert line.startswith("config 'x.yaml': lr must be a number") and line.endswith("1]; fix the value")
     assert " ... " in line
     assert error_line("short\nsecond line") == "short"
+
+
+def test_raw_pixels_are_normalised_with_the_models_own_preprocessing_by_every_reader(deploy, cli, exported, tmp_path):
+    """A tensor file of uint8 pixels scores as the exported float file does (fp32 and INT8, both CLIs) and
+    calibrates `quantize`; each reader says it normalised them."""
+    import json
+
+    z = dict(np.load(exported["tensor_file"]["path"]))
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, **{**z, "val_images": raw_pixels(z, "val_images"), "calib_images": raw_pixels(z, "calib_images")})
+    for model in (exported["artifacts"]["onnx"]["path"], exported["artifacts"]["ort_int8"]["path"]):
+        code, out, err = deploy("eval", model, "--data", str(raw))
+        assert code == 0, err
+        got = json.loads(out)
+        code, out, err = deploy("eval", model, "--data", exported["tensor_file"]["path"])
+        assert code == 0, err
+        want = json.loads(out)
+        assert got["top1"] == want["top1"] and got["count"] == want["count"] == len(z["val_labels"])
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-4)
+        assert "normalised on reading with the model's mean" in got["input"] and "input" not in want
+        code, out, err = cli("eval-artifact", "--model", model, "--data", str(raw), "--json")
+        assert code == 0, err
+        assert json.loads(out)["top1"] == want["top1"]
+    code, out, err = deploy("quantize", exported["artifacts"]["onnx"]["path"], "--data", str(raw),
+                            "--out", str(tmp_path / "q.onnx"), "--calib-size", "32", "--method", "minmax",
+                            "--int8-keep-float", "none")
+    assert code == 0, err
+    assert "integer pixels" in json.loads(out)["input"]

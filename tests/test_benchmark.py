@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sddcompress.benchmarking.timer import measure
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 
 class FakeClock:

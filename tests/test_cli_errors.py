@@ -5,18 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_args
+from helpers import assert_one_line_error
 from sddcompress.engine.checkpoint import atomic_save, base_record, model_record
 from sddcompress.models import build_model
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    code, _, err = result
-    assert code != 0
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def distill(cli, tmp_path, teacher_ckpt=None, **over):

@@ -13,7 +13,7 @@ from sddcompress.data import SeededTransform, load_dataset
 from sddcompress.data.device_pipeline import DeviceImages
 from sddcompress.engine.config import TrainConfig
 from sddcompress.engine.trainer import run
-from test_engine import QUIET, assert_same_weights, sdd_config
+from helpers import QUIET, assert_same_weights, sdd_config
 
 
 def _image_folder(root, sizes=((20, 30), (64, 64), (30, 20), (40, 50), (33, 33)), bad: int = 0):
@@ -105,3 +105,22 @@ def test_only_the_main_process_scans_for_unreadable_images(tmp_path, monkeypatch
     assert other.skipped_images == 2
     assert other.train.samples == main.train.samples and other.val.samples == main.val.samples
     assert other.train.targets == main.train.targets
+
+
+@pytest.mark.parametrize("data", ["digits", "folder"])
+def test_device_resident_validation_gives_the_loader_batches(tmp_path, data):
+    """Evaluation reads the validation images from the device when training does: the same tensors."""
+    from types import SimpleNamespace
+
+    from sddcompress.engine.trainer import _val_loader
+
+    name = "digits" if data == "digits" else f"imagefolder:{_image_folder(tmp_path / 'img')}"
+    bundle = load_dataset(name, input_size=16)
+    cfg, acc = TrainConfig(seed=3), SimpleNamespace(device=torch.device("cpu"))
+    on_device = _val_loader(bundle, cfg, acc, 8, True, {})
+    loader = _val_loader(bundle, cfg, acc, 8, False, {})
+    assert isinstance(on_device.dataset, DeviceImages) and not isinstance(loader.dataset, DeviceImages)
+    pairs = list(zip(on_device, loader))
+    assert len(pairs) == len(loader) and sum(len(b[1]) for _, b in pairs) == len(bundle.val)
+    for (images_d, labels_d), (images_l, labels_l) in pairs:
+        assert torch.equal(images_d, images_l) and torch.equal(labels_d, labels_l)

@@ -15,13 +15,13 @@ from sddcompress_export.errors import DeployError
 from sddcompress_export.metadata import read_metadata
 from sddcompress_export.onnxruntime_runner import OrtClassifier
 from sddcompress_export.tensor_file import load_tensor_file
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 
 def test_onnx_has_dynamic_batch_metadata_and_matches_torch(exported, teacher_ckpt):
     import torch
 
-    from sddcompress.engine.evaluation_cli import model_from_checkpoint
+    from sddcompress.engine.checkpoint_eval import model_from_checkpoint
 
     path = Path(exported["artifacts"]["onnx"]["path"])
     model = onnx.load(str(path))
@@ -229,13 +229,13 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
     the first 3/4, method/layer choices are scored on the last 1/4, and no validation image is ever fed."""
     import onnxruntime as ort
 
-    import sddcompress.exporting.int8_report as int8_report
+    import sddcompress_export.ort_quantization as ort_quantization
     from sddcompress.exporting.pipeline import ExportOptions, run_export
 
     data = load_tensor_file(exported["tensor_file"]["path"])
     seen: list[tuple[str, np.ndarray]] = []
     quantising = []
-    real_run, real_quantize = ort.InferenceSession.run, int8_report.quantize_int8
+    real_run, real_quantize = ort.InferenceSession.run, ort_quantization.quantize_int8
 
     def recording_run(self, output_names, feed, *args, **kwargs):
         if quantising:
@@ -250,7 +250,7 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
             quantising.clear()
 
     monkeypatch.setattr(ort.InferenceSession, "run", recording_run)
-    monkeypatch.setattr(int8_report, "quantize_int8", recording_quantize)
+    monkeypatch.setattr(ort_quantization, "quantize_int8", recording_quantize)
     report = run_export(ExportOptions(ckpt=exported["checkpoint"], out=str(tmp_path), ort_int8=True,
                                       calib_file=exported["tensor_file"]["path"]), echo=lambda s: None)
     info = report["artifacts"]["ort_int8"]

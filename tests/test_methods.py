@@ -1,4 +1,4 @@
-"""Issue 13: the methods sweep (resumable, paired gains), the quickstart's seeded comparison, `sddcompress runs`."""
+"""The methods sweep (resumable, paired gains), the quickstart's seeded comparison, `sddcompress runs`."""
 
 from __future__ import annotations
 

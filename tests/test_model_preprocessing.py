@@ -16,7 +16,7 @@ from sddcompress_export.preprocessing import Preprocessing
 
 from sddcompress.data import load_dataset
 from sddcompress.engine.checkpoint import atomic_save
-from sddcompress.engine.evaluation_cli import model_from_checkpoint
+from sddcompress.engine.checkpoint_eval import model_from_checkpoint
 
 # what the weights would expect: not the digits' own statistics (about 0.3 / 0.4)
 OTHER = Preprocessing(16, 16, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -62,7 +62,7 @@ def test_eval_export_and_artifact_eval_use_the_models_record(other_ckpt, digits,
     from sddcompress_export.metadata import write_metadata
 
     from sddcompress.engine.checkpoint import load_checkpoint
-    from sddcompress.engine.evaluation_cli import dataset_for_checkpoint, evaluate_checkpoint
+    from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint, evaluate_checkpoint
     from sddcompress.exporting.artifact_eval import evaluate_artifact
     from sddcompress.exporting.onnx_writer import checkpoint_metadata
 

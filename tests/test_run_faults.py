@@ -74,7 +74,7 @@ _DIE_IN_FIRST_SAVE = """
 import os, signal, sys
 real_replace = os.replace
 def die_before_rename(src, dst):
-    if ".latest.pt." in str(src):   # the temp file is written and fsynced; the rename never happens
+    if "/.latest." in str(src):   # the temp file is written and fsynced; the rename never happens
         os.kill(os.getpid(), signal.SIGKILL)
     return real_replace(src, dst)
 os.replace = die_before_rename
@@ -88,12 +88,12 @@ def test_a_kill_inside_the_first_checkpoint_write_leaves_no_orphan_and_no_duplic
     args = [*TRAIN, "--epochs", "2", "--out", str(out)]
     killed = subprocess.run([sys.executable, "-c", _DIE_IN_FIRST_SAVE, *args], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL
-    assert list((out / "checkpoints").glob(".latest.pt.*.tmp")), "the kill should have left a temp file"
+    assert list((out / "checkpoints").glob(".latest.*.tmp.pt")), "the kill should have left a temp file"
     assert not (out / "checkpoints" / "latest.pt").exists()
     code, stdout, err = cli(*args)
     assert code == 0, err
     assert "removed 1 temporary file" in stdout
-    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert not list((out / "checkpoints").glob(".*.tmp*"))
     assert _epochs(out) == ([1, 2], [1, 2])
 
 
@@ -115,10 +115,10 @@ def test_metrics_are_truncated_to_the_checkpoint_and_a_lost_row_is_restored(cli,
 def test_a_folder_that_turns_read_only_mid_run_is_one_line(cli, tmp_path, monkeypatch):
     import sddcompress.engine.checkpoint as checkpoint
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+    def read_only(path, write, **kwargs):  # the checkpoint's temp file cannot be created
+        raise OSError(errno.EROFS, "Read-only file system", str(path.parent))
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(checkpoint, "atomic_write", read_only)
     code, _, err = cli(*TRAIN, "--out", str(tmp_path / "run"))
     line = _one_error_line(err)
     assert code == 1
@@ -149,7 +149,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path):
     line = _one_error_line(done.stderr)
     assert done.returncode == 1, done.stderr
     assert "cannot save checkpoint" in line and "file-size limit" in line
-    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert not list((out / "checkpoints").glob(".*.tmp*"))
     assert not (out / "checkpoints" / "latest.pt").exists()
 
 
@@ -316,3 +316,75 @@ def test_runs_skips_wrongly_typed_checkpoint_fields(cli, tmp_path, teacher_ckpt)
     assert (row["epoch"], row["best_top1"], row["last_top1"]) == (1, 42.0, 42.0)  # a torn last line is skipped
     code, out, err = cli("runs", str(tmp_path / "runs"))
     assert code == 0 and err == "" and "42.00" in out
+
+
+def _image_folder(root: Path, per_class: int = 6) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, cls in enumerate(("a", "b")):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (20, 20), (40 * i, 200 * c, 30)).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_run_trained_with_skip_bad_images_evaluates_and_exports_without_them(cli, tmp_path):
+    images = _image_folder(tmp_path / "imgs")
+    (images / "train" / "a" / "bad.png").write_bytes(b"not a png")
+    (images / "val" / "b" / "bad.png").write_bytes(b"not a png")
+    run = tmp_path / "run"
+    base = ["--data", f"imagefolder:{images}", "--input-size", "16", "--batch-size", "4", "--cpu"]
+    code, _, err = cli("train", "--model", "resnet20", "--epochs", "1", "--skip-bad-images", "--out", str(run), *base)
+    assert code == 0, err
+    code, out, err = cli("eval", "--ckpt", str(run / "checkpoints" / "best.pt"))
+    assert code == 0, err
+    assert "(12 images)" in out
+    code, out, err = cli("export", "--ckpt", str(run / "checkpoints" / "best.pt"), "--out", str(tmp_path / "x"))
+    assert code == 0, err
+    assert "skipped 2 unreadable images, as the run did" in out
+    report = json.loads((tmp_path / "x" / "export_report.json").read_text())
+    assert report["status"] == "ok" and report["tensor_file"]["val_images"] == 12
+
+
+def test_an_image_that_breaks_after_training_names_a_fix_export_has(cli, tmp_path):
+    images = _image_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--model", "resnet20", "--epochs", "1", "--data", f"imagefolder:{images}",
+                       "--input-size", "16", "--batch-size", "4", "--cpu", "--out", str(run))
+    assert code == 0, err
+    (images / "val" / "a" / "0.png").write_bytes(b"not a png any more")
+    code, _, err = cli("export", "--ckpt", str(run / "checkpoints" / "best.pt"), "--out", str(tmp_path / "x"))
+    assert code == 2
+    line = _one_error_line(err)
+    assert "cannot read image" in line and "0.png" in line and "remove or replace it" in line
+
+
+def _with_stdout_closed(args: list[str]) -> subprocess.CompletedProcess:
+    """Run `sddcompress ARGS` whose reader closes stdout before the first line (`... | head -0`)."""
+    proc = subprocess.Popen(_cli_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return subprocess.CompletedProcess(args, proc.wait(timeout=600), "", err)
+
+
+def test_a_closed_stdout_ends_the_printing_not_the_run(tmp_path):
+    out = tmp_path / "run"
+    done = _with_stdout_closed([*TRAIN, "--epochs", "2", "--log-every", "1", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert _epochs(out) == ([1, 2], [1, 2])  # every epoch trained, logged and checkpointed
+    assert torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_closed_stdout_ends_the_printing_not_the_export(teacher_ckpt, tmp_path):
+    out = tmp_path / "export"
+    done = _with_stdout_closed(["export", "--ckpt", teacher_ckpt, "--out", str(out), "--ort-int8", "--calib-size", "32",
+                                "--val-size", "64", "--int8-keep-float", "none", "--int8-calibration", "minmax"])
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["status"] == "ok"
+    assert report["artifacts"]["onnx"]["parity"]["count"] == 64  # the parity check ran
+    assert Path(report["artifacts"]["ort_int8"]["path"]).is_file()

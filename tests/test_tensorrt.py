@@ -238,7 +238,7 @@ def test_engine_from_another_tensorrt_is_one_line(exported, tmp_path, monkeypatc
 
 @pytest.mark.skipif(tensorrt_unavailable() is None, reason="a GPU host: the boundary is not reached")
 def test_eval_artifact_on_an_engine_without_tensorrt_is_one_line(cli, exported, tmp_path):
-    from test_cli_errors import assert_one_line_error
+    from helpers import assert_one_line_error
 
     engine = tmp_path / "model.fp16.engine"
     engine.write_bytes(b"engine")

@@ -67,10 +67,9 @@ def _engine_ms(path: str, batch: np.ndarray, iters: int = 300) -> float:
 def test_fp16_and_int8_engines_are_faster_than_fp32_at_batch_32(tmp_path):
     """A wider CIFAR ResNet at 32 px, so the engines do enough work per call for precision to matter."""
     from sddcompress.exporting.onnx_writer import write_onnx
-    from sddcompress.exporting.tensorrt_stage import precision_onnx
     from sddcompress.models import build_model
+    from sddcompress_export.chain import int8_model, tensorrt_engine
     from sddcompress_export.metadata import ModelMetadata
-    from sddcompress_export.tensorrt_engine import EngineSpec, build_engine
 
     net = build_model("resnet32x4", 100, 32).eval()
     meta = ModelMetadata(class_names=[str(i) for i in range(100)], input_size=32, mean=[0.5] * 3, std=[0.25] * 3)
@@ -79,9 +78,9 @@ def test_fp16_and_int8_engines_are_faster_than_fp32_at_batch_32(tmp_path):
     calib = np.random.default_rng(0).normal(size=(64, 3, 32, 32)).astype(np.float32)
     batch = calib[:32].copy()
     ms = {}
+    int8_path = int8_model(onnx_path, tmp_path / "model.int8.onnx", calib).path
     for precision in ("fp32", "fp16", "int8"):
-        source = precision_onnx(onnx_path, precision, tmp_path, calib)
-        engine = build_engine(source, tmp_path / f"model.{precision}.engine", EngineSpec(precision, 1, 32, 32), meta,
-                              timing_cache=tmp_path / "timing.cache")
+        model = int8_path if precision == "int8" else onnx_path
+        engine, _ = tensorrt_engine(model, precision, tmp_path / f"model.{precision}.engine", (1, 32, 32))
         ms[precision] = _engine_ms(str(engine), batch)
     assert ms["fp16"] < ms["fp32"] and ms["int8"] < ms["fp32"], ms

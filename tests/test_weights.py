@@ -19,10 +19,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from sddcompress.engine.checkpoint import atomic_save, base_record, load_checkpoint, model_record
-from sddcompress.engine.evaluation_cli import model_from_checkpoint
+from sddcompress.engine.checkpoint_eval import model_from_checkpoint
 from sddcompress.models import build_model
 
-from test_cli_errors import assert_one_line_error
+from helpers import assert_one_line_error
 
 torch.manual_seed(0)
 
@@ -519,7 +519,7 @@ def test_train_pretrained_end_to_end_records_weights_and_their_preprocessing(cli
     assert ckpt["model"]["imagenet_stem"] is True
     net, _ = model_from_checkpoint(str(out / "checkpoints" / "latest.pt"))
     assert net.features[0][0].stride == (2, 2)  # the published stem, not the small-input variant
-    from sddcompress.engine.evaluation_cli import dataset_for_checkpoint
+    from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
 
     assert dataset_for_checkpoint(ckpt, "digits", None, 16).mean == (0.485, 0.456, 0.406)  # eval/export see the same
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from sddcompress_export.artifacts import artifact_kind, artifact_metadata
+from sddcompress_export.chain import INT8_FILE, ONNX_FILE, engine_file, int8_model, tensorrt_engine
+from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.metadata import ModelMetadata
 from sddcompress_export.preprocessing import Preprocessing
 
 from ..errors import UserError
 from ..run_paths import export_dir_for
 from .backends import BACKENDS, ArtifactRunner, Candidate, TorchRunner
+
+
+@dataclass
+class Calibration:
+    """The training images (and their labels) INT8 is calibrated on; the chain uses the first `size`."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    size: int = DEFAULTS.calib_size
 
 
 def is_int8_onnx(path: str | Path) -> bool:
@@ -56,7 +68,7 @@ class ModelSource:
         self.record: dict = {}
         self.artifacts: dict[str, str] = {}
         if ckpt:
-            from ..engine.evaluation_cli import model_from_checkpoint
+            from ..engine.checkpoint_eval import model_from_checkpoint
             from ..exporting.onnx_writer import checkpoint_metadata
 
             self.net, full = model_from_checkpoint(ckpt)
@@ -94,40 +106,33 @@ class ModelSource:
             from ..exporting.onnx_writer import write_onnx
 
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            path = self.work_dir / "model.onnx"
+            path = self.work_dir / ONNX_FILE
             write_onnx(self.net, path, self.ckpt_meta)
             self.say(f"exported the {self.role} to {path}")
             self.artifacts["ort-fp32"] = str(path)
         return self.artifacts["ort-fp32"]
 
-    def ensure_int8(self, calib: np.ndarray) -> str:
+    def ensure_int8(self, calib: Calibration) -> str:
         if "ort-int8" not in self.artifacts:
-            from sddcompress_export.ort_quantization import quantize_int8
-
-            path = self.work_dir / "model.int8.onnx"
-            quantize_int8(self.ensure_onnx(), path, calib)
-            self.say(f"quantised the {self.role} to {path} ({len(calib)} calibration images)")
+            path = self.work_dir / INT8_FILE
+            result = int8_model(self.ensure_onnx(), path, calib.images, calib.labels, calib.size)
+            self.say(f"quantised the {self.role} to {path} "
+                     f"({result.calibration_images + result.held_out_images} calibration images)")
             self.artifacts["ort-int8"] = str(path)
         return self.artifacts["ort-int8"]
 
-    def ensure_engine(self, precision: str, calib: np.ndarray, max_batch: int) -> str:
+    def ensure_engine(self, precision: str, calib: Calibration, max_batch: int) -> str:
+        """The engine for `precision`, built by the chain with a profile reaching `max_batch`."""
         key = f"trt-{precision}"
         if key not in self.artifacts:
-            from sddcompress_export.tensorrt_engine import EngineSpec, build_engine
-
-            from ..exporting.tensorrt_stage import precision_onnx
-
-            onnx_path = Path(self.ensure_onnx())
-            source = precision_onnx(onnx_path, precision, self.work_dir, calib,
-                                    self.ensure_int8(calib) if precision == "int8" else None)
-            path = self.work_dir / f"model.{precision}.engine"
-            build_engine(source, path, EngineSpec(precision, 1, min(8, max_batch), max_batch),
-                         artifact_metadata(onnx_path), timing_cache=self.work_dir / "timing.cache")
+            model = self.ensure_int8(calib) if precision == "int8" else self.ensure_onnx()
+            batches = (DEFAULTS.min_batch, min(DEFAULTS.opt_batch, max_batch), max_batch)
+            path, _ = tensorrt_engine(model, precision, self.work_dir / engine_file(precision), batches)
             self.artifacts[key] = str(path)
         return self.artifacts[key]
 
 
-def candidates_for(source: ModelSource, backends: list[str], calib: np.ndarray, max_batch: int,
+def candidates_for(source: ModelSource, backends: list[str], calib: Calibration, max_batch: int,
                    device: str, threads: int) -> list[Candidate]:
     """Every requested backend for one model: a runner factory, or the reason it is skipped."""
     from sddcompress_export.tensorrt_engine import tensorrt_unavailable

@@ -10,12 +10,13 @@ from typing import Callable
 import numpy as np
 
 from sddcompress_export.classifier_metrics import score
+from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.latency_ratio import batch_of
 
 from ..errors import UserError
 from ..run_paths import QUICKSTART_DIR, SUMMARY_NAME, ensure_writable_dir, quickstart_checkpoints, require_out_given
 from .backends import BACKENDS, Candidate, Runner
-from .candidates import ModelSource, candidates_for
+from .candidates import Calibration, ModelSource, candidates_for
 from .environment import environment
 from .memory import PeakMemory
 from .sampling import dataset_labels, stratified_indices
@@ -28,7 +29,7 @@ CLOCK = ("time.perf_counter around each call, after a synchronisation. Every bac
          "device->host copy of the logits are INSIDE the timing")
 
 
-# After a call, PyTorch's OpenMP workers spin for about 8 ms on this machine (measured); ONNX Runtime's are
+# After a call, PyTorch's OpenMP workers keep spinning for several milliseconds; ONNX Runtime's are
 # stopped by the runner. A pause this long before each block keeps one backend's spinning out of the next
 # one's timing.
 IDLE_SECONDS = 0.03
@@ -43,7 +44,7 @@ class BenchmarkOptions:
     data: str | None = None
     data_dir: str | None = None
     val_size: int = 2000
-    calib_size: int = 256
+    calib_size: int = DEFAULTS.calib_size
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     backends: list[str] = field(default_factory=lambda: list(BACKENDS))
     warmup: int = 10
@@ -74,8 +75,8 @@ def _validate(o: BenchmarkOptions) -> None:
 
 
 def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
-                       size: int) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """(data description, {role: (val images, calibration images)}, val labels), preprocessed once per model
+                       size: int) -> tuple[dict, dict[str, tuple[np.ndarray, Calibration]], np.ndarray]:
+    """(data description, {role: (val images, calibration)}, val labels), preprocessed once per model
     as that model's own preprocessing record says (never with the dataset's statistics when they differ).
 
     The validation images are a class-stratified sample of `val_size` (every class its share), never
@@ -83,27 +84,43 @@ def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
     """
     student = sources[-1]
     data = o.data or student.record.get("data")
-    inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    inputs: dict[str, tuple[np.ndarray, Calibration]] = {}
     if data and data.endswith(".npz"):
-        from sddcompress_export.tensor_file import load_tensor_file
+        from sddcompress_export.tensor_file import load_tensor_file, normalise_pixels
 
         from ..exporting.pipeline import tensor_file_normalization
 
         t = load_tensor_file(data, size)
+        if not len(t.val_images):
+            raise UserError(f"'{data}' holds no validation images (val_images is empty); pass another data.npz or "
+                            "the dataset name as --data")
         idx = stratified_indices(t.val_labels, o.val_size)
         images, labels = t.val_images[idx], t.val_labels[idx]
-        file_mean = tensor_file_normalization(Path(data)).get("mean")
+        file_stats = tensor_file_normalization(Path(data))
+        file_mean = file_stats.get("mean")
         for source in sources:
             spec = source.preprocessing
+            if images.dtype.kind in "iu":  # raw pixels: each model's own normalisation, as every reader does
+                mean, std = (spec.mean, spec.std) if spec is not None else \
+                    (file_stats.get("mean"), file_stats.get("std"))
+                if not mean or not std:
+                    raise UserError(f"'{data}' holds raw pixels and the {source.role} does not say its normalisation; "
+                                    "pass the dataset name as --data")
+                mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+                inputs[source.role] = (normalise_pixels(data, "val_images", images, mean, std),
+                                       Calibration(normalise_pixels(data, "calib_images", t.calib_images, mean, std)
+                                                   if t.calib_images.dtype.kind in "iu" else t.calib_images,
+                                                   t.calib_labels, o.calib_size))
+                continue
             if spec is not None and file_mean and not np.allclose(file_mean, spec.mean):
                 raise UserError(f"'{data}' holds images normalised with mean {[round(m, 4) for m in file_mean]} but "
                                 f"the {source.role} expects mean {list(spec.mean)}; pass the dataset name as --data "
                                 "so each model gets its own preprocessing")
-            inputs[source.role] = (images, t.calib_images)
+            inputs[source.role] = (images, Calibration(t.calib_images, t.calib_labels, o.calib_size))
     elif data:
         from ..data import load_dataset
         from ..data.preprocessing import preprocessed_as
-        from ..exporting.tensor_data import preprocess, preprocessed_splits
+        from ..exporting.tensor_data import calibration_split, preprocess
 
         bundle = load_dataset(data, o.data_dir, size)
         idx = stratified_indices(dataset_labels(bundle.val), o.val_size)
@@ -111,7 +128,7 @@ def _validation_tensors(o: BenchmarkOptions, sources: list[ModelSource],
         for source in sources:
             own = bundle if source.preprocessing is None else preprocessed_as(bundle, source.preprocessing)
             if own.preprocessing not in made:
-                calib, _, _ = preprocessed_splits(own, o.calib_size, 0)
+                calib = Calibration(*calibration_split(own, o.calib_size), o.calib_size)
                 images, labels = preprocess(own.val, own.val_transform, idx.tolist())
                 made[own.preprocessing] = (images, calib)
             inputs[source.role] = made[own.preprocessing]

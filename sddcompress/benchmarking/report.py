@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sddcompress_export.atomic import atomic_write_text
+
 SCHEMA = "sddcompress-benchmark-v1"
 
 
@@ -91,10 +93,7 @@ def print_console(doc: dict, echo) -> None:
 
 
 def write_json(doc: dict, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=1))
 
 
 def write_markdown(doc: dict, path: Path, plot_name: str | None) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from sddcompress_export.closed_pipe import pipe_safe
 
 from ..benchmarking.backends import BACKENDS
 
@@ -60,4 +61,4 @@ def benchmark_cmd(teacher, student, teacher_artifact, student_artifact, data, da
         student_artifacts=list(student_artifact), data=data, data_dir=data_dir, val_size=val_size,
         batch_sizes=batch_sizes, backends=[b.strip() for b in backends.split(",") if b.strip()], warmup=warmup,
         min_iters=min_iters, min_seconds=min_seconds, rounds=rounds, threads=threads, out=out, plot_batch=plot_batch,
-        device=device), echo=click.echo)
+        device=device), echo=pipe_safe(click.echo))

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 
 import click
+from sddcompress_export.closed_pipe import pipe_safe
+from sddcompress_export.defaults import DEFAULTS
+from sddcompress_export.ort_quantization import CALIBRATION_CHOICES
+from sddcompress_export.tensorrt_engine import PRECISIONS
 
 
 @click.command("export")
@@ -18,23 +22,24 @@ import click
               help="Input size of a state dict from elsewhere. [default: 32 for the CIFAR models]")
 @click.option("--out", default=None, help="Output folder. [default: RUN_DIR/export next to the checkpoint's run]")
 @click.option("--onnx", "onnx_only", is_flag=True, help="Write the ONNX file (always done; the flag is for clarity).")
-@click.option("--trt", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+@click.option("--trt", multiple=True, type=click.Choice(PRECISIONS),
               help="Also build a strongly typed TensorRT engine (repeatable; needs an NVIDIA GPU): fp32 from the "
                    "ONNX, fp16 from an fp16 copy of it, int8 from the Q/DQ model.")
 @click.option("--ort-int8", is_flag=True,
               help="Also write model.int8.onnx: static INT8, symmetric QDQ, per-channel (ORT and TensorRT).")
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..21).")
+@click.option("--opset", type=int, default=DEFAULTS.opset, show_default=True, help="ONNX opset (18..21).")
 @click.option("--batch", default="dynamic", show_default=True, type=click.Choice(["1", "dynamic"]),
               help="Batch axis of the ONNX input.")
-@click.option("--calib-size", type=int, default=256, show_default=True,
-              help="Training images used to calibrate INT8 (the Q/DQ model ORT and TensorRT both run).")
-@click.option("--int8-calibration", "--calib-method", "calib_method", default="auto", show_default=True,
-              type=click.Choice(["auto", "minmax", "entropy", "percentile"]),
+@click.option("--calib-size", type=int, default=DEFAULTS.calib_size, show_default=True,
+              help="Training images used to calibrate INT8 (the Q/DQ model ORT and TensorRT both run); with "
+                   "--calib-file, the first N of the file's.")
+@click.option("--int8-calibration", "--calib-method", "calib_method", default=DEFAULTS.calib_method,
+              show_default=True, type=click.Choice(CALIBRATION_CHOICES),
               help="INT8 calibration method; auto tries each and keeps the best on held-out calibration images.")
-@click.option("--int8-keep-float", default="auto", show_default=True,
+@click.option("--int8-keep-float", default=DEFAULTS.keep_float, show_default=True,
               help="Layers left in float in model.int8.onnx: auto (only if needed to meet --int8-max-drop on "
                    "held-out calibration images), none, ends (first conv and classifier) or node names, comma-separated.")
-@click.option("--int8-max-drop", type=float, default=0.5, show_default=True,
+@click.option("--int8-max-drop", type=float, default=DEFAULTS.max_drop, show_default=True,
               help="Largest top-1 drop (points, on held-out calibration images) INT8 may cost before layers stay float.")
 @click.option("--calib-file", default=None, type=click.Path(),
               help="Use this tensor file (.npz from a previous export) instead of reading the dataset.")
@@ -43,13 +48,16 @@ import click
                    "[default: 2000 up to 64 px, 500 above]")
 @click.option("--data", default=None, help="Dataset for calibration/validation. [default: the checkpoint's]")
 @click.option("--data-dir", default=None, help="Where the dataset's files are.")
-@click.option("--atol", type=float, default=1e-3, show_default=True,
+@click.option("--atol", type=float, default=DEFAULTS.atol, show_default=True,
               help="Largest allowed |ONNX - PyTorch| logit difference; above it the export fails.")
-@click.option("--min-agreement", type=float, default=99.0, show_default=True,
+@click.option("--min-agreement", type=float, default=DEFAULTS.min_agreement, show_default=True,
               help="Smallest allowed top-1 agreement (percent) between ONNX Runtime and PyTorch.")
-@click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile: smallest batch.")
-@click.option("--opt-batch", type=int, default=8, show_default=True, help="TensorRT profile: batch tuned for.")
-@click.option("--max-batch", type=int, default=32, show_default=True, help="TensorRT profile: largest batch.")
+@click.option("--min-batch", type=int, default=DEFAULTS.min_batch, show_default=True,
+              help="TensorRT profile: smallest batch.")
+@click.option("--opt-batch", type=int, default=DEFAULTS.opt_batch, show_default=True,
+              help="TensorRT profile: batch tuned for.")
+@click.option("--max-batch", type=int, default=DEFAULTS.max_batch, show_default=True,
+              help="TensorRT profile: largest batch.")
 @click.option("--no-slim", is_flag=True, help="Skip onnxslim graph simplification.")
 def export_cmd(ckpt, model, num_classes, input_size, out, onnx_only, trt, ort_int8, opset, batch, calib_size,
                calib_method, int8_keep_float, int8_max_drop, calib_file, val_size, data, data_dir, atol, min_agreement,
@@ -64,7 +72,7 @@ def export_cmd(ckpt, model, num_classes, input_size, out, onnx_only, trt, ort_in
                              data_dir=data_dir, atol=atol, min_agreement=min_agreement, min_batch=min_batch,
                              opt_batch=opt_batch, max_batch=max_batch, slim=not no_slim,
                              calib_method=calib_method, int8_keep_float=int8_keep_float,
-                             int8_max_drop=int8_max_drop), echo=click.echo)
+                             int8_max_drop=int8_max_drop), echo=pipe_safe(click.echo))
 
 
 @click.command("eval-artifact")
@@ -85,7 +93,8 @@ def eval_artifact_cmd(artifact, data, data_dir, batch_size, threads, as_json) ->
         click.echo(json.dumps(metrics))
     else:
         click.echo(f"{artifact} on {metrics['data']} ({metrics['count']} images): top-1 {metrics['top1']:.2f}  "
-                   f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}")
+                   f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}"
+                   + (f"  ({metrics['input']})" if "input" in metrics else ""))
 
 
 def register(cli: click.Group) -> None:

@@ -7,6 +7,7 @@ import os
 import sys
 
 import click
+from sddcompress_export.closed_pipe import pipe_safe
 
 from .. import __version__
 from ..errors import UserError
@@ -58,13 +59,14 @@ def _run_training(ctx: click.Context, command: str, values: dict) -> None:
         values.update(method="ce", teacher=None, teacher_ckpt=None, teacher_pretrained=False)
         given.update({"method", "teacher", "teacher_ckpt", "teacher_pretrained"})
     cfg = build_config(file_values, values, given, config_name)
-    result = run(cfg, echo=click.echo)
+    echo = pipe_safe(click.echo)  # a closed stdout (`... | head -1`) ends the printing, never the run
+    result = run(cfg, echo=echo)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line, not one per process
-        click.echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")
+        echo(f"best val top-1 {result.best_top1:.2f}; checkpoints: {result.latest} (latest), {result.best} (best)")
 
 
 @cli.command("train")
-@opt.training_options(student_flag="--model")
+@opt.train_options
 @click.pass_context
 def train_cmd(ctx: click.Context, **values) -> None:
     """Train a model (e.g. a teacher) from scratch with cross-entropy."""
@@ -73,7 +75,6 @@ def train_cmd(ctx: click.Context, **values) -> None:
 
 @cli.command("distill")
 @opt.distill_options
-@opt.training_options(student_flag="--student")
 @click.pass_context
 def distill_cmd(ctx: click.Context, **values) -> None:
     """Distil a student from a trained teacher (default method: SDD-DKD)."""
@@ -97,7 +98,7 @@ def distill_cmd(ctx: click.Context, **values) -> None:
 def eval_cmd(ckpt: str, model: str | None, num_classes: int | None, data: str | None, data_dir: str | None,
              input_size: int | None, batch_size: int, as_json: bool) -> None:
     """Top-1 / top-5 accuracy and loss of a checkpoint on a dataset's validation split."""
-    from ..engine.evaluation_cli import evaluate_checkpoint
+    from ..engine.checkpoint_eval import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(ckpt, model, data, data_dir, input_size, batch_size, num_classes)
     if as_json:
@@ -122,7 +123,7 @@ def quickstart_cmd(out: str, epochs: int | None, seeds: int, fresh: bool) -> Non
     the teacher."""
     from ..quickstart import run_quickstart
 
-    run_quickstart(out, epochs, fresh, echo=click.echo, seeds=seeds)
+    run_quickstart(out, epochs, fresh, echo=pipe_safe(click.echo), seeds=seeds)
 
 
 from .benchmark_command import benchmark_cmd as _benchmark_cmd  # noqa: E402

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -13,9 +13,10 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..torchvision_compat import torchvision
-from .preprocessing import (ValidationPreprocessing, large_image_preprocessing, small_image_preprocessing,
-                            validation_transform)
+from .preprocessing import (SMALL_INPUT_MAX, large_image_preprocessing,
+                            small_image_preprocessing, validation_transform)
 from .augment import CropFlip
+from .bundle import DataBundle
 
 T = torchvision.transforms
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -25,28 +26,6 @@ _CIFAR_STATS = {
 }
 _CIFAR_FILES = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 DATASET_HELP = "cifar10, cifar100, digits (offline, ships with scikit-learn) or imagefolder:PATH"
-
-
-@dataclass
-class DataBundle:
-    """Train/val splits (PIL image, label) with the transforms and stats that go with them."""
-
-    name: str
-    train: Dataset
-    val: Dataset
-    train_transform: Callable
-    val_transform: Callable
-    class_names: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: int
-    skipped_images: int = 0
-    preprocessing: ValidationPreprocessing | None = None  # what val_transform does, for checkpoints and ONNX
-    in_memory: bool = False  # decoded images already in memory: loader workers would only add overhead
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 class ListDataset(Dataset):
@@ -140,8 +119,8 @@ def load_image(path: str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read image '{path}' ({type(exc).__name__}); remove it or pass "
-                        "--skip-bad-images") from None
+        raise UserError(f"cannot read image '{path}' ({type(exc).__name__}); remove or replace it (train and "
+                        "distill can leave it out with --skip-bad-images)") from None
 
 
 def _readable(path: str) -> bool:
@@ -179,10 +158,10 @@ def _image_folder(root: str, input_size: int, skip_bad: bool) -> DataBundle:
     if splits["train"].classes != splits["val"].classes:
         raise UserError(f"image folder '{root}': train/ and val/ have different class folders")
     train_tf, val_tf = (_small_transforms(input_size, None, IMAGENET_MEAN, IMAGENET_STD, True)
-                        if input_size <= 64 else _large_transforms(input_size, IMAGENET_MEAN, IMAGENET_STD))
+                        if input_size <= SMALL_INPUT_MAX else _large_transforms(input_size, IMAGENET_MEAN, IMAGENET_STD))
     return DataBundle(f"imagefolder:{root}", splits["train"], splits["val"], train_tf, val_tf,
                       list(splits["train"].classes), IMAGENET_MEAN, IMAGENET_STD, input_size, skipped,
-                      preprocessing=(small_image_preprocessing if input_size <= 64 else large_image_preprocessing)(
+                      preprocessing=(small_image_preprocessing if input_size <= SMALL_INPUT_MAX else large_image_preprocessing)(
                           input_size, IMAGENET_MEAN, IMAGENET_STD))
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .augment import CropFlip, crop_flip, crop_flip_params, to_float
+from .preprocessing import SMALL_INPUT_MAX
 
 # at most this many bytes of uint8 training images are held on the device
 DEVICE_BYTES_LIMIT = 4 << 30
@@ -46,7 +47,7 @@ class DeviceImages(Dataset):
 
     def __init__(self, train: Dataset, transform: CropFlip, seed: int, device: torch.device | str = "cpu") -> None:
         if not isinstance(transform, CropFlip):
-            raise UserError("the device pipeline needs small images (input size <= 64 px) with crop/flip "
+            raise UserError(f"the device pipeline needs small images (input size <= {SMALL_INPUT_MAX} px) with crop/flip "
                             "augmentation; use --pipeline loader")
         pixels, labels = [], []
         for i in range(len(train)):  # type: ignore[arg-type]

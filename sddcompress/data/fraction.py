@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from ..errors import UserError
-from .datasets import DataBundle
+from .bundle import DataBundle
 
 SUBSET_SEED = 0  # the same images for every run seed and method, so their results pair up
 

@@ -8,7 +8,7 @@ this module adds the torch side: the torchvision validation transform, and the r
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from sddcompress_export.preprocessing import Preprocessing as ValidationPreprocessing
 from sddcompress_export.preprocessing import legacy_preprocessing
@@ -16,8 +16,7 @@ from sddcompress_export.preprocessing import legacy_preprocessing
 from ..torchvision_compat import torchvision
 from .augment import CropFlip
 
-if TYPE_CHECKING:
-    from .datasets import DataBundle
+from .bundle import DataBundle
 
 T = torchvision.transforms
 SMALL_INPUT_MAX = 64  # up to this size images are resized straight to the input size (no crop margin)
@@ -74,7 +73,7 @@ def _renormalised(transform: Callable, mean, std) -> Callable:
     return T.Compose([T.Normalize(list(mean), list(std)) if isinstance(t, T.Normalize) else t for t in steps])
 
 
-def preprocessed_as(bundle: "DataBundle", spec: ValidationPreprocessing) -> "DataBundle":
+def preprocessed_as(bundle: DataBundle, spec: ValidationPreprocessing) -> DataBundle:
     """`bundle` seen as a model with the preprocessing record `spec` expects (its input size): the validation
     transform built from `spec`, the training augmentation normalised with its mean/std, the record and
     statistics replaced. Unchanged when `spec` is already the bundle's own."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sddcompress_export.atomic import atomic_write
 from sddcompress_export.file_checks import describe_os_error, existing_file
 
 from .. import __version__
@@ -24,7 +23,7 @@ FOREIGN = "foreign"  # a state dict from elsewhere, see models/foreign_checkpoin
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync it, rename over `path`, fsync the folder.
+    """torch.save through a temp file beside `path`, flushed to disk and renamed over it (`atomic_write`).
 
     The bytes are serialised in memory first, so a full disk surfaces as an OSError (ENOSPC/EFBIG)
     from the write, not as torch's opaque zip-writer RuntimeError."""
@@ -32,21 +31,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, lambda temp: temp.write_bytes(buffer.getbuffer()), durable=True)
 
 
 class NonFiniteWeights(UserError):
@@ -125,12 +110,15 @@ def model_record(name: str, model: nn.Module, num_classes: int, input_size: int,
     return record
 
 
-def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_classes: int, path: str) -> None:
-    """Copy checkpoint weights into `model`; architecture or class-count mismatch is a UserError."""
+def load_model_weights(model: nn.Module, ckpt: dict, expected_name: str, num_classes: int, path: str,
+                       class_fix: str | None = None) -> None:
+    """Copy checkpoint weights into `model`; architecture or class-count mismatch is a UserError (naming
+    `class_fix` as the fix for a state dict with another class count, when given)."""
     if ckpt.get("format") == FOREIGN:
         from ..models.foreign_checkpoints import fit_state_dict
 
-        state, layout = fit_state_dict(model, expected_name, num_classes, ckpt["model"]["state_dict"], path)
+        state, layout = fit_state_dict(model, expected_name, num_classes, ckpt["model"]["state_dict"], path,
+                                       class_fix)
         ckpt["layout"] = layout
         _require_floating(model, state, expected_name, path)
         model.load_state_dict(state)

@@ -24,7 +24,9 @@ class MSDNet(nn.Module):
         super().__init__()
         self.sdd = method.uses_local_logits
         checked = tuple(sorted(set(method.msd_scales) | (set(method.scales) if self.sdd else set())))
-        self.split = LocalLogits(model, input_size, checked, name)  # checks the map is large enough
+        options = {"--scales": tuple(method.scales)} if self.sdd else {}
+        options["--msd-scales"] = tuple(method.msd_scales)
+        self.split = LocalLogits(model, input_size, checked, name, options)  # checks the map is large enough
         channels = self.split.feature_channels
         self.msd = RegionEmbedding(method.msd_scales, method.msd_window, method.msd_space, channels,
                                    target_channels if target_channels is not None else channels)

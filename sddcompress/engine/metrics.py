@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
+
+from sddcompress_export.atomic import atomic_write_text
 
 
 class MetricsLog:
@@ -67,9 +68,7 @@ class MetricsLog:
             if not content:
                 path.unlink(missing_ok=True)
                 continue
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(content)
-            os.replace(tmp, path)
+            atomic_write_text(path, content)
 
 
 def format_terms(terms: dict[str, float]) -> str:

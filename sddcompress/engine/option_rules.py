@@ -8,7 +8,7 @@ that breaks its rule is a one-line UserError naming the option, where it came fr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
@@ -46,43 +46,31 @@ class Rule:
         return ""
 
 
-_POS_INT = Rule("int", 0, low_open=True)
-_NONNEG_INT = Rule("int", 0)
-_NONNEG_FLOAT = Rule("float", 0, optional=True)
-_FLAG = Rule("bool", optional=True)
+def option(default: Any = None, help: str = "", rule: Rule | None = None, *,
+           commands: tuple[str, ...] = ("train", "distill"), flags: dict[str, str] | None = None,
+           cli_default: Any = None, shown_default: str | None = None, resume: str = "fixed",
+           method: bool = False, default_factory: Any = None) -> Any:
+    """A training option, declared once as a `TrainConfig` field: its default, its `--help` text, its
+    rule, the commands that take it and everything the command line, the config files, validation,
+    resuming and the method read from it.
 
-RULES: dict[str, Rule] = {
-    "model": Rule("str"), "teacher": Rule("str", optional=True), "teacher_ckpt": Rule("str", optional=True),
-    "teacher_pretrained": _FLAG, "pretrained": _FLAG, "method": Rule("str"),
-    # SDD's weighting reads region 0 as the global prediction: its scales start at 1
-    "scales": Rule("scales", 1, ascending_from_1=True),
-    "temperature": Rule("float", 0, low_open=True, optional=True),
-    "alpha": _NONNEG_FLOAT, "beta": _NONNEG_FLOAT, "gamma": _NONNEG_FLOAT, "ce_weight": _NONNEG_FLOAT,
-    "kd_weight": _NONNEG_FLOAT, "warmup_epochs": _NONNEG_FLOAT,
-    "msd_scales": Rule("scales", 1, optional=True),
-    "msd_window": Rule("float", 1, optional=True, hint="the window side in grid cells; 1 = the cell itself"),
-    "msd_tau": Rule("float", 0, low_open=True, optional=True),
-    "msd_space": Rule("str", choices=("features", "logits"), optional=True),  # losses.msdcrd.SPACES
-    "msd_categorise": Rule("str", choices=("sdd", "none"), optional=True),  # losses.msdcrd.CATEGORISE
-    "msd_sample_weight": _NONNEG_FLOAT, "msd_feature_weight": _NONNEG_FLOAT, "msd_ramp_epochs": _NONNEG_FLOAT,
-    "data": Rule("str"), "data_dir": Rule("str", optional=True), "download": _FLAG,
-    "input_size": Rule("int", INPUT_SIZE_MIN, INPUT_SIZE_MAX, optional=True,
-                       hint="larger inputs need more memory than a training host has; 224 is the ImageNet size"),
-    "skip_bad_images": _FLAG,
-    "labelled_fraction": Rule("float", 0, 1, low_open=True,
-                              hint="the share of each class's training images whose labels the run sees"),
-    "unlabelled": Rule("str", optional=True), "workers": Rule("int", 0, optional=True, hint="or auto in a config file"),
-    "pipeline": Rule("str", choices=("auto", "device", "loader")), "epochs": _POS_INT, "batch_size": _POS_INT,
-    "lr": Rule("float", 0, low_open=True), "momentum": Rule("float", 0, 1, high_open=True),
-    "weight_decay": Rule("float", 0), "schedule": Rule("str", choices=("step", "cosine")),
-    "milestones": Rule("ints", 1, hint="comma-separated epoch numbers, e.g. 150,180,210"),
-    "lr_decay": Rule("float", 0, low_open=True), "precision": Rule("str", choices=("auto", "no", "fp16", "bf16")),
-    "grad_accum": _POS_INT, "clip_grad_norm": Rule("float", 0, hint="0 = off; the paper configs use 40"),
-    "compile": _FLAG, "step": Rule("str", choices=("auto", "graph", "eager")), "cpu": _FLAG, "sync_bn": Rule("bool"),
-    "seed": Rule("int", 0, SEED_MAX, hint="numpy's seed range"), "out": Rule("str", optional=True),
-    "resume": _FLAG, "fresh": _FLAG, "skip_nonfinite": _NONNEG_INT, "max_train_batches": _NONNEG_INT,
-    "log_every": _POS_INT,
-}
+    `flags`: the option's spelling per command where it is not `--NAME` (train's --model is distill's
+    --student); `cli_default`: the command line's default where it differs from the field's (distill's
+    --method); `shown_default`: the "[default: ...]" of an option whose None means "the method's or the
+    dataset's default"; `resume`: identity (a run resumes only with the same value), free (may change
+    on resume), fixed (refused if changed), or method (compared as the method resolved it); `method`:
+    a hyper-parameter of the distillation method (passed to `make_method`)."""
+    metadata = dict(help=help, rule=rule, commands=commands, flags=flags or {}, cli_default=cli_default,
+                    shown_default=shown_default, resume=resume, method=method)
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+POS_INT = Rule("int", 0, low_open=True)
+NONNEG_INT = Rule("int", 0)
+NONNEG_FLOAT = Rule("float", 0, optional=True)
+FLAG = Rule("bool", optional=True)
 
 
 def option_label(name: str, source: str | None = None) -> str:
@@ -154,6 +142,8 @@ def _scales(value: Any, label: str, rule: Rule) -> str:
 
 def check_option(name: str, value: Any, source: str | None = None) -> Any:
     """The value of option `name`, coerced to its type; a UserError if it breaks the option's rule."""
+    from .config import RULES  # declared with the options themselves
+
     rule = RULES.get(name)
     if rule is None:
         return value

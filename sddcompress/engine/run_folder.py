@@ -10,8 +10,9 @@ a killed write). `--fresh` removes the files a run writes, by name, and never a 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from sddcompress_export.atomic import atomic_write_text, is_temp_of
 
 from .. import __version__
 from ..errors import UserError
@@ -26,14 +27,14 @@ WRITE_PROBE_PREFIX = ".write-test-"  # run_paths.ensure_writable_dir's probe
 
 
 def _is_checkpoint_temp(name: str) -> bool:
-    """checkpoint.atomic_save's temp files: .latest.pt.XXXX.tmp, .best.pt.XXXX.tmp."""
-    return name.endswith(".tmp") and any(name.startswith(f".{c}.") for c in CHECKPOINT_NAMES)
+    """A checkpoint's temp file (atomic_write's pattern; .latest.pt.XXXX.tmp from older versions too)."""
+    return any(is_temp_of(name, c) or (name.startswith(f".{c}.") and name.endswith(".tmp")) for c in CHECKPOINT_NAMES)
 
 
 def _is_top_level_temp(name: str) -> bool:
-    """MetricsLog's rewrite temps (.metrics.jsonl.tmp) and the marker's own (..sddcompress-run.PID.tmp)."""
-    return name in {f".{m}.tmp" for m in METRICS_NAMES} or (name.startswith(f".{MARKER_NAME}.")
-                                                            and name.endswith(".tmp"))
+    """The temp files of the metrics logs and of the marker (atomic_write's pattern, and older versions')."""
+    return (any(is_temp_of(name, m) or name == f".{m}.tmp" for m in METRICS_NAMES)
+            or is_temp_of(name, MARKER_NAME) or (name.startswith(f".{MARKER_NAME}.") and name.endswith(".tmp")))
 
 
 def _marker_is_ours(marker: Path) -> bool:
@@ -96,10 +97,7 @@ def recognise_run_folder(out: Path) -> str:
 
 def write_marker(out: Path) -> None:
     """Write OUT/.sddcompress-run atomically (a temp file renamed into place)."""
-    marker = out / MARKER_NAME
-    tmp = out / f".{MARKER_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"format": MARKER_FORMAT, "sddcompress_version": __version__}) + "\n")
-    os.replace(tmp, marker)
+    atomic_write_text(out / MARKER_NAME, json.dumps({"format": MARKER_FORMAT, "sddcompress_version": __version__}) + "\n")
 
 
 def claim_run_folder(out: Path, state: str) -> None:

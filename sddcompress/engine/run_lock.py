@@ -30,10 +30,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """`with RunLock(out, say):` holds OUT/.run.lock; entering raises a UserError if another run holds it."""
+    """`with RunLock(out, say):` holds OUT/.run.lock; entering raises a UserError if another run holds it.
 
-    def __init__(self, out: str | Path, say: Callable[[str], None] = print) -> None:
-        self.path = Path(out) / LOCK_NAME
+    `name` locks another file of the folder (the methods benchmark claims runs with `.RUN.claim`)."""
+
+    def __init__(self, out: str | Path, say: Callable[[str], None] = print, name: str = LOCK_NAME) -> None:
+        self.path = Path(out) / name
         self.say = say
         self.fd: int | None = None
 
@@ -58,8 +60,16 @@ class RunLock:
         self.fd = fd
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def try_acquire(self) -> bool:
+        """Take the lock if no other process holds it; False (nothing raised) if one does."""
+        try:
+            self.__enter__()
+        except UserError:
+            return False
+        return True
+
+    def __exit__(self, exc_type: type[BaseException] | None = None, exc: BaseException | None = None,
+                 tb: TracebackType | None = None) -> None:
         if self.fd is None:
             return
         try:

@@ -33,19 +33,21 @@ from ..data.device_pipeline import DeviceImages, device_pipeline_fits, passthrou
 from ..data.datasets import keep_samples, readable_samples
 from ..data.fraction import take_train_fraction
 from ..data.label_scarce import LabelSplit, describe_split, split_labels
-from ..data.preprocessing import preprocessed_as
+from ..data.preprocessing import SMALL_INPUT_MAX, preprocessed_as
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
 from ..models import build_model
-from ..models.pretrained import build_pretrained
+from ..models.pretrained import build_pretrained, pretrained_num_classes
 from ..run_paths import ensure_writable_dir
 from .checkpoint import base_record, load_checkpoint, load_model_weights, model_record, require_finite_weights, \
     rng_state, set_rng_state
 from .checkpoint import save_checkpoint as write_checkpoint
-from .config import MSD_OPTIONS, TrainConfig, check_resume, default_out, resolve_workers, train_out, validate
+from .config import (METHOD_OPTIONS, TrainConfig, check_resume, default_out, is_validated, resolve_workers, train_out,
+                     validate)
 from .captured_step import CapturedStep, CaptureFailed, EpochTally
 from .evaluate import evaluate
 from .method_nets import distillation_terms, load_train_only_state, method_networks, train_only_state
+from .option_rules import INPUT_SIZE_MAX
 from .run_preprocessing import weights_preprocessing
 from .metrics import MetricsLog, format_terms
 from .run_folder import claim_run_folder, recognise_run_folder, remove_run_files, remove_run_temps
@@ -74,9 +76,7 @@ class RunResult:
 
 
 def method_from_config(cfg: TrainConfig) -> MethodConfig:
-    return make_method(cfg.method, scales=cfg.scales, temperature=cfg.temperature, alpha=cfg.alpha, beta=cfg.beta,
-                       gamma=cfg.gamma, ce_weight=cfg.ce_weight, kd_weight=cfg.kd_weight,
-                       warmup_epochs=cfg.warmup_epochs, **{k: getattr(cfg, k) for k in MSD_OPTIONS})
+    return make_method(cfg.method, **{name: getattr(cfg, name) for name in METHOD_OPTIONS})
 
 
 def _previous_run(cfg: TrainConfig, out: Path, method: MethodConfig, say: Callable[[str], None]) -> dict | None:
@@ -104,7 +104,10 @@ def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], Non
         ckpt = load_checkpoint(cfg.teacher_ckpt)
         teacher = build_model(cfg.teacher, bundle.num_classes, bundle.input_size,
                               imagenet_stem=bool(ckpt["model"].get("imagenet_stem")))
-        load_model_weights(teacher, ckpt, cfg.teacher, bundle.num_classes, cfg.teacher_ckpt)
+        load_model_weights(teacher, ckpt, cfg.teacher, bundle.num_classes, cfg.teacher_ckpt,
+                           class_fix=f"a teacher for {cfg.data} needs its {bundle.num_classes} classes: pass one "
+                                     f"trained on it (`sddcompress train --model {cfg.teacher} --data {cfg.data}`) "
+                                     "or the --data this teacher was trained on")
         if ckpt.get("layout"):
             say(f"teacher weights: {cfg.teacher_ckpt} ({ckpt['layout']} layout, mapped onto {cfg.teacher})")
         saved_size = ckpt["model"].get("input_size")
@@ -113,8 +116,11 @@ def _load_teacher(cfg: TrainConfig, bundle: DataBundle, say: Callable[[str], Non
                             f"is {bundle.input_size} px; pass --input-size {saved_size}")
         info = {"name": cfg.teacher, "ckpt": str(cfg.teacher_ckpt)}
     elif cfg.teacher_pretrained:
-        teacher, pretrained = build_pretrained(cfg.teacher, bundle.num_classes, bundle.input_size)
-        if pretrained.head != "kept":
+        # the class count is known before the weights are fetched: a misfit is refused without them
+        fits = pretrained_num_classes(cfg.teacher) in (None, bundle.num_classes)
+        teacher, pretrained = build_pretrained(cfg.teacher, bundle.num_classes, bundle.input_size) if fits else \
+            (None, None)
+        if pretrained is None or pretrained.head != "kept":
             raise UserError(f"pretrained '{cfg.teacher}' has ImageNet's classes, the data has {bundle.num_classes}: "
                             f"a fresh classifier would teach nothing. Fine-tune it first: `sddcompress train --model "
                             f"{cfg.teacher} --pretrained --data {cfg.data}`, then pass --teacher-ckpt")
@@ -357,7 +363,7 @@ def _use_graph_step(cfg: TrainConfig, acc, say: Callable[[str], None]) -> bool:
 
 
 # evaluation batch on a GPU: large, since evaluation stores no activations for backward
-GPU_EVAL_BATCH = {64: 1024, 1024: 256}  # input size up to N px -> batch
+GPU_EVAL_BATCH = {SMALL_INPUT_MAX: 1024, INPUT_SIZE_MAX: 256}  # input size up to N px -> batch
 
 
 def _val_loader(bundle: DataBundle, cfg: TrainConfig, acc, per_process: int, device_resident: bool,
@@ -395,7 +401,8 @@ def _use_device_pipeline(cfg: TrainConfig, bundle: DataBundle, cuda: bool) -> bo
     """--pipeline: device when asked, or (auto) on a GPU for small images that fit; else the PIL loader."""
     fits = device_pipeline_fits(bundle.train, bundle.train_transform, bundle.input_size)
     if cfg.pipeline == "device" and not fits:
-        raise UserError("--pipeline device needs small images (input size <= 64 px) that fit in 4 GiB as uint8; "
+        raise UserError(f"--pipeline device needs small images (input size <= {SMALL_INPUT_MAX} px) that fit in 4 GiB "
+                        "as uint8; "
                         "use --pipeline loader")
     return cfg.pipeline == "device" or (cfg.pipeline == "auto" and fits and cuda)
 
@@ -584,7 +591,8 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundle 
     The output folder must be new, empty or a run of ours (run_folder.py); it is marked as a run
     and locked for the whole run (one run per folder); temp files a killed write left there are
     removed first."""
-    validate(cfg)
+    if not is_validated(cfg):  # configs from build_config (the command line) were validated there
+        validate(cfg)
     if cfg.out is None:
         cfg.out = default_out(cfg)
     first_process = int(os.environ.get("RANK", "0")) == 0

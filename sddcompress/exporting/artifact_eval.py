@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from sddcompress_export.artifacts import open_artifact
 from sddcompress_export.classifier_metrics import score, score_batches
-from sddcompress_export.tensor_file import check_labels, load_tensor_file
+from sddcompress_export.tensor_file import load_for_model
 
 from ..data import SeededTransform, load_dataset
 from ..data.preprocessing import preprocessed_as
@@ -27,10 +27,10 @@ def evaluate_artifact(path: str, data: str | None, data_dir: str | None, batch_s
             raise UserError(f"pass --data (a dataset or a data.npz); there is no {guess}")
         data = str(guess)
     if data.endswith(".npz"):
-        tensors = load_tensor_file(data, meta.input_size)
-        if meta.class_names:
-            check_labels(data, tensors.val_labels, len(meta.class_names))
-        return {"data": data, **score(model, tensors.val_images, tensors.val_labels, batch_size)}
+        tensors = load_for_model(data, meta, need=("val",))
+        raw = tensors.raw_pixels
+        note = {"input": "integer pixels, normalised on reading with the model's mean/std"} if raw else {}
+        return {"data": data, **score(model, tensors.val_images, tensors.val_labels, batch_size), **note}
     bundle = load_dataset(data, data_dir, meta.input_size)
     if bundle.num_classes != len(meta.class_names):
         raise UserError(f"'{path}' has {len(meta.class_names)} classes but {data} has {bundle.num_classes}")

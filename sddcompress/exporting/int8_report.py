@@ -8,14 +8,12 @@ from typing import Callable
 
 import numpy as np
 
+from sddcompress_export import chain
 from sddcompress_export.classifier_metrics import logits_metrics, predict_all
 from sddcompress_export.latency_ratio import BATCH, int8_latency_ratio
 from sddcompress_export.onnxruntime_runner import OrtClassifier
-from sddcompress_export.ort_quantization import quantize_int8
 from sddcompress_export.parity import compare_logits
 from sddcompress_export.tensor_file import TensorFile
-
-GOAL_DROP = 0.5  # top-1 points INT8 may lose against fp32 on the validation images
 
 
 def verdict(drop: float, max_drop: float, float_nodes: list[str]) -> str:
@@ -32,13 +30,12 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
                  fp32_metrics: dict, ref: np.ndarray, batch: int, o, echo: Callable[[str], None]) -> dict:
     """Write model.int8.onnx and return its report entry (method, layers kept in float, drop, verdict).
 
-    Only `tensors.calib_images` (training images) reach the quantiser; the validation images are used
-    afterwards, to score the chosen model.
+    Only `tensors.calib_images` (training images, the first `o.calib_size`) reach the quantiser; the
+    validation images are used afterwards, to score the chosen model.
     """
     started = time.perf_counter()
-    result = quantize_int8(onnx_path, int8_path, tensors.calib_images, tensors.calib_labels,
-                           method=o.calib_method, keep_float=o.int8_keep_float, max_drop=o.int8_max_drop,
-                           echo=echo)
+    result = chain.int8_model(onnx_path, int8_path, tensors.calib_images, tensors.calib_labels, o.calib_size,
+                              o.calib_method, o.int8_keep_float, o.int8_max_drop, echo)
     seconds = time.perf_counter() - started
     int8_model = OrtClassifier(int8_path)
     logits = predict_all(int8_model, tensors.val_images, batch)
@@ -51,7 +48,12 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
          f"{fp32_metrics['top1']:.2f}; goal {line}")
     latency = latency_section(fp32_model, int8_model, tensors.val_images)
     echo(f"INT8 latency ({latency['providers'][0]}): " + latency.get("goal", latency.get("skipped", "")))
-    return {"path": str(int8_path), "bytes": int8_path.stat().st_size, "quantize_seconds": seconds,
+    plan = result.plan
+    recommendation = plan["recommendation"] if plan else f"ship {int8_path.name} (layers chosen by hand: no plan " \
+                                                         "was measured for this CPU)"
+    echo(f"INT8 recommendation: {recommendation}")
+    return {"recommendation": recommendation, "ship": plan["ship"] if plan else "int8", "plan": plan,
+            "path": str(int8_path), "bytes": int8_path.stat().st_size, "quantize_seconds": seconds,
             "metrics": metrics, "parity": compare_logits(ref, logits),
             "calibration_method": result.method, "calibration_requested": o.calib_method,
             "calibration_images": result.calibration_images, "held_out_images": result.held_out_images,

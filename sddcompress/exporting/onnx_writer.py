@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sddcompress_export.atomic import atomic_write
+from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.metadata import ModelMetadata, load_onnx, onnx_opset, write_metadata
 
 from ..errors import UserError
 
-DEFAULT_OPSET = 18
-# torch.onnx's exporter (torch.export based) emits opset 18 natively; 18 is also what TensorRT 10 and
-# ONNX Runtime >= 1.14 fully support. Later opsets are produced by onnxscript's version converter.
+# The default opset is DEFAULTS.opset; opsets above what torch.onnx emits natively come from onnxscript's
+# version converter.
 SUPPORTED_OPSETS = range(18, 22)
 
 
@@ -40,10 +41,10 @@ def checkpoint_metadata(path: str | Path, ckpt: dict) -> ModelMetadata:
 def check_opset(opset: int) -> None:
     if opset not in SUPPORTED_OPSETS:
         raise UserError(f"--opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
-                        f"(default {DEFAULT_OPSET})")
+                        f"(default {DEFAULTS.opset})")
 
 
-def write_onnx(model: nn.Module, path: str | Path, meta: ModelMetadata, opset: int = DEFAULT_OPSET,
+def write_onnx(model: nn.Module, path: str | Path, meta: ModelMetadata, opset: int = DEFAULTS.opset,
                dynamic_batch: bool = True, slim: bool = True) -> dict:
     """Export `model` (eval mode, CPU) for (B, 3, S, S) inputs; returns facts about the written file."""
     import onnx
@@ -79,9 +80,7 @@ def write_onnx(model: nn.Module, path: str | Path, meta: ModelMetadata, opset: i
             pass
     write_metadata(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    onnx.save(proto, str(tmp_path))
-    tmp_path.replace(path)
+    atomic_write(path, lambda temp: onnx.save(proto, str(temp)))
     checked = load_onnx(path)
     return {"path": str(path), "opset": onnx_opset(checked), "dynamic_batch": dynamic_batch, "slimmed": slimmed,
             "bytes": path.stat().st_size, "nodes": len(checked.graph.node)}

@@ -26,29 +26,19 @@ def preprocess(base, transform, indices: Iterable[int], batch_size: int = 128) -
     return np.concatenate(images).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
-def labelled_splits(bundle: DataBundle, calib_size: int, val_size: int | None,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(calibration images, validation images, validation labels, calibration labels).
-
-    Calibration: `calib_size` training images drawn with a fixed seed, preprocessed like validation
-    images (no augmentation). Validation: the first `val_size` validation images (all if None).
-    """
+def calibration_split(bundle: DataBundle, calib_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of `calib_size` training images drawn with a fixed seed, preprocessed like validation
+    images (no augmentation): the images INT8 is calibrated on, wherever the chain is run from."""
     g = torch.Generator().manual_seed(seed)
     calib_idx = torch.randperm(len(bundle.train), generator=g)[: max(calib_size, 0)].tolist()
-    val_idx = range(len(bundle.val) if val_size is None else min(val_size, len(bundle.val)))
-    calib, calib_labels = preprocess(bundle.train, bundle.val_transform, calib_idx)
-    val, labels = preprocess(bundle.val, bundle.val_transform, val_idx)
-    return calib, val, labels, calib_labels
-
-
-def preprocessed_splits(bundle: DataBundle, calib_size: int, val_size: int | None,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(calibration images, validation images, validation labels); see `labelled_splits`."""
-    return labelled_splits(bundle, calib_size, val_size, seed)[:3]
+    return preprocess(bundle.train, bundle.val_transform, calib_idx)
 
 
 def write_tensor_file(bundle: DataBundle, path: str | Path, calib_size: int, val_size: int | None,
                       seed: int = 0) -> Path:
-    calib, val, labels, calib_labels = labelled_splits(bundle, calib_size, val_size, seed)
+    """The tensor file: `calibration_split` and the first `val_size` validation images (all if None)."""
+    calib, calib_labels = calibration_split(bundle, calib_size, seed)
+    val, labels = preprocess(bundle.val, bundle.val_transform,
+                             range(len(bundle.val) if val_size is None else min(val_size, len(bundle.val))))
     return save_tensor_file(path, calib, val, labels, list(bundle.class_names), bundle.mean, bundle.std,
                             calib_labels=calib_labels)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .registry import Method, Outputs, logit_term, register
+
 
 def _decoupled_log_probs(z: torch.Tensor, labels: torch.Tensor,
                          target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,3 +33,18 @@ def dkd_per_sample(student: torch.Tensor, teacher: torch.Tensor, labels: torch.T
     nckd = torch.where(target, 0.0, qt.exp() * (qt - qs)).sum(1)
     t2 = temperature**2
     return {"tckd": t2 * alpha * tckd, "nckd": t2 * beta * nckd}
+
+
+@register
+class DKD(Method):
+    """Zhao et al.: target-class (alpha) and non-target-class (beta) KD on the global logits, warmed up."""
+
+    name = "dkd"
+    summary = "decoupled KD (alpha TCKD + beta NCKD) on the global logits"
+    defaults = dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20.0)
+    options = ("ce_weight", "kd_weight", "warmup_epochs", "temperature", "alpha", "beta")
+
+    def loss(self, config, outputs: Outputs):
+        per = dkd_per_sample(outputs.student_logits.float(), outputs.teacher_logits.float(), outputs.labels,
+                             config.temperature, config.alpha, config.beta)
+        return logit_term(config, outputs, {k: v.mean() for k, v in per.items()})

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.local_logits import pool_matrix, pool_regions
+from .registry import Method, Outputs, ramp, register
 
 SPACES = ("features", "logits")
 CATEGORISE = ("sdd", "none")
@@ -110,5 +111,30 @@ class RegionEmbedding(nn.Module):
         return F.normalize(vectors.float(), dim=2), region_logits
 
 
-__all__ = ["CATEGORISE", "SPACES", "RegionEmbedding", "category_weights", "feature_wise", "msdcrd_loss",
+@register
+class MSDCRD(Method):
+    """MSDCRD-style (reconstructed) sample-wise and feature-wise InfoNCE over multi-scale region embeddings,
+    ramped over `msd_ramp_epochs`."""
+
+    name = "msdcrd"
+    summary = "MSDCRD-style multi-scale contrastive feature distillation (options --msd-*)"
+    defaults = dict(ce_weight=1.0, kd_weight=0.0)
+    options = ("ce_weight", "gamma", "msd_scales", "msd_window", "msd_tau", "msd_space", "msd_categorise",
+               "msd_sample_weight", "msd_feature_weight", "msd_ramp_epochs")
+    needs_msd = True
+
+    def loss(self, config, outputs: Outputs):
+        m, labels = config, outputs.labels
+        teacher_msd, student_msd = outputs.teacher_msd, outputs.student_msd
+        if m.msd_categorise == "sdd":
+            weights = category_weights(teacher_msd["region_logits"].float(), outputs.teacher_logits.float(), labels,
+                                       m.gamma)
+        else:
+            weights = torch.ones_like(teacher_msd["region_logits"][:, :, 0], dtype=torch.float32)
+        parts = msdcrd_loss(student_msd["embedding"], teacher_msd["embedding"], weights, m.msd_tau, m.msd_scales)
+        msd = m.msd_sample_weight * parts["msd_sample"] + m.msd_feature_weight * parts["msd_feature"]
+        return ramp(m.msd_ramp_epochs, outputs.epoch_progress) * msd, parts
+
+
+__all__ = ["CATEGORISE", "MSDCRD", "SPACES", "RegionEmbedding", "category_weights", "feature_wise", "msdcrd_loss",
            "pool_matrix", "pool_regions", "sample_wise", "scale_index"]

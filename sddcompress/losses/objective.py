@@ -1,4 +1,7 @@
-"""The training objective: CE on the student's global logits plus a (ramped) distillation term."""
+"""The training objective: CE on the student's global logits plus the method's (ramped) terms.
+
+The methods themselves are registered classes (registry.py), each in its loss's module; this module
+adds cross-entropy alone (`ce`) and the registered combination of SDD-DKD and the MSDCRD-style term."""
 
 from __future__ import annotations
 
@@ -8,12 +11,23 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import UserError
-from .dkd import dkd_per_sample
-from .kd import kd_per_sample
-from .msdcrd import CATEGORISE, SPACES, category_weights, msdcrd_loss
-from .sdd import sdd_loss
+from . import registry
+from .msdcrd import CATEGORISE, SPACES
+from .registry import Method, Outputs, register
+from .sdd import SDDDKD  # noqa: F401 - registers sdd-kd and sdd-dkd (and, through its imports, kd and dkd)
 
-METHODS = ("sdd-dkd", "sdd-kd", "dkd", "kd", "ce", "msdcrd", "sdd-dkd+msdcrd")
+
+@register
+class CrossEntropy(Method):
+    """The student alone: cross-entropy on the labels, no teacher."""
+
+    name = "ce"
+    summary = "the student alone (cross-entropy, no teacher)"
+    defaults = dict(ce_weight=1.0, kd_weight=0.0)
+    needs_teacher = False
+
+
+registry.combine("sdd-dkd+msdcrd", "sdd-dkd", "msdcrd", summary="SDD-DKD plus the MSDCRD-style term")
 
 
 @dataclass(frozen=True)
@@ -40,22 +54,21 @@ class MethodConfig:
     msd_ramp_epochs: float = 20.0
 
     @property
-    def logit_method(self) -> str:
-        """The logit-distillation part: 'sdd-dkd+msdcrd' -> 'sdd-dkd', 'msdcrd' -> 'ce'."""
-        base = self.name.split("+")[0]
-        return "ce" if base == "msdcrd" else base
+    def spec(self) -> Method:
+        """The registered method: its needs and its loss."""
+        return registry.get(self.name)
 
     @property
     def uses_teacher(self) -> bool:
-        return self.name != "ce"
+        return self.spec.needs_teacher
 
     @property
     def uses_local_logits(self) -> bool:
-        return self.logit_method.startswith("sdd-")
+        return self.spec.needs_local_logits
 
     @property
     def uses_msd(self) -> bool:
-        return self.name.endswith("msdcrd")
+        return self.spec.needs_msd
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -64,26 +77,14 @@ class MethodConfig:
         return d
 
 
-_DEFAULTS = {
-    "ce": dict(ce_weight=1.0, kd_weight=0.0),
-    "kd": dict(ce_weight=0.1, kd_weight=0.9),
-    "sdd-kd": dict(ce_weight=0.1, kd_weight=0.9),
-    "dkd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20.0),
-    "sdd-dkd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20.0),
-    "msdcrd": dict(ce_weight=1.0, kd_weight=0.0),
-    "sdd-dkd+msdcrd": dict(ce_weight=1.0, kd_weight=1.0, warmup_epochs=20.0),
-}
-
-
 def make_method(name: str, **overrides) -> MethodConfig:
-    """Method `name` with its defaults; any override whose value is None keeps the default."""
-    if name not in _DEFAULTS:
-        raise UserError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
+    """Method `name` with its registered defaults; any override whose value is None keeps the default."""
+    spec = registry.get(name)
     valid = {f.name for f in fields(MethodConfig)} - {"name"}
     unknown = set(overrides) - valid
     if unknown:
         raise UserError(f"unknown method option(s) {sorted(unknown)}; valid: {sorted(valid)}")
-    cfg = replace(MethodConfig(name), **_DEFAULTS[name])
+    cfg = replace(MethodConfig(name), **spec.defaults)
     given = {k: v for k, v in overrides.items() if v is not None}
     for key in ("scales", "msd_scales"):
         if key in given:
@@ -119,16 +120,8 @@ def parse_scales(value, flag: str = "--scales") -> tuple[int, ...]:
 
 
 def ramp(method: MethodConfig, epoch_progress: float | torch.Tensor, epochs: float | None = None):
-    """Linear 0 -> 1 over `epochs` (default: `warmup_epochs`; epoch_progress counts finished epochs).
-
-    A float for a float `epoch_progress`; a tensor for a tensor one (a captured step reads its progress
-    from a device tensor, so the ramp must stay on the device)."""
-    length = method.warmup_epochs if epochs is None else epochs
-    if isinstance(epoch_progress, torch.Tensor):
-        return (epoch_progress / length).clamp(0.0, 1.0) if length > 0 else 1.0
-    if length <= 0:
-        return 1.0
-    return min(max(epoch_progress, 0.0) / length, 1.0)
+    """Linear 0 -> 1 over `epochs` (default: `warmup_epochs`; epoch_progress counts finished epochs)."""
+    return registry.ramp(method.warmup_epochs if epochs is None else epochs, epoch_progress)
 
 
 class Objective:
@@ -153,11 +146,8 @@ class Objective:
             raise ValueError(f"labelled_share must be in (0, 1], got {labelled_share}")
         self.method = method
         self.labelled_share = labelled_share
-        m = method
-        if m.logit_method.endswith("dkd"):
-            self._per_sample = lambda s, t, y: dkd_per_sample(s, t, y, m.temperature, m.alpha, m.beta)
-        else:
-            self._per_sample = lambda s, t, y: kd_per_sample(s, t, m.temperature)
+        spec = method.spec
+        self.parts = spec.parts or (spec,)
 
     def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor, *,
                  teacher_logits: torch.Tensor | None = None, student_local: torch.Tensor | None = None,
@@ -173,29 +163,20 @@ class Objective:
         total = m.ce_weight * ce
         if m.uses_teacher and teacher_logits is not None:  # the teacher's prediction stands in for a missing label
             labels = torch.where(labels >= 0, labels, teacher_logits.argmax(dim=1))
-        if m.uses_teacher and m.logit_method != "ce":
-            if m.uses_local_logits:
-                parts = sdd_loss(student_local.float(), teacher_local.float(), labels, self._per_sample, m.gamma)
-            else:
-                per = self._per_sample(student_logits.float(), teacher_logits.float(), labels)
-                parts = {k: v.mean() for k, v in per.items()}
-            distill = sum(parts.values())
-            weight = m.kd_weight * ramp(m, epoch_progress)
-            terms.update(parts)
-            terms["distill"] = distill
-            total = total + weight * distill
-        if m.uses_msd:
-            if m.msd_categorise == "sdd":
-                weights = category_weights(teacher_msd["region_logits"].float(), teacher_logits.float(), labels,
-                                           m.gamma)
-            else:
-                weights = torch.ones_like(teacher_msd["region_logits"][:, :, 0], dtype=torch.float32)
-            parts = msdcrd_loss(student_msd["embedding"], teacher_msd["embedding"], weights, m.msd_tau, m.msd_scales)
-            terms.update(parts)
-            msd = m.msd_sample_weight * parts["msd_sample"] + m.msd_feature_weight * parts["msd_feature"]
-            total = total + ramp(m, epoch_progress, m.msd_ramp_epochs) * msd
+        outputs = Outputs(student_logits, labels, teacher_logits, student_local, teacher_local, student_msd,
+                          teacher_msd, epoch_progress)
+        for part in self.parts:
+            contribution, part_terms = part.loss(m, outputs)
+            terms.update(part_terms)
+            if contribution is not None:
+                total = total + contribution
         terms["loss"] = total
         return terms
 
 
-__all__ = ["METHODS", "MethodConfig", "Objective", "make_method", "parse_scales", "ramp"]
+def method_names() -> tuple[str, ...]:
+    """Every registered `--method` choice."""
+    return registry.names()
+
+
+__all__ = ["MethodConfig", "Objective", "make_method", "method_names", "parse_scales", "ramp"]

@@ -147,10 +147,6 @@ ZOO_RENAMES: dict[str, Callable[[str], str]] = {
     "resnet50": _cifar_resnet50,
     **{n: _same for n in ("mobile_half", "shufflev1_paper", "shufflev2_paper")},
 }
-# what the zoo calls each model (mdistiller's cifar_model_dict), for messages and the README
-ZOO_NAMES = {"resnet50": "ResNet50", "vgg8": "vgg8_bn", "vgg11": "vgg11_bn", "vgg13": "vgg13_bn",
-             "mobile_half": "MobileNetV2 (mobile_half)", "shufflev1_paper": "ShuffleV1",
-             "shufflev2_paper": "ShuffleV2"}
 
 
 def head_keys(model: nn.Module) -> list[str]:
@@ -195,9 +191,10 @@ def _layouts(name: str, state: dict[str, torch.Tensor]) -> dict[str, dict[str, t
 
 
 def fit_state_dict(model: nn.Module, name: str, num_classes: int, state: dict[str, torch.Tensor],
-                   path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+                   path: str | Path, class_fix: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """`state` under our names for `model` and the layout it was in ("state_dict" or "teacher-zoo");
-    anything that does not fit is a one-line UserError naming the first offending tensor."""
+    anything that does not fit is a one-line UserError naming the first offending tensor. `class_fix` is the
+    fix a wrong class count names (default: --num-classes, for the commands that have it)."""
     own = model.state_dict()
     best: tuple[str, list[str]] | None = None
     for layout, candidate in _layouts(name, state).items():
@@ -217,7 +214,7 @@ def fit_state_dict(model: nn.Module, name: str, num_classes: int, state: dict[st
     only_head = all(any(f"'{k}'" in p for k in heads) for p in problems)
     if only_head:
         saved = infer_num_classes(model, name, state)
-        raise UserError(f"checkpoint '{path}' has {saved} classes, not {num_classes} ({problems[0]}); pass "
-                        f"--num-classes {saved} or use a checkpoint for this dataset")
+        fix = class_fix or f"pass --num-classes {saved} or use a checkpoint for this dataset"
+        raise UserError(f"checkpoint '{path}' has {saved} classes, not {num_classes} ({problems[0]}); {fix}")
     raise UserError(f"checkpoint '{path}' does not fit '{name}' ({layout} layout, {len(problems)} problems, first: "
                     f"{problems[0]}); is it another architecture? pass --model NAME (see `sddcompress models`)")

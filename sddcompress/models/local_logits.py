@@ -13,7 +13,6 @@ from functools import lru_cache
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import UserError
 
@@ -105,6 +104,10 @@ def region_pool(feature: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
     return pool_regions(feature, scales)
 
 
+#: The regions each scale option is for, as its error names them.
+_SCALE_KINDS = {"--scales": "SDD", "--msd-scales": "MSD"}
+
+
 class LocalLogits(nn.Module):
     """`forward(x) -> (global_logits (B, K), local_logits (B, K, N))`, N = sum(s*s).
 
@@ -113,12 +116,14 @@ class LocalLogits(nn.Module):
     """
 
     def __init__(self, model: nn.Module, input_size: int, scales: tuple[int, ...] = DEFAULT_SCALES,
-                 name: str | None = None) -> None:
+                 name: str | None = None, options: dict[str, tuple[int, ...]] | None = None) -> None:
         super().__init__()
         if not scales or any((not isinstance(s, int)) or s < 1 for s in scales):
             raise UserError(f"scales must be positive integers, got {scales}")
         self.model = model
         self.scales = tuple(scales)
+        # which option asked for which scales, to name the one a too-small feature map cannot serve
+        self._options = options or {"--scales": self.scales}
         self.num_regions = sum(s * s for s in self.scales)
         label = name or type(model).__name__
         split = _find_split(model)
@@ -156,10 +161,15 @@ class LocalLogits(nn.Module):
             raise UserError(f"{label}: could not capture a 4-D feature map before the classifier")
         h, w = feat.shape[-2:]
         if min(h, w) < max(self.scales):
+            failing = [(option, scales) for option, scales in self._options.items()
+                       if scales and max(scales) > min(h, w)]
+            option, scales = failing[0]
+            kind = _SCALE_KINDS.get(option, "SDD")
             raise UserError(
                 f"{label}: last feature map is {h}x{w} at {input_size} px input, smaller than the "
-                f"largest SDD scale {max(self.scales)}; use a larger --input-size, smaller --scales, "
-                "or a small-input model (see `sddcompress models`)"
+                f"largest {kind} scale {max(scales)} ({option} {','.join(map(str, scales))}); use a larger "
+                f"--input-size, smaller {' and '.join(o for o, _ in failing)}, or a small-input model "
+                "(see `sddcompress models`)"
             )
         self._head_input_4d = seen["x"].dim() == 4
         self.feature_channels = int(feat.shape[1])

@@ -75,6 +75,19 @@ def expected_preprocessing(name: str) -> ValidationPreprocessing:
                                    tuple(float(m) for m in t.mean), tuple(float(s) for s in t.std))
 
 
+def pretrained_num_classes(name: str) -> int | None:
+    """The class count of `name`'s pretrained classifier, known without downloading the weights (None if
+    the weights' description does not say)."""
+    if name.startswith("timm/"):
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(_timm_module()._default_tag(name[5:]))
+        return int(cfg.num_classes) if cfg is not None and getattr(cfg, "num_classes", None) else None
+    _, weights = _torchvision_weights(name)
+    categories = weights.meta.get("categories")
+    return len(categories) if categories else None
+
+
 def _timm_module():
     try:
         import timm  # noqa: F401  (torchvision_compat is imported above)

@@ -13,7 +13,8 @@ from . import cifar_resnet, vgg, wrn
 from .paper_cifar import MobileHalf, ShuffleV1Paper, ShuffleV2Paper
 from .shufflenetv1 import ShuffleNetV1
 from .timm_models import build_timm
-from .torchvision_models import SMALL_INPUT_MAX, build_torchvision, classification_names
+from ..data.preprocessing import SMALL_INPUT_MAX
+from .torchvision_models import build_torchvision, classification_names
 
 
 @dataclass(frozen=True)

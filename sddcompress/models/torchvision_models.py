@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..data.preprocessing import SMALL_INPUT_MAX  # inputs up to this size get the small-input stem
 from ..torchvision_compat import torchvision
 
-SMALL_INPUT_MAX = 64  # inputs up to this size get the small-input stem
 
 
 def classification_names() -> list[str]:
@@ -58,7 +58,3 @@ def build_torchvision(name: str, num_classes: int, input_size: int, small_input:
     if small_input and adapt is not None and input_size <= SMALL_INPUT_MAX:
         adapt(model)
     return model
-
-
-def has_small_input_variant(name: str) -> bool:
-    return _adapter(name) is not None

@@ -65,8 +65,11 @@ def foreign_model_record(path: str, ckpt: dict, model: str | None, num_classes: 
 def dataset_for_checkpoint(ckpt: dict, data: str, data_dir: str | None, size: int | None) -> DataBundle:
     """The dataset, preprocessed as the checkpoint's own preprocessing record says (a model started from
     pretrained weights, or distilled from one, keeps those weights' statistics, not the dataset's); a
-    state dict from elsewhere does not say, so it gets the dataset's."""
-    bundle = load_dataset(data, data_dir, size)
+    state dict from elsewhere does not say, so it gets the dataset's. A run trained with --skip-bad-images
+    is scored and exported the same way: without the images it could not read (`skipped_images` counts them)."""
+    config = ckpt.get("config")
+    skip_bad = isinstance(config, dict) and config.get("skip_bad_images") is True
+    bundle = load_dataset(data, data_dir, size, skip_bad_images=skip_bad)
     record = model_preprocessing(ckpt)
     return bundle if record is None else preprocessed_as(bundle, record)
 
