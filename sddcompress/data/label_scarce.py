@@ -32,7 +32,8 @@ from torch.utils.data import Dataset, Subset
 from ..errors import UserError
 from ..torchvision_compat import torchvision
 from .augment import CropFlip
-from .datasets import DataBundle, _readable, load_image
+from .bundle import DataBundle
+from .datasets import _readable, load_image
 from .fraction import _labels
 
 UNLABELLED = -1  # the label of an image whose label a run does not see
