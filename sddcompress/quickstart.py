@@ -129,8 +129,8 @@ def run_quickstart(out: str | Path, epochs: int | None, fresh: bool, echo: Calla
 
 def deploy_comparison(teacher_ckpt: str, student_ckpt: str, min_seconds: float = 1.0) -> dict:
     """Export the student (ONNX + INT8 next to its checkpoint, as `sddcompress export --ort-int8` does) and
-    time one image through the teacher (PyTorch fp32) and through the INT8 student (ONNX Runtime), each
-    with its runtime's default threads; sizes are the teacher's fp32 weights and the INT8 ONNX file."""
+    time one image through the teacher (PyTorch fp32) and through the INT8 student (ONNX Runtime), both on
+    PyTorch's intra-op thread count; sizes are the teacher's fp32 weights and the INT8 ONNX file."""
     import numpy as np
     import torch
 
@@ -147,14 +147,15 @@ def deploy_comparison(teacher_ckpt: str, student_ckpt: str, min_seconds: float =
     with torch.inference_mode():
         x = torch.from_numpy(image)
         teacher_ms = measure(lambda: teacher(x), warmup=5, min_iters=20, min_seconds=min_seconds).p50
-    student = OrtClassifier(int8["path"])
+    threads = torch.get_num_threads()
+    student = OrtClassifier(int8["path"], threads=threads)
     student_ms = measure(lambda: student(image), warmup=5, min_iters=20, min_seconds=min_seconds).p50
     teacher_bytes = sum(p.numel() * 4 for p in teacher.parameters())
     return {"export_dir": report["out"], "int8_path": int8["path"], "int8_top1": int8["metrics"]["top1"],
             "fp32_top1": report["artifacts"]["onnx"]["metrics"]["top1"], "val_images": report["tensor_file"]["val_images"],
             "teacher_ms": teacher_ms, "student_int8_ms": student_ms, "teacher_fp32_bytes": teacher_bytes,
             "student_int8_bytes": int8["bytes"], "speedup": teacher_ms / student_ms,
-            "smaller": teacher_bytes / int8["bytes"], "ort_providers": student.providers}
+            "smaller": teacher_bytes / int8["bytes"], "threads": threads, "ort_providers": student.providers}
 
 
 def deploy_line(summary: dict) -> str:
@@ -163,8 +164,8 @@ def deploy_line(summary: dict) -> str:
     return (f"teacher {rows['teacher']['top1']:.1f}% at {d['teacher_ms']:.2f} ms (PyTorch fp32) - student alone "
             f"{rows['student (CE)']['top1']:.1f}% - distilled student {d['int8_top1']:.1f}% at "
             f"{d['student_int8_ms']:.2f} ms (ONNX Runtime INT8): {d['speedup']:.1f}x faster, "
-            f"{d['smaller']:.0f}x smaller (one image, {d['val_images']} held-out digits; students see "
-            f"{summary['labelled_fraction']:.0%} of the labels)")
+            f"{d['smaller']:.0f}x smaller (one image, {d['threads']} thread(s); accuracy on {d['val_images']} "
+            f"held-out digits; students see {summary['labelled_fraction']:.0%} of the labels)")
 
 
 def _print_table(rows: list[dict], seeds: int, echo: Callable[[str], None]) -> None:
