@@ -87,6 +87,32 @@ SDDCOMPRESS_ROWS = [
     ("all-images-unreadable", _with(TRAIN, "--data", "imagefolder:{f[unreadable_images]}", "--skip-bad-images"), 2,
      "is unreadable (2 skipped)"),
     ("distill-out-empty", _with(DISTILL, "--out", ""), 2, "--out is empty"),
+    ("labelled-fraction-zero", _with(DISTILL, "--labelled-fraction", "0"), 2, "--labelled-fraction must be > 0 and <= 1"),
+    ("labelled-fraction-above-1", _with(DISTILL, "--labelled-fraction", "1.5"), 2,
+     "--labelled-fraction must be > 0 and <= 1"),
+    ("labelled-fraction-negative", _with(TRAIN, "--labelled-fraction", "-0.1"), 2,
+     "--labelled-fraction must be > 0 and <= 1"),
+    ("labelled-fraction-nan", _with(DISTILL, "--labelled-fraction", "nan"), 2,
+     "--labelled-fraction must be a finite number"),
+    ("labelled-fraction-empties-a-class", _with(DISTILL, "--labelled-fraction", "0.001"), 2,
+     "without a labelled image; pass --labelled-fraction 0.0036 or more"),
+    ("labelled-fraction-smaller-than-a-batch", _with(TRAIN, "--labelled-fraction", "0.01", "--batch-size", "64"), 2,
+     "larger than the training set (10: the labelled images of --labelled-fraction 0.01)"),
+    ("config-labelled-fraction-word", _cfg("cfg_labelled_fraction_word"), 2, "labelled_fraction in config"),
+    ("unlabelled-missing", _with(DISTILL, "--unlabelled", "{tmp}/no-such-folder"), 2,
+     "no-such-folder' does not exist; pass a folder of images"),
+    ("unlabelled-is-a-file", _with(DISTILL, "--unlabelled", "{f[text]}"), 2,
+     "is a file; pass the folder that holds the images"),
+    ("unlabelled-empty-string", _with(DISTILL, "--unlabelled", ""), 2, "--unlabelled is empty"),
+    ("unlabelled-no-images", _with(DISTILL, "--unlabelled", "{f[no_images]}"), 2, "holds no image files"),
+    ("unlabelled-unreadable-image", _with(DISTILL, "--unlabelled", "{f[unreadable_unlabelled]}"), 2,
+     "cannot read image"),
+    ("unlabelled-all-unreadable-skipped", _with(DISTILL, "--unlabelled", "{f[unreadable_unlabelled]}",
+                                                "--skip-bad-images"), 2, "every image under --unlabelled"),
+    ("unlabelled-with-ce", _with(TRAIN, "--unlabelled", "{f[unlabelled_ok]}"), 2,
+     "--method ce has none: distil (e.g. --method sdd-dkd with --teacher) or leave --unlabelled out"),
+    ("unlabelled-with-distill-ce", _with(DISTILL, "--method", "ce", "--unlabelled", "{f[unlabelled_ok]}"), 2,
+     "--method ce has none"),
     ("gamma-negative", _with(DISTILL, "--gamma", "-1"), 2, "--gamma must be >= 0"),
     ("alpha-negative", _with(DISTILL, "--alpha", "-0.5"), 2, "--alpha must be >= 0"),
     ("beta-nan", _with(DISTILL, "--beta", "nan"), 2, "--beta must be a finite number"),
@@ -264,7 +290,7 @@ DEPLOY_ROWS = [
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
     """Every broken input the table uses, built once."""
-    from PIL import Image  # noqa: F401  (only to be sure the image stack imports)
+    from PIL import Image
 
     d = tmp_path_factory.mktemp("bad")
     f: dict = {}
@@ -308,6 +334,7 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
                        "cfg_flag_word": "cpu: sometimes\n", "cfg_momentum_map": "momentum: {a: 1}\n",
                        "cfg_list": "- lr\n- 0.1\n", "cfg_broken": "lr: [1\n",
                        "cfg_unknown": "learning_rate: 0.1\n",
+                       "cfg_labelled_fraction_word": "labelled_fraction: half\n",
                        "cfg_duplicate": "model: resnet20\nepochs: 1\nlr: 0.1\nepochs: 3\n",
                        "cfg_duplicate_flow": "{lr: 0.1, epochs: 2, lr: 0.2}\n",
                        "cfg_anchors": "milestones: [&a [x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a], "
@@ -319,6 +346,15 @@ def bad_files(tmp_path_factory, teacher_ckpt, exported) -> dict:
             (d / "imgs" / split / cls).mkdir(parents=True)
             (d / "imgs" / split / cls / "x.png").write_bytes(b"not a png")
     f["unreadable_images"] = str(d / "imgs")
+    (d / "no_images" / "sub").mkdir(parents=True)
+    (d / "no_images" / "sub" / "readme.txt").write_text("no pictures here\n")
+    f["no_images"] = str(d / "no_images")
+    (d / "bad_unlabelled" / "deep").mkdir(parents=True)
+    (d / "bad_unlabelled" / "deep" / "x.jpg").write_bytes(b"not a jpeg")
+    f["unreadable_unlabelled"] = str(d / "bad_unlabelled")
+    (d / "unlabelled").mkdir()
+    Image.new("RGB", (12, 20), (10, 200, 30)).save(d / "unlabelled" / "a.png")
+    f["unlabelled_ok"] = str(d / "unlabelled")
     (d / "userproj" / "checkpoints").mkdir(parents=True)
     (d / "userproj" / "checkpoints" / "precious.bin").write_bytes(b"\x00\x01weights")
     f["user_folder"] = str(d / "userproj")

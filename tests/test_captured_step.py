@@ -29,12 +29,14 @@ def _config(out, teacher_ckpt, method: str, **over) -> TrainConfig:
     return TrainConfig(**values)
 
 
-@pytest.mark.parametrize("method", ["sdd-dkd", "sdd-dkd+msdcrd"])
-def test_graph_step_body_trains_as_the_eager_step(tmp_path, teacher_ckpt, monkeypatch, method):
-    eager = trainer.run(_config(tmp_path / "eager", teacher_ckpt, method, step="eager"), **QUIET)
+@pytest.mark.parametrize("method, over", [("sdd-dkd", {}), ("sdd-dkd+msdcrd", {}),
+                                          ("sdd-dkd", {"labelled_fraction": 0.2})],
+                         ids=["sdd-dkd", "sdd-dkd+msdcrd", "sdd-dkd-label-scarce"])
+def test_graph_step_body_trains_as_the_eager_step(tmp_path, teacher_ckpt, monkeypatch, method, over):
+    eager = trainer.run(_config(tmp_path / "eager", teacher_ckpt, method, step="eager", **over), **QUIET)
     used = []
     monkeypatch.setattr(trainer, "_use_graph_step", lambda cfg, acc, say: used.append(cfg.out) or True)
-    graph = trainer.run(_config(tmp_path / "graph", teacher_ckpt, method), **QUIET)
+    graph = trainer.run(_config(tmp_path / "graph", teacher_ckpt, method, **over), **QUIET)
     assert used == [str(tmp_path / "graph")]
     a, b = (load_checkpoint(r.latest)["model"]["state_dict"] for r in (eager, graph))
     for k in a:  # float32 rounding of the ramp (computed on the device from the step index) is all that differs

@@ -26,6 +26,7 @@ def test_quickstart_export_benchmark(tmp_path):
     summary = json.loads((tmp_path / "runs/quickstart/summary.json").read_text())
     assert {r["role"] for r in summary["rows"]} == {"teacher", "student (CE)", "student (SDD-DKD)"}
     assert all(r["top1"] > 30.0 for r in summary["rows"])  # 10 classes: well above chance after 3 epochs
+    assert "(ONNX Runtime INT8)" in qs.stdout and summary["deploy"]["int8_top1"] > 30.0
 
     exp = sh(tmp_path, "-m", "sddcompress.cli.main", "export", "--ort-int8")
     assert "parity vs PyTorch" in exp.stdout

@@ -76,7 +76,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, teacher_
     import sddcompress.engine.trainer as trainer
 
     real = trainer.Objective
-    monkeypatch.setattr(trainer, "Objective", lambda m: _NanAfter(real(m), 6))  # epoch 2, batch 2
+    monkeypatch.setattr(trainer, "Objective", lambda m, **k: _NanAfter(real(m, **k), 6))  # epoch 2, batch 2
     with pytest.raises(NonFiniteLoss, match="epoch 2 batch 2.*last good checkpoint is intact"):
         run(sdd_config(tmp_path / "r", teacher_ckpt, epochs=3), **QUIET)
     ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")
@@ -95,7 +95,7 @@ def test_skip_nonfinite_skips_bad_steps(tmp_path, teacher_ckpt, monkeypatch):
             self.n = 10**9 if self.calls >= 3 else self.n  # only call 3 is NaN
             return out
 
-    monkeypatch.setattr(trainer, "Objective", lambda m: OneBad(real(m), 3))
+    monkeypatch.setattr(trainer, "Objective", lambda m, **k: OneBad(real(m, **k), 3))
     messages = []
     result = run(sdd_config(tmp_path / "r", teacher_ckpt, skip_nonfinite=1), echo=messages.append)
     assert any("skipped non-finite loss" in m for m in messages)

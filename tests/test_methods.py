@@ -106,9 +106,16 @@ def test_quickstart_layout_seeds_and_runs_table(tmp_path, monkeypatch, cli):
     original = qs._config
     monkeypatch.setattr(qs, "TEACHER", "resnet20")
     monkeypatch.setattr(qs, "_config", lambda *a, **k: original(*a, **{**k, "max_train_batches": 1}))
-    summary = qs.run_quickstart(tmp_path / "qs", epochs=1, fresh=False, echo=lambda s: None, seeds=2)
+    said: list[str] = []
+    summary = qs.run_quickstart(tmp_path / "qs", epochs=1, fresh=False, echo=said.append, seeds=2)
     assert [r["role"] for r in summary["rows"]] == ["teacher", "student (CE)", "student (SDD-DKD)"]
     assert len(summary["rows"][2]["top1_seeds"]) == 2 and summary["epochs"] == 1 and summary["teacher_epochs"] == 2
+    # the CE students take as many steps over the 70 labelled digits (1 batch) as SDD-DKD over all 1437 (22)
+    assert (summary["steps"], summary["ce_epochs"], summary["labelled_fraction"]) == (22, 22, 0.05)
+    deploy = summary["deploy"]
+    assert Path(deploy["int8_path"]).is_file() and deploy["int8_path"].endswith("student-sdd-dkd/export/model.int8.onnx")
+    assert deploy["teacher_ms"] > 0 and deploy["student_int8_ms"] > 0 and deploy["val_images"] == 360
+    assert said[-2] == qs.deploy_line(summary) and "(ONNX Runtime INT8)" in said[-2]
     assert summary["student_checkpoint"].endswith("student-sdd-dkd/checkpoints/best.pt")
     assert Path(summary["teacher_checkpoint"]).is_file()
     saved = json.loads((tmp_path / "qs" / "summary.json").read_text())
@@ -121,6 +128,8 @@ def test_quickstart_layout_seeds_and_runs_table(tmp_path, monkeypatch, cli):
     sdd = rows["student-sdd-dkd-seed1"]
     assert (sdd["model"], sdd["teacher"], sdd["method"], sdd["seed"], sdd["train_fraction"]) == \
         ("resnet20", "resnet20", "sdd-dkd", 1, 1.0)
+    assert (sdd["labelled_fraction"], sdd["labelled"], sdd["unlabelled"]) == (0.05, 70, 1437 - 70)
+    assert (rows["student-ce-seed1"]["labelled"], rows["student-ce-seed1"]["unlabelled"]) == (70, 0)
     assert sdd["epoch"] == 1 and sdd["best_top1"] == summary["rows"][2]["top1_seeds"][1]
     code, out, _ = cli("runs", str(tmp_path / "qs"))
     assert code == 0 and "student-sdd-dkd-seed1" in out and "sdd-dkd" in out

@@ -92,6 +92,9 @@ def describe_run(run_dir: Path) -> dict:
         "seed": _number(config.get("seed")),
         "data": _text(ckpt.get("data")) or _text(config.get("data")),
         "train_fraction": fraction if config else None,
+        "labelled_fraction": _number(config.get("labelled_fraction", 1.0)) if config else None,
+        "labelled": _number(_dict(ckpt.get("labels")).get("labelled")),
+        "unlabelled": _number(_dict(ckpt.get("labels")).get("unlabelled")),
         "epochs_planned": _number(config.get("epochs")),
     })
     if ckpt:
@@ -106,6 +109,20 @@ def describe_run(run_dir: Path) -> dict:
 
 def _cell(value, fmt: str = "{}") -> str:
     return "—" if value is None else fmt.format(value)
+
+
+def _labels_cell(row: dict) -> str:
+    """The share of each class trained on (--train-fraction); for a label-scarce run (--labelled-fraction,
+    --unlabelled) the labelled and unlabelled training images instead, after that share when it is < 1."""
+    fraction = row.get("train_fraction")
+    if fraction is None:
+        return "—"
+    labelled, unlabelled = row.get("labelled"), row.get("unlabelled")
+    scarce = (row.get("labelled_fraction") or 1.0) < 1.0 or bool(unlabelled)
+    if not scarce or labelled is None:
+        return f"{fraction:.0%}"
+    text = f"{labelled} labelled" + (f" + {unlabelled} unlabelled" if unlabelled else "")
+    return text if fraction == 1.0 else f"{fraction:.0%}: {text}"
 
 
 @click.command("runs")
@@ -132,11 +149,10 @@ def runs_cmd(folder: str, as_json: bool) -> None:
                 "checkpoint"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        fraction = r.get("train_fraction")
         table.add_row(
             str(Path(r["run"]).relative_to(root)) if Path(r["run"]) != root else ".",
             _cell(r.get("model")), _cell(r.get("teacher")), _cell(r.get("method")), _cell(r.get("seed")),
-            "—" if fraction is None else f"{fraction:.0%}",
+            _labels_cell(r),
             f"{_cell(r.get('epoch'))}/{_cell(r.get('epochs_planned'))}",
             _cell(r.get("best_top1"), "{:.2f}"), _cell(r.get("last_top1"), "{:.2f}"),
             _cell(r.get("checkpoint")) if "error" not in r else f"damaged: {r['error']}")

@@ -14,9 +14,15 @@ SUBSET_SEED = 0  # the same images for every run seed and method, so their resul
 
 
 def _labels(ds: Dataset) -> np.ndarray:
+    """The label of every sample of `ds`, without loading images where the dataset lists its labels
+    (`targets`, a Subset of such a dataset, a ListDataset's in-memory items)."""
+    if isinstance(ds, Subset):
+        return _labels(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
     targets = getattr(ds, "targets", None)
     if targets is None:
-        targets = [label for _, label in (ds[i] for i in range(len(ds)))]  # type: ignore[arg-type]
+        items = getattr(ds, "items", None)
+        pairs = items if isinstance(items, list) else (ds[i] for i in range(len(ds)))  # type: ignore[arg-type]
+        targets = [label for _, label in pairs]
     return np.asarray(targets)
 
 

@@ -37,9 +37,9 @@ class CaptureFailed(RuntimeError):
 
 
 class EpochTally:
-    """The epoch's running sums of every loss term, its correct/seen/batch counts, the index of the first
-    micro-batch whose loss was NaN/inf (-1: none) and the index of the next micro-batch: device tensors
-    updated in place, so a captured step can keep them without a host sync."""
+    """The epoch's running sums of every loss term, its correct/seen/batch counts (seen: labelled images),
+    the index of the first micro-batch whose loss was NaN/inf (-1: none) and the index of the next
+    micro-batch: device tensors updated in place, so a captured step can keep them without a host sync."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
@@ -64,7 +64,7 @@ class EpochTally:
         """Count one micro-batch: its terms, its labels, and whether its loss was finite."""
         for name, value in terms.items():
             self._sum(name).add_(value.detach().float())
-        self._sum("seen").add_(labels.numel())
+        self._sum("seen").add_((labels >= 0).sum())  # train top-1 is over the labelled images (-1: unlabelled)
         self._sum("batches").add_(1)
         self.bad_at.copy_(torch.where((self.bad_at < 0) & ~torch.isfinite(terms["loss"].detach()), self.index,
                                       self.bad_at))

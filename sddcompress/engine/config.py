@@ -95,6 +95,17 @@ class TrainConfig:
                                    FLAG, resume="free")
     train_fraction: float = option(1.0, "Train on this fraction of each class's training images (fixed subset; val "
                                    "untouched).", Rule("float", 0, 1, low_open=True))
+    # label-scarce training (data/label_scarce.py): unlabelled images carry label -1 to the objective
+    labelled_fraction: float = option(1.0, "Cross-entropy sees the labels of this fraction of each class's training "
+                                      "images (of those --train-fraction keeps; a fixed subset drawn with --seed); the "
+                                      "distillation terms use every image. With --method ce the run trains on the "
+                                      "labelled images only.",
+                                      Rule("float", 0, 1, low_open=True,
+                                           hint="the share of each class's training images whose labels the run "
+                                                "sees"))
+    unlabelled: str | None = option(None, "A folder of images without labels (any layout, any size; searched "
+                                    "recursively) added to the training set for the distillation terms only.",
+                                    Rule("str", optional=True))
     workers: int | None = option(None, "Data loader workers.",
                                  Rule("int", 0, optional=True, hint="or auto in a config file"),
                                  shown_default="from the CPU count, at most 8", resume="free")
@@ -293,6 +304,8 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> None:
     for name, value in check_options(cfg.to_dict(), sources).items():
         setattr(cfg, name, value)
     require_out_given(cfg.out)
+    if cfg.unlabelled is not None:
+        _check_unlabelled(cfg)
     if cfg.resume and cfg.fresh:
         raise UserError("--resume and --fresh contradict each other; pick one")
     if cfg.precision == "fp16" and (cfg.cpu or not _cuda_available()):
@@ -304,6 +317,22 @@ def validate(cfg: TrainConfig, sources: dict[str, str] | None = None) -> None:
 
 def is_validated(cfg: TrainConfig) -> bool:
     return bool(cfg.__dict__.get("_validated"))
+
+
+def _check_unlabelled(cfg: TrainConfig) -> None:
+    """--unlabelled: given, meaningful for the method, an existing folder (kept as an absolute path, so a
+    run resumed from another working folder compares equal)."""
+    if not str(cfg.unlabelled).strip():
+        raise UserError("--unlabelled is empty (an unset shell variable?); pass a folder of images, or leave it out")
+    if cfg.method == "ce":
+        raise UserError("--unlabelled images feed the distillation terms only, and --method ce has none: distil "
+                        "(e.g. --method sdd-dkd with --teacher) or leave --unlabelled out")
+    folder = Path(cfg.unlabelled).expanduser()
+    if not folder.exists():
+        raise UserError(f"--unlabelled '{cfg.unlabelled}' does not exist; pass a folder of images")
+    if not folder.is_dir():
+        raise UserError(f"--unlabelled '{cfg.unlabelled}' is a file; pass the folder that holds the images")
+    cfg.unlabelled = str(folder.resolve())
 
 
 def _cuda_available() -> bool:

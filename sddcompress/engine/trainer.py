@@ -32,6 +32,7 @@ from ..data.augment import CropFlip
 from ..data.device_pipeline import DeviceImages, device_pipeline_fits, passthrough_batch
 from ..data.datasets import keep_samples, readable_samples
 from ..data.fraction import take_train_fraction
+from ..data.label_scarce import LabelSplit, describe_split, split_labels
 from ..data.preprocessing import SMALL_INPUT_MAX, preprocessed_as
 from ..errors import UserError
 from ..losses import MethodConfig, Objective, make_method
@@ -216,6 +217,7 @@ class Session:
     student_source: str | None = None  # where pretrained student weights came from (--pretrained)
     tally: EpochTally | None = None  # the epoch's running sums, on the device
     captured: CapturedStep | None = None  # the step as a CUDA graph (--step graph/auto on one GPU)
+    labels: LabelSplit | None = None  # labelled and unlabelled training images (--labelled-fraction, --unlabelled)
 
     @property
     def latest(self) -> Path:
@@ -254,11 +256,19 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
         bundle = preprocessed_as(bundle, expected[1])
         say(f"images preprocessed as {expected[0]} expects: mean {bundle.mean}, std {bundle.std}")
     bundle = take_train_fraction(bundle, cfg.train_fraction)
+    bundle, labels = split_labels(bundle, cfg.labelled_fraction, cfg.unlabelled, cfg.seed, method.uses_teacher,
+                                  cfg.skip_bad_images)
+    if cfg.labelled_fraction < 1.0 or cfg.unlabelled:
+        say(describe_split(labels, cfg.labelled_fraction, cfg.seed))
+    _check_same_unlabelled(previous, labels, cfg)
     if bundle.skipped_images:
         say(f"skipped {bundle.skipped_images} unreadable images")
     size, classes = bundle.input_size, bundle.num_classes
     if len(bundle.train) < cfg.batch_size:
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(bundle.train)})")
+        which = f"{len(bundle.train)}"
+        if cfg.labelled_fraction < 1.0 and not method.uses_teacher:
+            which += f": the labelled images of --labelled-fraction {cfg.labelled_fraction:g}"
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({which})")
 
     student_source = previous.get("pretrained") if previous is not None else None
     if cfg.pretrained and previous is None:
@@ -307,9 +317,10 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
     val_loader = _val_loader(bundle, cfg, acc, per_process, isinstance(train_ds, DeviceImages), loader_args)
     student_p, optimizer_p, train_p, val_p = acc.prepare(student_net, optimizer, train_loader, val_loader)
 
+    objective = Objective(method, labelled_share=labels.labelled / (labels.labelled + labels.unlabelled))
     session = Session(cfg, method, acc, out, bundle, student, student_net, student_p, teacher_net, teacher_info,
-                      Objective(method), optimizer_p, scheduler, train_ds, sampler, train_p, val_p, per_process, say,
-                      student_source=student_source, tally=EpochTally(acc.device))
+                      objective, optimizer_p, scheduler, train_ds, sampler, train_p, val_p, per_process, say,
+                      student_source=student_source, tally=EpochTally(acc.device), labels=labels)
     if graph_step:
         precision = resolve_precision(cfg)
         session.captured = CapturedStep(student_net, teacher_net, session.objective, session.tally,
@@ -321,6 +332,15 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
     if previous is not None:
         _restore(session, previous)
     return session
+
+
+def _check_same_unlabelled(previous: dict | None, labels: LabelSplit, cfg: TrainConfig) -> None:
+    """A resumed run must find as many images in its --unlabelled folder as it started with."""
+    saved = (previous or {}).get("labels") or {}
+    if cfg.unlabelled and "from_folder" in saved and saved["from_folder"] != labels.from_folder:
+        raise UserError(f"'{cfg.out}' holds a run that started with {saved['from_folder']} images under --unlabelled "
+                        f"'{cfg.unlabelled}'; it now holds {labels.from_folder}: restore the folder to resume, or "
+                        "--fresh to start over")
 
 
 def _use_graph_step(cfg: TrainConfig, acc, say: Callable[[str], None]) -> bool:
@@ -434,6 +454,7 @@ def save_checkpoint(s: Session, paths: list[Path], epoch_done: int, step_in_epoc
             train_only=train_only_state(s.student_net),
             class_names=list(bundle.class_names), data=bundle.name, input_size=size,
             normalization={"mean": list(bundle.mean), "std": list(bundle.std)}, metrics_row=row,
+            labels=s.labels.to_dict() if s.labels is not None else None,
             preprocessing=bundle.preprocessing.to_dict() if bundle.preprocessing else None,
         )
         write_checkpoint(record, paths)
@@ -616,6 +637,7 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None], data: DataBundle 
             train_top1 = train.pop("top1")
             record = {"epoch": epoch + 1, "lr": s.optimizer.param_groups[0]["lr"],
                       **{f"train_{k}": v for k, v in train.items()}, "train_top1": train_top1,
+                      "train_labelled": s.labels.labelled, "train_unlabelled": s.labels.unlabelled,
                       "val_top1": s.last_val["top1"], "val_top5": s.last_val["top5"],
                       "val_loss": s.last_val["loss"], "train_seconds": trained - started,
                       "eval_seconds": evaluated - trained, "seconds": time.perf_counter() - started}

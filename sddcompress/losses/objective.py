@@ -125,10 +125,27 @@ def ramp(method: MethodConfig, epoch_progress: float | torch.Tensor, epochs: flo
 
 
 class Objective:
-    """Callable: logits in, dict of named terms out ("loss" is what is minimised)."""
+    """Callable: logits in, dict of named terms out ("loss" is what is minimised).
 
-    def __init__(self, method: MethodConfig) -> None:
+    Labels may mark unlabelled images with -1 (data/label_scarce.py). Cross-entropy then counts the
+    labelled images only: the sum of their cross-entropies over B * `labelled_share`, where B is the batch
+    size and `labelled_share` the training set's share of labelled images, i.e. the expected number of
+    labelled images in a batch. That is an unbiased estimate of the mean cross-entropy over labelled
+    images which, unlike a mean over each batch's own labelled images, does not depend on how a batch is
+    split over processes or --grad-accum micro-batches; a batch without a labelled image adds 0 (never
+    NaN). With every image labelled (`labelled_share` 1) it is the plain batch mean.
+
+    The distillation terms use every image. DKD (target vs non-target classes), SDD's region weights and
+    MSDCRD's categories need a label per image: an unlabelled image takes the teacher's own global
+    prediction as its label there. Everything stays on the device (`torch.where`, no host sync), as a
+    step recorded as a CUDA graph requires.
+    """
+
+    def __init__(self, method: MethodConfig, labelled_share: float = 1.0) -> None:
+        if not 0.0 < labelled_share <= 1.0:
+            raise ValueError(f"labelled_share must be in (0, 1], got {labelled_share}")
         self.method = method
+        self.labelled_share = labelled_share
         spec = method.spec
         self.parts = spec.parts or (spec,)
 
@@ -139,9 +156,13 @@ class Objective:
         """`student_msd`/`teacher_msd` (MSDCRD methods): {"embedding": (B, N, D) unit vectors, "region_logits":
         (B, N, K)} from `RegionEmbedding`."""
         m = self.method
-        ce = F.cross_entropy(student_logits.float(), labels)
+        # label -1 (unlabelled) adds nothing; with no -1 this is bit for bit the batch mean
+        ce = F.cross_entropy(student_logits.float(), labels, reduction="sum", ignore_index=-1) / (
+            labels.shape[0] * self.labelled_share)
         terms: dict[str, torch.Tensor] = {"ce": ce}
         total = m.ce_weight * ce
+        if m.uses_teacher and teacher_logits is not None:  # the teacher's prediction stands in for a missing label
+            labels = torch.where(labels >= 0, labels, teacher_logits.argmax(dim=1))
         outputs = Outputs(student_logits, labels, teacher_logits, student_local, teacher_local, student_msd,
                           teacher_msd, epoch_progress)
         for part in self.parts:
