@@ -242,14 +242,45 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
     previous = _previous_run(cfg, out, method, echo)
     acc = _make_accelerator(cfg, out)
     say = echo if acc.is_main_process else (lambda s: None)
-    per_process = cfg.batch_size // (acc.num_processes * cfg.grad_accum)
-    if per_process * acc.num_processes * cfg.grad_accum != cfg.batch_size:
-        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
-                        f"({acc.num_processes} x {cfg.grad_accum})")
+    per_process = _per_process_batch(cfg, acc)
 
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
+    bundle, labels = _training_data(cfg, acc, method, data, previous, say)
+    student, student_source, teacher_info, student_net, teacher_net = _networks(cfg, acc, method, bundle, previous,
+                                                                                out, say)
+    graph_step = _use_graph_step(cfg, acc, say)
+    optimizer, scheduler = _optimiser(cfg, student_net, acc.device.type == "cuda")
+    train_ds, sampler, train_loader, val_loader = _loaders(cfg, acc, bundle, per_process)
+    student_p, optimizer_p, train_p, val_p = acc.prepare(student_net, optimizer, train_loader, val_loader)
+
+    objective = Objective(method, labelled_share=labels.labelled / (labels.labelled + labels.unlabelled))
+    session = Session(cfg=cfg, method=method, acc=acc, out=out, bundle=bundle, student=student,
+                      student_net=student_net, student_p=student_p, teacher=teacher_net, teacher_info=teacher_info,
+                      objective=objective, optimizer=optimizer_p, scheduler=scheduler, train_ds=train_ds,
+                      sampler=sampler, train_loader=train_p, val_loader=val_p, per_process=per_process, say=say,
+                      student_source=student_source, tally=EpochTally(acc.device), labels=labels)
+    if graph_step:
+        session.captured = _record_step(cfg, acc, session)
+    if previous is not None:
+        _restore(session, previous)
+    return session
+
+
+def _per_process_batch(cfg: TrainConfig, acc) -> int:
+    """The micro-batch of one process: the global batch over processes and --grad-accum."""
+    per_process = cfg.batch_size // (acc.num_processes * cfg.grad_accum)
+    if per_process * acc.num_processes * cfg.grad_accum != cfg.batch_size:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
+                        f"({acc.num_processes} x {cfg.grad_accum})")
+    return per_process
+
+
+def _training_data(cfg: TrainConfig, acc, method: MethodConfig, data: DataBundle | None, previous: dict | None,
+                   say: Callable[[str], None]) -> tuple[DataBundle, LabelSplit]:
+    """The dataset as the run trains on it: preprocessed as the weights expect, --train-fraction, and the
+    labelled / unlabelled split (--labelled-fraction, --unlabelled)."""
     bundle = data if data is not None else load_training_data(cfg, acc)
     expected = weights_preprocessing(cfg, method.uses_teacher, bundle)
     if expected is not None:
@@ -263,13 +294,19 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
     _check_same_unlabelled(previous, labels, cfg)
     if bundle.skipped_images:
         say(f"skipped {bundle.skipped_images} unreadable images")
-    size, classes = bundle.input_size, bundle.num_classes
     if len(bundle.train) < cfg.batch_size:
         which = f"{len(bundle.train)}"
         if cfg.labelled_fraction < 1.0 and not method.uses_teacher:
             which += f": the labelled images of --labelled-fraction {cfg.labelled_fraction:g}"
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({which})")
+    return bundle, labels
 
+
+def _networks(cfg: TrainConfig, acc, method: MethodConfig, bundle: DataBundle, previous: dict | None, out: Path,
+              say: Callable[[str], None]):
+    """(student, where pretrained student weights came from, teacher info, student_net, teacher_net): the
+    student built (pretrained or resumed), the teacher loaded, both wrapped for the method and on the device."""
+    size, classes = bundle.input_size, bundle.num_classes
     student_source = previous.get("pretrained") if previous is not None else None
     if cfg.pretrained and previous is None:
         student, pretrained = build_pretrained(cfg.model, classes, size)
@@ -292,18 +329,25 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
         teacher_net.eval().requires_grad_(False).to(acc.device, memory_format=memory_format)
         if cfg.compile:
             teacher_net = torch.compile(teacher_net)
+    return student, student_source, teacher_info, student_net, teacher_net
 
-    # student_net's parameters: the student's and any training-only part (MSDCRD's projection)
-    cuda = acc.device.type == "cuda"
-    graph_step = _use_graph_step(cfg, acc, say)
-    # fused SGD on CUDA: one kernel for all parameters, after the step's replay or eager backward
+
+def _optimiser(cfg: TrainConfig, student_net: nn.Module, cuda: bool):
+    """SGD over student_net's parameters (the student's and any training-only part, MSDCRD's projection) and
+    its schedule; fused on CUDA: one kernel for all parameters, after the step's replay or eager backward."""
     optimizer = torch.optim.SGD(student_net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, fused=cuda or None)
     if cfg.schedule == "step":
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, gamma=cfg.lr_decay)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return optimizer, scheduler
 
+
+def _loaders(cfg: TrainConfig, acc, bundle: DataBundle, per_process: int):
+    """(training dataset, its epoch sampler, training loader, validation loader): the device-resident
+    pipeline or the PIL loader (--pipeline), the last partial batch dropped (fixed shapes)."""
+    cuda = acc.device.type == "cuda"
     workers = (cfg.workers or 0) if bundle.in_memory else resolve_workers(cfg.workers, acc.num_processes)
     loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda and workers > 0)
     sampler = EpochShuffleSampler(len(bundle.train), cfg.seed)
@@ -315,23 +359,18 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
         train_ds = SeededTransform(bundle.train, bundle.train_transform, cfg.seed)
         train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True, **loader_args)
     val_loader = _val_loader(bundle, cfg, acc, per_process, isinstance(train_ds, DeviceImages), loader_args)
-    student_p, optimizer_p, train_p, val_p = acc.prepare(student_net, optimizer, train_loader, val_loader)
+    return train_ds, sampler, train_loader, val_loader
 
-    objective = Objective(method, labelled_share=labels.labelled / (labels.labelled + labels.unlabelled))
-    session = Session(cfg, method, acc, out, bundle, student, student_net, student_p, teacher_net, teacher_info,
-                      objective, optimizer_p, scheduler, train_ds, sampler, train_p, val_p, per_process, say,
-                      student_source=student_source, tally=EpochTally(acc.device), labels=labels)
-    if graph_step:
-        precision = resolve_precision(cfg)
-        session.captured = CapturedStep(student_net, teacher_net, session.objective, session.tally,
-                                        clip_grad_norm=cfg.clip_grad_norm,
-                                        autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
-                                        compile_student=cfg.compile, capture=cuda)
-        if cuda:
-            torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned once, in the capture's warm-up
-    if previous is not None:
-        _restore(session, previous)
-    return session
+
+def _record_step(cfg: TrainConfig, acc, s: "Session") -> CapturedStep:
+    """The step recorded as a CUDA graph (run eagerly, uncaptured, off CUDA), with the run's precision."""
+    cuda = acc.device.type == "cuda"
+    step = CapturedStep(s.student_net, s.teacher, s.objective, s.tally, clip_grad_norm=cfg.clip_grad_norm,
+                        autocast_dtype=torch.bfloat16 if resolve_precision(cfg) == "bf16" else None,
+                        compile_student=cfg.compile, capture=cuda)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned once, in the capture's warm-up
+    return step
 
 
 def _check_same_unlabelled(previous: dict | None, labels: LabelSplit, cfg: TrainConfig) -> None:
