@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from sddcompress.stats import mean_std
+from sddcompress_export.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
@@ -291,33 +292,140 @@ def write_plot(path: Path, result: dict) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    import torch
-
-    from sddcompress.losses import method_names
-
-    registered = method_names()
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _prepare_data(args, out: Path) -> tuple[str, str]:
+    """(the data as given, the teacher's data): the default subset, resized once, and the students' view."""
     if args.data is None:
         args.data, size = default_data()
         args.input_size = args.input_size or size
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     source_data = args.data
     if args.data.startswith("imagefolder:") and args.input_size:
         args.data = resized_image_folder(args.data, args.input_size, out)
     teacher_data = args.data
     if args.data.startswith("imagefolder:") and args.val_per_class:
         args.data = student_view(args.data, args.val_per_class, out)
+    return source_data, teacher_data
+
+
+def _methods(args, registered: tuple[str, ...]) -> list[str]:
+    """The methods to compare, the CE baseline first; an unknown one ends the sweep in one line."""
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(registered)
-    methods = ["ce"] + [m for m in methods if m != "ce"]  # the baseline first
+    methods = ["ce"] + [m for m in methods if m != "ce"]
     unknown = [m for m in methods if m not in registered]
     if unknown:
         sys.exit(f"error: unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
-    teacher_epochs = args.teacher_epochs
+    return methods
+
+
+class Sweep:
+    """The plan (every seed x method) and its teacher: trained run by run, reported after each.
+
+    Every process works through the plan, claiming runs no live process holds, so several can share a sweep."""
+
+    def __init__(self, args, out: Path, methods: list[str], settings: dict, teacher_data: str, log) -> None:
+        self.args, self.out, self.methods, self.settings, self.teacher_data, self.log = \
+            args, out, methods, settings, teacher_data, log
+        self.plan = [(seed, method) for seed in settings["seeds"] for method in methods]
+        self.teacher_dir = out / f"teacher-{args.teacher}"
+        self.teacher = {"best": float("nan"), "last": float("nan"),
+                        "checkpoint": str(self.teacher_dir / "checkpoints" / "best.pt"), "seconds": 0.0}
+        if args.teacher_ckpt:
+            from sddcompress.engine.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(args.teacher_ckpt)
+            top1 = float(ckpt.get("best_top1", float("nan")))
+            last = float(ckpt.get("last_val", {}).get("top1", top1))
+            self.teacher = {"best": top1, "last": last, "checkpoint": args.teacher_ckpt, "seconds": 0.0}
+
+    def folder(self, seed: int, method: str) -> Path:
+        return self.out / f"{self.args.student}-{method}-seed{seed}"
+
+    def teacher_ready(self) -> bool:
+        if self.args.teacher_ckpt:
+            return True
+        done = read_run(self.teacher_dir, self.args.teacher_epochs)
+        if done is not None:
+            self.teacher = {**done, "checkpoint": str(self.teacher_dir / "checkpoints" / "best.pt")}
+        return done is not None
+
+    def report(self) -> dict:
+        """Summary of every finished run of the plan (whichever process trained it)."""
+        self.teacher_ready()
+        runs: dict[str, list[dict]] = {m: [] for m in self.methods}
+        for seed, method in self.plan:
+            row = read_run(self.folder(seed, method), self.args.epochs)
+            if row is not None:
+                runs[method].append({**row, "seed": seed,
+                                     "checkpoint": str(self.folder(seed, method) / "checkpoints" / "best.pt")})
+        runs = {m: rows for m, rows in runs.items() if rows}
+        distilled = [r for m, rows in runs.items() if m != "ce" for r in rows]
+        if distilled:  # the teacher scored on the students' val images (the comparable number)
+            from sddcompress.engine.checkpoint import load_checkpoint
+
+            metrics = load_checkpoint(distilled[0]["checkpoint"]).get("teacher_metrics") or {}
+            self.teacher["student_val"] = metrics.get("top1")
+        result = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": self.settings,
+                  "teacher": self.teacher, "summary": summarise(runs), "runs": runs,
+                  "seconds": self.teacher["seconds"] + sum(r["seconds"] for rs in runs.values() for r in rs)}
+        atomic_write_text(self.out / "methods.json", json.dumps(result, indent=2))
+        if runs.get("ce"):
+            write_markdown(self.out / "methods.md", result)
+            write_plot(self.out / "methods.png", result)
+        return result
+
+    def _train_teacher(self) -> None:
+        args = self.args
+        self.log(f"teacher {args.teacher}: {args.teacher_epochs} epochs on the whole train split")
+        try:
+            ensure_run(run_config(args, self.teacher_dir, args.teacher, 0, args.teacher_epochs, 1.0,
+                                  args.teacher_batch_size, self.teacher_data), args.teacher_epochs, self.log)
+        finally:
+            release(self.teacher_dir)
+        self.teacher_ready()
+        self.log(f"teacher val top-1 {self.teacher['best']:.2f} (best), {self.teacher['last']:.2f} (last)")
+
+    def _train(self, seed: int, method: str) -> None:
+        args = self.args
+        extra = {} if method == "ce" else dict(teacher=args.teacher, teacher_ckpt=self.teacher["checkpoint"])
+        cfg = run_config(args, self.folder(seed, method), args.student, seed, args.epochs, args.subset,
+                         args.batch_size, method=method, **extra, **method_overrides(method, args.epochs, args.beta))
+        self.log(f"[seed {seed}] {method}")
+        try:
+            row = ensure_run(cfg, args.epochs, self.log)
+        finally:
+            release(self.folder(seed, method))
+        self.log(f"  {self.folder(seed, method).name}: best {row['best']:.2f} last {row['last']:.2f}")
+
+    def run(self) -> dict:
+        while True:
+            if not self.teacher_ready() and claim(self.teacher_dir):
+                self._train_teacher()
+            todo = [(s, m) for s, m in self.plan if read_run(self.folder(s, m), self.args.epochs) is None]
+            if not todo:
+                break
+            ready = [(s, m) for s, m in todo if m == "ce" or self.teacher_ready()]
+            picked = next(((s, m) for s, m in ready if claim(self.folder(s, m))), None)
+            if picked is None:
+                if all(claimed(self.folder(s, m)) for s, m in todo):
+                    break  # the rest is in other processes' hands
+                time.sleep(20)  # waiting for the teacher
+                continue
+            self._train(*picked)
+            self.report()
+        return self.report()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    from sddcompress.losses import method_names
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source_data, teacher_data = _prepare_data(args, out)
+    methods = _methods(args, method_names())
     log_file = (out / "sweep.log").open("a")
 
     def log(text: str) -> None:
@@ -325,102 +433,14 @@ def main(argv: list[str] | None = None) -> dict:
         log_file.write(text + "\n")
         log_file.flush()
 
-    seeds = list(range(args.seeds))
     settings = {"data": source_data, "data_used": args.data, "teacher_data": teacher_data,
                 "val_per_class": args.val_per_class, "input_size": args.input_size, "teacher": args.teacher,
-                "student": args.student,
-                "teacher_epochs": teacher_epochs, "epochs": args.epochs, "subset": args.subset,
-                "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size, "lr": args.lr,
-                "beta": args.beta,
-                "seeds": seeds, "methods": methods,
+                "student": args.student, "teacher_epochs": args.teacher_epochs, "epochs": args.epochs,
+                "subset": args.subset, "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size,
+                "lr": args.lr, "beta": args.beta, "seeds": list(range(args.seeds)), "methods": methods,
                 "max_train_batches": args.max_train_batches, "threads": torch.get_num_threads()}
     log(f"methods sweep (pid {os.getpid()}): {json.dumps(settings)}")
-    teacher_dir = out / f"teacher-{args.teacher}"
-    teacher = {"best": float("nan"), "last": float("nan"), "checkpoint": str(teacher_dir / "checkpoints" / "best.pt"),
-               "seconds": 0.0}
-    if args.teacher_ckpt:
-        from sddcompress.engine.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(args.teacher_ckpt)
-        top1 = float(ckpt.get("best_top1", float("nan")))
-        last = float(ckpt.get("last_val", {}).get("top1", top1))
-        teacher = {"best": top1, "last": last, "checkpoint": args.teacher_ckpt, "seconds": 0.0}
-    plan = [(seed, method) for seed in seeds for method in methods]
-
-    def folder(seed: int, method: str) -> Path:
-        return out / f"{args.student}-{method}-seed{seed}"
-
-    def teacher_ready() -> bool:
-        nonlocal teacher
-        if args.teacher_ckpt:
-            return True
-        done = read_run(teacher_dir, teacher_epochs)
-        if done is not None:
-            teacher = {**done, "checkpoint": str(teacher_dir / "checkpoints" / "best.pt")}
-        return done is not None
-
-    def report() -> dict:
-        """Summary of every finished run of the plan (whichever process trained it)."""
-        teacher_ready()
-        runs: dict[str, list[dict]] = {m: [] for m in methods}
-        for seed, method in plan:
-            row = read_run(folder(seed, method), args.epochs)
-            if row is not None:
-                runs[method].append({**row, "seed": seed, "checkpoint": str(folder(seed, method) / "checkpoints"
-                                                                               / "best.pt")})
-        runs = {m: rows for m, rows in runs.items() if rows}
-        distilled = [r for m, rows in runs.items() if m != "ce" for r in rows]
-        if distilled:  # the teacher scored on the students' val images (the comparable number)
-            from sddcompress.engine.checkpoint import load_checkpoint
-
-            metrics = load_checkpoint(distilled[0]["checkpoint"]).get("teacher_metrics") or {}
-            teacher["student_val"] = metrics.get("top1")
-        result = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": settings,
-                  "teacher": teacher, "summary": summarise(runs), "runs": runs,
-                  "seconds": teacher["seconds"] + sum(r["seconds"] for rs in runs.values() for r in rs)}
-        tmp = out / f"methods.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out / "methods.json")
-        if runs.get("ce"):
-            write_markdown(out / "methods.md", result)
-            write_plot(out / "methods.png", result)
-        return result
-
-    # every process works through the plan, claiming runs no live process holds, so several can share a sweep
-    while True:
-        if not teacher_ready() and claim(teacher_dir):
-            log(f"teacher {args.teacher}: {teacher_epochs} epochs on the whole train split")
-            try:
-                ensure_run(run_config(args, teacher_dir, args.teacher, 0, teacher_epochs, 1.0, args.teacher_batch_size,
-                                      teacher_data),
-                           teacher_epochs, log)
-            finally:
-                release(teacher_dir)
-            teacher_ready()
-            log(f"teacher val top-1 {teacher['best']:.2f} (best), {teacher['last']:.2f} (last)")
-        todo = [(seed, method) for seed, method in plan if read_run(folder(seed, method), args.epochs) is None]
-        if not todo:
-            break
-        ready = [(seed, method) for seed, method in todo if method == "ce" or teacher_ready()]
-        picked = next(((seed, method) for seed, method in ready if claim(folder(seed, method))), None)
-        if picked is None:
-            if all(claimed(folder(seed, method)) for seed, method in todo):
-                break  # the rest is in other processes' hands
-            time.sleep(20)  # waiting for the teacher
-            continue
-        seed, method = picked
-        extra = {} if method == "ce" else dict(teacher=args.teacher, teacher_ckpt=teacher["checkpoint"])
-        cfg = run_config(args, folder(seed, method), args.student, seed, args.epochs, args.subset, args.batch_size,
-                         method=method,
-                         **extra, **method_overrides(method, args.epochs, args.beta))
-        log(f"[seed {seed}] {method}")
-        try:
-            row = ensure_run(cfg, args.epochs, log)
-        finally:
-            release(folder(seed, method))
-        log(f"  {folder(seed, method).name}: best {row['best']:.2f} last {row['last']:.2f}")
-        report()
-    result = report()
+    result = Sweep(args, out, methods, settings, teacher_data, log).run()
     log((out / "methods.md").read_text())
     log(f"wrote {out / 'methods.json'}, {out / 'methods.md'}, {out / 'methods.png'}")
     return result
