@@ -21,11 +21,13 @@ def sh(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_quickstart_export_benchmark(tmp_path):
-    qs = sh(tmp_path, "-m", "sddcompress.cli.main", "quickstart", "--epochs", "3")
+    qs = sh(tmp_path, "-m", "sddcompress.cli.main", "quickstart", "--epochs", "5")
     assert "student (SDD-DKD)" in qs.stdout and "sddcompress export" in qs.stdout
     summary = json.loads((tmp_path / "runs/quickstart/summary.json").read_text())
     assert {r["role"] for r in summary["rows"]} == {"teacher", "student (CE)", "student (SDD-DKD)"}
-    assert all(r["top1"] > 30.0 for r in summary["rows"])  # 10 classes: well above chance after 3 epochs
+    # 10 classes: well above chance after 5 epochs (at 3 the SDD-DKD student, warming up behind a teacher of
+    # 6 epochs, can still sit near chance)
+    assert all(r["top1"] > 30.0 for r in summary["rows"])
     assert "(ONNX Runtime INT8)" in qs.stdout and summary["deploy"]["int8_top1"] > 30.0
 
     exp = sh(tmp_path, "-m", "sddcompress.cli.main", "export", "--ort-int8")
