@@ -231,15 +231,30 @@ class _HeldOutSearch:
 
 
 def _choose_calibration(search: _HeldOutSearch, method: str, start_float: list[str], echo):
-    """Step 1: the calibration method (each one tried with `auto`); returns (method, path, score, candidates)."""
+    """Step 1: the calibration method (each one tried with `auto`); returns (method, path, score, candidates).
+
+    With `auto` a method whose calibration fails (e.g. a histogram over a degenerate activation range) is
+    skipped and recorded with its error; the run fails in one line only when every method does."""
     candidates: dict[str, dict] = {}
     variants: dict[str, tuple[str, HeldOutScore | None]] = {}
     for m in (METHODS if method == "auto" else (method,)):
-        path = search.quantizer.quantize(m, start_float)
+        try:
+            path = search.quantizer.quantize(m, start_float)
+        except (ValueError, RuntimeError, FloatingPointError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if method != "auto":
+                raise DeployError(f"INT8 calibration with {m} failed ({why}); pass another --int8-calibration "
+                                  f"({', '.join(c for c in CALIBRATION_CHOICES if c != m)})") from None
+            candidates[m] = {"error": why}
+            echo(f"INT8 {m}: calibration failed ({why}); skipped")
+            continue
         score = search.evaluate(path)
         variants[m] = (path, score)
         candidates[m] = {"held_out": None if score is None else asdict(score), "held_out_drop": search.drop(score)}
         echo(f"INT8 {m}: held-out drop {search.drop(score):+.2f}")
+    if not variants:
+        raise DeployError("INT8 calibration failed with every method (" + "; ".join(
+            f"{m}: {c['error']}" for m, c in candidates.items()) + "); the model cannot be quantised as it is")
     chosen = max(variants, key=lambda m: variants[m][1].key() if variants[m][1] else (0,)) \
         if method == "auto" and search.ref is not None else next(iter(variants))
     return chosen, *variants[chosen], candidates

@@ -355,3 +355,34 @@ def test_a_float_layer_must_win_back_accuracy_not_just_logit_error():
     assert wins_back_accuracy(HeldOutScore(98.4375, 96.875, 1.2), best)     # one more image right
     assert wins_back_accuracy(HeldOutScore(96.875, 98.4375, 1.2), best)     # closer to fp32's predictions
     assert not wins_back_accuracy(HeldOutScore(95.3125, 100.0, 0.1), best)  # top-1 decides first
+
+
+def test_a_calibration_method_that_fails_is_skipped_under_auto(exported, tmp_path, monkeypatch):
+    """A histogram calibrator that raises (a degenerate activation range) leaves `auto` the other methods;
+    asked for by name, it is one line naming the other choices."""
+    import sddcompress_export.ort_quantization as ort_quantization
+    from sddcompress_export.errors import DeployError
+
+    real = ort_quantization._Quantizer.quantize
+
+    def percentile_fails(self, method, *args, **kwargs):
+        if method == "percentile":
+            raise ValueError("Too many bins for data range. Cannot create 2048 finite-sized bins.")
+        return real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(ort_quantization._Quantizer, "quantize", percentile_fails)
+    data = load_tensor_file(exported["tensor_file"]["path"])
+    said: list[str] = []
+    result = ort_quantization.quantize_int8(exported["artifacts"]["onnx"]["path"], tmp_path / "q.onnx",
+                                            data.calib_images[:32], data.calib_labels[:32], method="auto",
+                                            keep_float="none", echo=said.append)
+    assert result.method in ("minmax", "entropy") and result.path.is_file()
+    assert result.candidates["percentile"] == {"error": "Too many bins for data range. Cannot create 2048 "
+                                                        "finite-sized bins."}
+    assert "INT8 percentile: calibration failed (Too many bins for data range. Cannot create 2048 finite-sized " \
+           "bins.); skipped" in said
+    with pytest.raises(DeployError, match=r"^INT8 calibration with percentile failed \(Too many bins.*\); pass "
+                                          r"another --int8-calibration \(auto, minmax, entropy\)$"):
+        ort_quantization.quantize_int8(exported["artifacts"]["onnx"]["path"], tmp_path / "p.onnx",
+                                       data.calib_images[:32], data.calib_labels[:32], method="percentile",
+                                       keep_float="none")
