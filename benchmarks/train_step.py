@@ -21,8 +21,7 @@ operators outside the graph, also counted.
     python benchmarks/train_step.py [--teacher resnet56 --student resnet20 --batch 64 --size 32]
     python benchmarks/train_step.py --device cuda --precision bf16 [--step eager]
 
-`--project` instead times two epochs of a hand-written loop over CIFAR-100-shaped data with the
-trainer's pieces (benchmarks/paper_recipe.py times the real trainer; prefer it).
+The paper recipe's epochs and 240-epoch projection come from benchmarks/paper_recipe.py (the real trainer).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import argparse
 import contextlib
 import copy
 import statistics
-import time
 from collections import Counter
 
 import torch
@@ -80,15 +78,9 @@ def main() -> None:
     ap.add_argument("--step", default=None, choices=("graph", "eager"),
                     help="graph: each step recorded as a CUDA graph and replayed, as the trainer does on CUDA "
                          "[default: graph on CUDA, eager elsewhere]")
-    ap.add_argument("--compile", action="store_true", help="torch.compile student and teacher (--project)")
-    ap.add_argument("--project", action="store_true",
-                    help="time 2 epochs of resnet32x4 -> resnet8x4 on CIFAR-100-shaped data; project 240")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
-    if args.project:
-        project_paper_recipe(device, args.precision, args.compile)
-        return
     cuda = device.type == "cuda"
     graph = (args.step or ("graph" if cuda else "eager")) == "graph"
     if graph and not cuda:
@@ -187,84 +179,6 @@ def main() -> None:
     extra = cases["(e) SDD-DKD"][1] - cases["(c) KD"][1]
     print(f"goal SDD-DKD step <= KD step + {OPS_GOAL} ATen operators (eager): +{extra} -> "
           f"{'met' if extra <= OPS_GOAL else 'NOT met'}")
-
-
-class _SyntheticCifar(torch.utils.data.Dataset):
-    """CIFAR-100-shaped uint8 images (HxWx3) and labels, random but fixed."""
-
-    def __init__(self, n: int, classes: int = 100, size: int = 32) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.pixels = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g).numpy()
-        self.labels = torch.randint(0, classes, (n,), generator=g).tolist()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.pixels[i], self.labels[i]
-
-
-def project_paper_recipe(device: torch.device, precision: str, compile_nets: bool, epochs_timed: int = 2,
-                         epochs: int = 240, batch: int = 64) -> None:
-    """Time `epochs_timed` epochs of SDD-DKD resnet32x4 -> resnet8x4 on CIFAR-100-shaped data, project `epochs`."""
-    from torch.utils.data import DataLoader
-
-    from sddcompress.data import EpochShuffleSampler
-    from sddcompress.data.augment import CropFlip
-    from sddcompress.data.device_pipeline import DeviceImages, passthrough_batch
-
-    mean, std = (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)
-    train = DeviceImages(_SyntheticCifar(50_000), CropFlip(lambda a: a, 4, True, mean, std), 0, device)
-    val = DeviceImages(_SyntheticCifar(10_000), CropFlip(lambda a: a, 0, False, mean, std), 0, device)
-    sampler = EpochShuffleSampler(len(train), 0)
-    loader = DataLoader(train, batch_size=batch, sampler=sampler, drop_last=True, collate_fn=passthrough_batch)
-    method = make_method("sdd-dkd", beta=8.0)
-    student_net, teacher_net = method_networks(build_model("resnet8x4", 100, 32), build_model("resnet32x4", 100, 32),
-                                               32, method, "resnet8x4", "resnet32x4")
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    student_net.to(device, memory_format=fmt).train()
-    teacher_net.to(device, memory_format=fmt).eval().requires_grad_(False)
-    student_fwd, teacher_fwd = ((torch.compile(student_net), torch.compile(teacher_net)) if compile_nets
-                                else (student_net, teacher_net))
-    objective = Objective(method)
-    opt = torch.optim.SGD(student_net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
-
-    def one_epoch(epoch: int) -> None:
-        sampler.set_epoch(epoch)
-        train.set_epoch(epoch)
-        student_net.train()
-        for i, (x, y) in enumerate(loader):
-            x = x.contiguous(memory_format=fmt)
-            with autocast:
-                terms, _ = distillation_terms(objective, student_fwd, teacher_fwd, x, y, epoch + (i + 1) / len(loader))
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(student_net.parameters(), 40.0)
-            opt.step()
-        student_net.eval()
-        with torch.inference_mode(), autocast:
-            for start in range(0, len(val), 256):
-                student_net(val.__getitems__(range(start, min(start + 256, len(val))))[0].contiguous(memory_format=fmt))
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    one_epoch(0)  # warm-up: compilation, cuDNN autotuning, allocator
-    sync()
-    started = time.perf_counter()
-    for epoch in range(1, 1 + epochs_timed):
-        one_epoch(epoch)
-    sync()
-    per_epoch = (time.perf_counter() - started) / epochs_timed
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"SDD-DKD resnet32x4 -> resnet8x4, batch {batch}, CIFAR-100-shaped uint8 data (device-resident), "
-          f"{where}, precision {precision}, compile {compile_nets}: {per_epoch:.1f} s per epoch "
-          f"(train + 10k-image evaluation, {epochs_timed} epochs timed after one warm-up epoch)")
-    minutes = per_epoch * epochs / 60
-    print(f"projection for {epochs} epochs: {minutes:.1f} min -> goal <= 15 min {'met' if minutes <= 15 else 'NOT met'}")
 
 
 if __name__ == "__main__":
