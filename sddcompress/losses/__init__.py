@@ -8,5 +8,6 @@ from .sdd import flatten_regions, region_weights, sdd_dkd_loss, sdd_kd_loss, sdd
 
 __all__ = [
     "Method", "MethodConfig", "Objective", "Outputs", "combine", "dkd_per_sample", "flatten_regions",
-    "kd_per_sample", "make_method", "method_names", "register", "parse_scales", "ramp", "region_weights", "sdd_dkd_loss", "sdd_kd_loss", "sdd_loss",
+    "kd_per_sample", "make_method", "method_names", "parse_scales", "ramp", "region_weights", "register",
+    "sdd_dkd_loss", "sdd_kd_loss", "sdd_loss",
 ]

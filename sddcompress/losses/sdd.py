@@ -102,11 +102,16 @@ class _RegionDKD(torch.autograd.Function):
         return (temperature * w) * (tckd + nckd), None, None, None, None, None, None
 
 
+def _flat_weights(teacher_local: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
+    """`region_weights` as (B*N,) rows matching `flatten_regions`, divided by N*B (the mean over regions)."""
+    b, _, n = teacher_local.shape
+    return region_weights(teacher_local, labels, gamma).view(b * n) / (n * b)
+
+
 def sdd_kd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: torch.Tensor,
                 temperature: float, gamma: float = 2.0) -> dict[str, torch.Tensor]:
     """`sdd_loss` with the KD term, as one fused expression: {"kd"}."""
-    b, _, n = student_local.shape
-    w = region_weights(teacher_local, labels, gamma).view(b * n) / (n * b)
+    w = _flat_weights(teacher_local, labels, gamma)
     return {"kd": _RegionKD.apply(flatten_regions(student_local), flatten_regions(teacher_local), w, temperature)}
 
 
@@ -114,7 +119,7 @@ def sdd_dkd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, label
                  temperature: float, alpha: float, beta: float, gamma: float = 2.0) -> dict[str, torch.Tensor]:
     """`sdd_loss` with the DKD terms, as one fused expression: {"tckd", "nckd"}."""
     b, _, n = student_local.shape
-    w = region_weights(teacher_local, labels, gamma).view(b * n) / (n * b)
+    w = _flat_weights(teacher_local, labels, gamma)
     region_labels = labels[:, None].expand(b, n).reshape(b * n)
     tckd, nckd = _RegionDKD.apply(flatten_regions(student_local), flatten_regions(teacher_local), region_labels, w,
                                   temperature, alpha, beta)
