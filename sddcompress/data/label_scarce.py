@@ -37,7 +37,8 @@ from .datasets import _readable, load_image
 from .fraction import _labels
 
 UNLABELLED = -1  # the label of an image whose label a run does not see
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# the image suffixes torchvision's ImageFolder reads, so --unlabelled finds what a labelled folder would
+IMAGE_SUFFIXES = torchvision.datasets.folder.IMG_EXTENSIONS
 _LABEL_SEED_TAG = 0x1ABE11ED  # keeps the labelled subset's draws apart from other uses of --seed
 
 
