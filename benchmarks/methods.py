@@ -1,16 +1,24 @@
 """Distillation methods compared on real data over seeds, under one budget.
 
-Trains (or reuses) one teacher on the whole training split, then one student per method and seed on a
-fixed fraction of each class's training images (`--subset`), all with the same epochs, schedule and
-batch. A teacher that learned from more data than the student sees has something to give; a teacher no
+Trains (or reuses) one teacher on every label of the whole training split, then one student per
+scenario, method and seed, all with the same schedule and batch:
+
+* full-label: the students train on a fixed fraction of each class's training images (`--subset`), every
+  one labelled; distillation and CE see the same images.
+* label-scarce: the students see the labels of `--subset` of each class's training images
+  (`--labelled-fraction`, drawn with the run's seed); the distillation terms use every training image.
+  CE trains on the labelled images only, for as many optimiser steps as a distillation run takes.
+
+A teacher that learned from more data than the student sees has something to give; a teacher no
 better than the student alone has not, and then every method is noise around CE.
 
 Writes to --out: one normal train/distill run folder per run (a killed sweep resumes: finished runs are
-read back, a half-finished one continues from its checkpoint), methods.json, methods.md (mean +- std of
-the best-epoch and last-epoch val top-1 per method, the teacher's top-1, each method's gain over CE on
-the same seed with its spread) and methods.png (one point per seed; mean and spread per method).
+read back, a half-finished one continues from its checkpoint), methods.json, methods.md (per scenario:
+mean +- std of the best-epoch and last-epoch val top-1 per method, each method's gain over CE on the
+same seed with its spread; the teacher's top-1) and methods.png (one point per seed; mean and spread).
 
-    python benchmarks/methods.py                        # the CIFAR-10 subset beside the checkout when present, ~30 min on 2 free cores
+    python benchmarks/methods.py                        # the CIFAR-10 subset beside the checkout when present, ~1 h on 2 free cores
+    python benchmarks/methods.py --scenarios label-scarce --methods ce,sdd-dkd
     python benchmarks/methods.py --epochs 60 --seeds 5 --subset 0.5    # scale up (e.g. on a GPU)
     python benchmarks/methods.py --data digits --methods ce,sdd-dkd --epochs 2 --out runs/try
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import sys
@@ -32,6 +41,7 @@ from sddcompress_export.atomic import atomic_write_text
 REPO = Path(__file__).resolve().parent.parent
 SHARED_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
 PAPER_EPOCHS = 240  # the CIFAR-100 recipes' length; warm-ups/ramps are scaled from it to --epochs
+SCENARIOS = ("full-label", "label-scarce")
 
 
 def default_data() -> tuple[str, int]:
@@ -88,12 +98,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="px; an image folder is first copied at this size [default: 16]")
     ap.add_argument("--teacher", default="resnet56")
     ap.add_argument("--teacher-ckpt", default=None, help="reuse this teacher instead of training one")
-    ap.add_argument("--teacher-epochs", type=int, default=15, help="teacher epochs (on the whole train split)")
+    ap.add_argument("--teacher-epochs", type=int, default=30, help="teacher epochs (on the whole train split)")
     ap.add_argument("--student", default="resnet20")
     ap.add_argument("--methods", default=None, help="comma separated [default: every registered method]")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10, help="student epochs")
-    ap.add_argument("--subset", type=float, default=0.1, help="fraction of each class's train images the students see")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help=f"comma separated, of: {', '.join(SCENARIOS)} [default: both]")
+    ap.add_argument("--subset", type=float, default=0.1,
+                    help="fraction of each class's train images the students see (full-label) or whose labels "
+                         "they see (label-scarce)")
     ap.add_argument("--batch-size", type=int, default=32, help="student batch")
     ap.add_argument("--val-per-class", type=int, default=50,
                     help="image folders: students are scored on this many val images per class (0 = all)")
@@ -110,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_config(args: argparse.Namespace, out: Path, model: str, seed: int, epochs: int, fraction: float,
                batch_size: int, data: str | None = None, **extra):
+    """A run's TrainConfig: `fraction` of each class's training images (--train-fraction); `extra` on top."""
     from sddcompress.engine.config import TrainConfig
 
     return TrainConfig(model=model, data=data or args.data, input_size=args.input_size, epochs=epochs,
@@ -233,59 +248,71 @@ def fmt(mean: float, std: float, n: int, sign: bool = False) -> str:
     return value if n < 2 else f"{value} ± {std:.2f}"
 
 
+SCENARIO_TEXT = {
+    "full-label": "students train on {pct}% of each class's training images, every one labelled",
+    "label-scarce": "students see the labels of {pct}% of each class's training images (drawn per seed); the "
+                    "distillation terms use every training image; ce trains on the labelled images only, "
+                    "{ce_epochs} epochs of them (as many steps as the others' {epochs} epochs)",
+}
+
+
 def write_markdown(path: Path, result: dict) -> None:
     s, t = result["settings"], result["teacher"]
     lines = [
         f"# Distillation methods over seeds ({result['date']}, {result['machine']})", "",
-        f"Teacher {s['teacher']} trained {s['teacher_epochs']} epochs on the whole train split of {s['data']} "
-        f"({s['input_size']} px): val top-1 {t['best']:.2f} (best epoch), {t['last']:.2f} (last)"
+        f"Teacher {s['teacher']} trained {s['teacher_epochs']} epochs on every label of the whole train split of "
+        f"{s['data']} ({s['input_size']} px): val top-1 {t['best']:.2f} (best epoch), {t['last']:.2f} (last)"
         + (f"; {t['student_val']:.2f} on the students' val images." if t.get("student_val") is not None else "."),
-        f"Students {s['student']}, {s['epochs']} epochs on {100 * s['subset']:g}% of each class's training images, "
-        f"cosine LR {s['lr']}, batch {s['batch_size']} (teacher {s['teacher_batch_size']}), DKD beta "
-        f"{s.get('beta', 8.0):g}, warm-ups/ramps scaled "
-        f"to {s['epochs']}/{PAPER_EPOCHS} of "
-        f"the paper recipes; seeds {', '.join(map(str, s['seeds']))}. Val top-1 in % on "
-        + (f"{s['val_per_class']} val images per class" if s.get("val_per_class") else "the val split")
-        + ", mean ± std over seeds; the gain over ce is paired by seed.", "",
-        "| method | seeds | best-epoch top-1 | last-epoch top-1 | gain over ce (best) | gain over ce (last) |",
-        "|---|---|---|---|---|---|",
+        f"Students {s['student']}, {s['epochs']} epochs, cosine LR {s['lr']}, batch {s['batch_size']} (teacher "
+        f"{s['teacher_batch_size']}), DKD beta {s.get('beta', 8.0):g}, warm-ups/ramps scaled to "
+        f"{s['epochs']}/{PAPER_EPOCHS} of the paper recipes; seeds {', '.join(map(str, s['seeds']))}. Val top-1 in % "
+        f"on " + (f"{s['val_per_class']} val images per class" if s.get("val_per_class") else "the val split")
+        + ", mean ± std over seeds; the gain over ce is paired by seed.",
     ]
-    for method, e in result["summary"].items():
-        gains = [fmt(e[f"gain_{k}_mean"], e[f"gain_{k}_std"], e[f"gain_{k}_n"], sign=True)
-                 if f"gain_{k}_mean" in e else "—" for k in ("best", "last")]
-        lines.append(f"| {method} | {e['n']} | {fmt(e['best_mean'], e['best_std'], e['n'])} | "
-                     f"{fmt(e['last_mean'], e['last_std'], e['n'])} | {gains[0]} | {gains[1]} |")
-    lines += ["", f"Total training time {result['seconds'] / 60:.0f} min (sum of epoch times; the runs shared the "
-                  "CPU)."]
+    for name, scenario in result["scenarios"].items():
+        text = SCENARIO_TEXT[name].format(pct=f"{100 * s['subset']:g}", epochs=s["epochs"],
+                                          ce_epochs=scenario.get("ce_epochs", s["epochs"]))
+        lines += ["", f"## {name}", "", f"The {text}.", "",
+                  "| method | seeds | best-epoch top-1 | last-epoch top-1 | gain over ce (best) | gain over ce (last) |",
+                  "|---|---|---|---|---|---|"]
+        for method, e in scenario["summary"].items():
+            gains = [fmt(e[f"gain_{k}_mean"], e[f"gain_{k}_std"], e[f"gain_{k}_n"], sign=True)
+                     if f"gain_{k}_mean" in e else "—" for k in ("best", "last")]
+            lines.append(f"| {method} | {e['n']} | {fmt(e['best_mean'], e['best_std'], e['n'])} | "
+                         f"{fmt(e['last_mean'], e['last_std'], e['n'])} | {gains[0]} | {gains[1]} |")
+    lines += ["", f"Total training time {result['seconds'] / 60:.0f} min (sum of epoch times, teacher included; "
+                  "the runs shared the CPU)."]
     path.write_text("\n".join(lines) + "\n")
 
 
 def write_plot(path: Path, result: dict) -> None:
+    """Best-epoch val top-1, one panel per scenario: a dot per seed, mean and spread per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m in result["summary"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, title in zip(axes, ("best", "last"), ("best-epoch val top-1", "last-epoch val top-1")):
+    scenarios = result["scenarios"]
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(5.5 * len(scenarios), 4), sharey=True, squeeze=False)
+    t_top1 = result["teacher"].get("student_val") or result["teacher"]["best"]
+    for ax, (name, scenario) in zip(axes[0], scenarios.items()):
+        methods = list(scenario["summary"])
         for i, m in enumerate(methods):
-            rows = result["runs"][m]
+            rows = scenario["runs"][m]
             n = len(rows)
             xs = [i + (j - (n - 1) / 2) * 0.08 for j in range(n)]
-            ax.scatter(xs, [r[key] for r in rows], s=18, color="tab:blue", alpha=0.6, zorder=2)
-            e = result["summary"][m]
-            ax.errorbar([i + 0.25], [e[f"{key}_mean"]], yerr=[e[f"{key}_std"]], fmt="o", color="black", capsize=4,
+            ax.scatter(xs, [r["best"] for r in rows], s=18, color="tab:blue", alpha=0.6, zorder=2)
+            e = scenario["summary"][m]
+            ax.errorbar([i + 0.25], [e["best_mean"]], yerr=[e["best_std"]], fmt="o", color="black", capsize=4,
                         zorder=3)
-        t_top1 = result["teacher"].get("student_val") or result["teacher"][key]
         ax.axhline(t_top1, color="tab:red", ls="--", lw=1, label=f"teacher {t_top1:.1f}")
         ax.set_xticks(range(len(methods)), methods, rotation=20)
-        ax.set_title(title)
+        ax.set_title(f"{name}: best-epoch val top-1")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-    axes[0].set_ylabel("top-1 % (dots: seeds; black: mean ± std)")
+    axes[0][0].set_ylabel("top-1 % (dots: seeds; black: mean ± std)")
     s = result["settings"]
-    fig.suptitle(f"{s['student']} students on {100 * s['subset']:g}% of the labels, {s['epochs']} epochs; "
+    fig.suptitle(f"{s['student']} students, {100 * s['subset']:g}% of the labels, {s['epochs']} epochs; "
                  f"{result['date']}, {result['machine']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -306,6 +333,16 @@ def _prepare_data(args, out: Path) -> tuple[str, str]:
     return source_data, teacher_data
 
 
+def _scenarios(args) -> list[str]:
+    """The scenarios to run; an unknown one ends the sweep in one line."""
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        sys.exit(f"error: unknown scenario(s) {', '.join(unknown) or '(none given)'}; pass --scenarios with "
+                 f"{' and/or '.join(SCENARIOS)}")
+    return names
+
+
 def _methods(args, registered: tuple[str, ...]) -> list[str]:
     """The methods to compare, the CE baseline first; an unknown one ends the sweep in one line."""
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(registered)
@@ -317,14 +354,23 @@ def _methods(args, registered: tuple[str, ...]) -> list[str]:
 
 
 class Sweep:
-    """The plan (every seed x method) and its teacher: trained run by run, reported after each.
+    """The plan (every scenario x seed x method) and its teacher: trained run by run, reported after each.
 
     Every process works through the plan, claiming runs no live process holds, so several can share a sweep."""
 
     def __init__(self, args, out: Path, methods: list[str], settings: dict, teacher_data: str, log) -> None:
         self.args, self.out, self.methods, self.settings, self.teacher_data, self.log = \
             args, out, methods, settings, teacher_data, log
-        self.plan = [(seed, method) for seed in settings["seeds"] for method in methods]
+        self.plan = [(scenario, seed, method) for scenario in settings["scenarios"] for seed in settings["seeds"]
+                     for method in methods]
+        self.ce_epochs = args.epochs  # label-scarce CE: as many optimiser steps as a distillation run
+        if "label-scarce" in settings["scenarios"]:
+            from sddcompress.data.label_scarce import matched_steps
+
+            every, labelled = matched_steps(args.data, args.input_size, args.subset, args.batch_size)
+            if args.max_train_batches:
+                every, labelled = min(every, args.max_train_batches), min(labelled, args.max_train_batches)
+            self.ce_epochs = math.ceil(args.epochs * every / max(labelled, 1))
         self.teacher_dir = out / f"teacher-{args.teacher}"
         self.teacher = {"best": float("nan"), "last": float("nan"),
                         "checkpoint": str(self.teacher_dir / "checkpoints" / "best.pt"), "seconds": 0.0}
@@ -336,8 +382,15 @@ class Sweep:
             last = float(ckpt.get("last_val", {}).get("top1", top1))
             self.teacher = {"best": top1, "last": last, "checkpoint": args.teacher_ckpt, "seconds": 0.0}
 
-    def folder(self, seed: int, method: str) -> Path:
-        return self.out / f"{self.args.student}-{method}-seed{seed}"
+    def folder(self, scenario: str, seed: int, method: str) -> Path:
+        tag = "" if scenario == "full-label" else f"-{scenario}"
+        return self.out / f"{self.args.student}-{method}{tag}-seed{seed}"
+
+    def epochs(self, scenario: str, method: str) -> int:
+        return self.ce_epochs if (scenario, method) == ("label-scarce", "ce") else self.args.epochs
+
+    def finished(self, scenario: str, seed: int, method: str) -> dict | None:
+        return read_run(self.folder(scenario, seed, method), self.epochs(scenario, method))
 
     def teacher_ready(self) -> bool:
         if self.args.teacher_ckpt:
@@ -350,24 +403,30 @@ class Sweep:
     def report(self) -> dict:
         """Summary of every finished run of the plan (whichever process trained it)."""
         self.teacher_ready()
-        runs: dict[str, list[dict]] = {m: [] for m in self.methods}
-        for seed, method in self.plan:
-            row = read_run(self.folder(seed, method), self.args.epochs)
-            if row is not None:
-                runs[method].append({**row, "seed": seed,
-                                     "checkpoint": str(self.folder(seed, method) / "checkpoints" / "best.pt")})
-        runs = {m: rows for m, rows in runs.items() if rows}
-        distilled = [r for m, rows in runs.items() if m != "ce" for r in rows]
+        scenarios: dict[str, dict] = {}
+        for name in self.settings["scenarios"]:
+            runs: dict[str, list[dict]] = {m: [] for m in self.methods}
+            for scenario, seed, method in self.plan:
+                row = self.finished(scenario, seed, method) if scenario == name else None
+                if row is not None:
+                    checkpoint = self.folder(scenario, seed, method) / "checkpoints" / "best.pt"
+                    runs[method].append({**row, "seed": seed, "checkpoint": str(checkpoint)})
+            runs = {m: rows for m, rows in runs.items() if rows}
+            if runs:
+                scenarios[name] = {"summary": summarise(runs), "runs": runs}
+                if name == "label-scarce":
+                    scenarios[name]["ce_epochs"] = self.ce_epochs
+        distilled = [r for sc in scenarios.values() for m, rows in sc["runs"].items() if m != "ce" for r in rows]
         if distilled:  # the teacher scored on the students' val images (the comparable number)
             from sddcompress.engine.checkpoint import load_checkpoint
 
             metrics = load_checkpoint(distilled[0]["checkpoint"]).get("teacher_metrics") or {}
             self.teacher["student_val"] = metrics.get("top1")
+        seconds = sum(r["seconds"] for sc in scenarios.values() for rs in sc["runs"].values() for r in rs)
         result = {"date": dt.date.today().isoformat(), "machine": machine(), "settings": self.settings,
-                  "teacher": self.teacher, "summary": summarise(runs), "runs": runs,
-                  "seconds": self.teacher["seconds"] + sum(r["seconds"] for rs in runs.values() for r in rs)}
+                  "teacher": self.teacher, "scenarios": scenarios, "seconds": self.teacher["seconds"] + seconds}
         atomic_write_text(self.out / "methods.json", json.dumps(result, indent=2))
-        if runs.get("ce"):
+        if any(sc["runs"].get("ce") for sc in scenarios.values()):
             write_markdown(self.out / "methods.md", result)
             write_plot(self.out / "methods.png", result)
         return result
@@ -383,29 +442,33 @@ class Sweep:
         self.teacher_ready()
         self.log(f"teacher val top-1 {self.teacher['best']:.2f} (best), {self.teacher['last']:.2f} (last)")
 
-    def _train(self, seed: int, method: str) -> None:
-        args = self.args
+    def _train(self, scenario: str, seed: int, method: str) -> None:
+        args, folder, epochs = self.args, self.folder(scenario, seed, method), self.epochs(scenario, method)
         extra = {} if method == "ce" else dict(teacher=args.teacher, teacher_ckpt=self.teacher["checkpoint"])
-        cfg = run_config(args, self.folder(seed, method), args.student, seed, args.epochs, args.subset,
-                         args.batch_size, method=method, **extra, **method_overrides(method, args.epochs, args.beta))
-        self.log(f"[seed {seed}] {method}")
+        if scenario == "label-scarce":
+            fraction, extra["labelled_fraction"] = 1.0, args.subset
+        else:
+            fraction = args.subset
+        cfg = run_config(args, folder, args.student, seed, epochs, fraction, args.batch_size, method=method,
+                         **extra, **method_overrides(method, epochs, args.beta))
+        self.log(f"[{scenario}, seed {seed}] {method}")
         try:
-            row = ensure_run(cfg, args.epochs, self.log)
+            row = ensure_run(cfg, epochs, self.log)
         finally:
-            release(self.folder(seed, method))
-        self.log(f"  {self.folder(seed, method).name}: best {row['best']:.2f} last {row['last']:.2f}")
+            release(folder)
+        self.log(f"  {folder.name}: best {row['best']:.2f} last {row['last']:.2f}")
 
     def run(self) -> dict:
         while True:
             if not self.teacher_ready() and claim(self.teacher_dir):
                 self._train_teacher()
-            todo = [(s, m) for s, m in self.plan if read_run(self.folder(s, m), self.args.epochs) is None]
+            todo = [run for run in self.plan if self.finished(*run) is None]
             if not todo:
                 break
-            ready = [(s, m) for s, m in todo if m == "ce" or self.teacher_ready()]
-            picked = next(((s, m) for s, m in ready if claim(self.folder(s, m))), None)
+            ready = [run for run in todo if run[2] == "ce" or self.teacher_ready()]
+            picked = next((run for run in ready if claim(self.folder(*run))), None)
             if picked is None:
-                if all(claimed(self.folder(s, m)) for s, m in todo):
+                if all(claimed(self.folder(*run)) for run in todo):
                     break  # the rest is in other processes' hands
                 time.sleep(20)  # waiting for the teacher
                 continue
@@ -426,6 +489,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     source_data, teacher_data = _prepare_data(args, out)
     methods = _methods(args, method_names())
+    scenarios = _scenarios(args)
     log_file = (out / "sweep.log").open("a")
 
     def log(text: str) -> None:
@@ -436,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"data": source_data, "data_used": args.data, "teacher_data": teacher_data,
                 "val_per_class": args.val_per_class, "input_size": args.input_size, "teacher": args.teacher,
                 "student": args.student, "teacher_epochs": args.teacher_epochs, "epochs": args.epochs,
-                "subset": args.subset, "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size,
+                "scenarios": scenarios, "subset": args.subset, "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size,
                 "lr": args.lr, "beta": args.beta, "seeds": list(range(args.seeds)), "methods": methods,
                 "max_train_batches": args.max_train_batches, "threads": torch.get_num_threads()}
     log(f"methods sweep (pid {os.getpid()}): {json.dumps(settings)}")

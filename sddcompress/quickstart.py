@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .engine.config import TrainConfig
+from .data.label_scarce import matched_steps
 from .engine.trainer import RunResult, run
 from .run_paths import QUICKSTART_DIR, SUMMARY_NAME, require_out_given
 from .stats import mean_std
@@ -57,17 +58,6 @@ def verdict(gains: list[float]) -> str:
             "budget")
 
 
-def steps_per_epoch(fraction: float) -> tuple[int, int]:
-    """Optimiser steps per epoch over every training digit and over the labelled ones (whole batches)."""
-    from .data import load_dataset
-    from .data.fraction import _labels
-    from .data.label_scarce import labelled_indices
-
-    labels = _labels(load_dataset(DATA, input_size=SIZE).train)
-    labelled = len(labelled_indices(labels, fraction, seed=0))  # the per-class counts do not depend on the seed
-    return len(labels) // BATCH, labelled // BATCH
-
-
 def run_quickstart(out: str | Path, epochs: int | None, fresh: bool, echo: Callable[[str], None] = print,
                    seeds: int = DEFAULT_SEEDS, deploy: bool = True) -> dict:
     """Train the teacher, then CE and SDD-DKD students over `seeds`; print and save (summary.json) the
@@ -76,7 +66,7 @@ def run_quickstart(out: str | Path, epochs: int | None, fresh: bool, echo: Calla
     out = Path(out)
     n = epochs or DEFAULT_EPOCHS
     n_teacher = 2 * n  # the deeper teacher needs longer to get ahead of what the student learns alone
-    all_steps, labelled_steps = steps_per_epoch(LABELLED_FRACTION)
+    all_steps, labelled_steps = matched_steps(DATA, SIZE, LABELLED_FRACTION, BATCH)
     n_ce = math.ceil(n * all_steps / max(labelled_steps, 1))  # the CE student takes as many steps
     echo(f"quickstart: teacher {TEACHER} ({n_teacher} epochs, every label); students {STUDENT} with the labels of "
          f"{LABELLED_FRACTION:.0%} of the training digits, {n * all_steps} steps each: SDD-DKD distils on every "

@@ -70,15 +70,31 @@ def test_sweep_writes_reports_and_resumes_without_retraining(tmp_path, monkeypat
     data = _image_folder(tmp_path / "data")
     args = ["--data", f"imagefolder:{data}", "--input-size", "16", "--teacher", "resnet20", "--methods", "ce,kd",
             "--seeds", "2", "--epochs", "1", "--teacher-epochs", "1", "--subset", "0.5", "--batch-size", "4",
-            "--teacher-batch-size", "4",
-            "--max-train-batches", "1", "--out", str(tmp_path / "sweep")]
+            "--teacher-batch-size", "4", "--out", str(tmp_path / "sweep")]
     first = methods_benchmark.main(args)
-    assert set(first["summary"]) == {"ce", "kd"} and first["summary"]["kd"]["gain_best_n"] == 2
+    assert list(first["scenarios"]) == ["full-label", "label-scarce"]
+    for scenario in first["scenarios"].values():
+        assert set(scenario["summary"]) == {"ce", "kd"} and scenario["summary"]["kd"]["gain_best_n"] == 2
     out = tmp_path / "sweep"
-    assert (out / "methods.md").read_text().count("| kd | 2 |") == 1
+    report = (out / "methods.md").read_text()
+    assert report.count("| kd | 2 |") == 2 and "## full-label" in report and "## label-scarce" in report
     assert (out / "methods.png").stat().st_size > 5000
-    ckpt = json.loads((out / "methods.json").read_text())["runs"]["kd"][0]["checkpoint"]
+    ckpt = json.loads((out / "methods.json").read_text())["scenarios"]["label-scarce"]["runs"]["kd"][0]["checkpoint"]
     assert Path(ckpt).is_file()
+
+    # 36 training images, 18 labelled: full-label students see 18 (4 batches of 4), label-scarce ones all 36
+    # (9 batches) with CE on the 18 labelled only, for ceil(9 / 4) = 3 epochs so it takes as many steps
+    def config(folder: str) -> dict:
+        from sddcompress.engine.checkpoint import load_checkpoint
+
+        return load_checkpoint(out / folder / "checkpoints" / "latest.pt")["config"]
+
+    assert first["scenarios"]["label-scarce"]["ce_epochs"] == 3
+    scarce_kd, scarce_ce, full_kd = (config("resnet20-kd-label-scarce-seed1"), config("resnet20-ce-label-scarce-seed1"),
+                                     config("resnet20-kd-seed1"))
+    assert (scarce_kd["train_fraction"], scarce_kd["labelled_fraction"], scarce_kd["epochs"]) == (1.0, 0.5, 1)
+    assert (scarce_ce["labelled_fraction"], scarce_ce["epochs"], scarce_ce["method"]) == (0.5, 3, "ce")
+    assert (full_kd["train_fraction"], full_kd["labelled_fraction"]) == (0.5, 1.0)
 
     import sddcompress.engine.trainer as trainer
 
@@ -87,7 +103,12 @@ def test_sweep_writes_reports_and_resumes_without_retraining(tmp_path, monkeypat
 
     monkeypatch.setattr(trainer, "run", no_training)
     again = methods_benchmark.main(args)
-    assert again["summary"] == first["summary"]
+    assert again["scenarios"] == first["scenarios"]
+
+
+def test_sweep_refuses_an_unknown_scenario(tmp_path):
+    with pytest.raises(SystemExit, match="unknown scenario.*full-label and/or label-scarce"):
+        methods_benchmark.main(["--data", "digits", "--scenarios", "few-labels", "--out", str(tmp_path)])
 
 
 def test_quickstart_verdict_follows_the_seeds():

@@ -185,6 +185,18 @@ def split_labels(bundle: DataBundle, fraction: float, unlabelled: str | None, se
     return replace(bundle, train=train, skipped_images=bundle.skipped_images + skipped), split
 
 
+def matched_steps(data: str, input_size: int | None, fraction: float, batch_size: int) -> tuple[int, int]:
+    """(optimiser steps per epoch over every training image of `data`, over its labelled ones at
+    --labelled-fraction `fraction`), whole batches: a CE run trains ceil(epochs * first / second) epochs
+    to take as many steps as a distillation run. The per-class counts do not depend on the seed."""
+    from .datasets import load_dataset
+
+    bundle = load_dataset(data, input_size=input_size)
+    labels = _labels(bundle.train)
+    labelled = len(labelled_indices(labels, fraction, seed=0, class_names=bundle.class_names))
+    return len(labels) // batch_size, labelled // batch_size
+
+
 def describe_split(split: LabelSplit, fraction: float, seed: int) -> str:
     """One line for the run's log."""
     text = f"labels: {split.labelled} training images labelled"
