@@ -71,6 +71,7 @@ class QuantizationResult:
     candidates: dict[str, dict] = field(default_factory=dict)
     sensitivity: list[dict] = field(default_factory=list)
     plan: dict | None = None  # `PrecisionPlan.to_dict()` when the layers were chosen for speed as well
+    ranges: str | None = field(default=None, repr=False)  # the chosen calibration's activation ranges (ORT's cache)
 
     def held_out_drop(self) -> float | None:
         if self.held_out is None:
@@ -81,6 +82,7 @@ class QuantizationResult:
 
     def to_report(self) -> dict:
         values = asdict(self)
+        del values["ranges"]
         values["path"] = str(self.path)
         values["held_out_drop"] = self.held_out_drop()
         return values
@@ -171,11 +173,12 @@ class _Quantizer:
             calibrator.collect_data(self._reader())
             save_tensors_data(calibrator.compute_data(), cache)
 
-    def quantize(self, method: str, float_nodes: list[str] = (), only: list[str] | None = None) -> str:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    def cache(self, method: str) -> str | None:
+        """The activation ranges `method` calibrated (ORT's calibration cache, JSON), if it keeps one."""
+        path = Path(self.workdir) / f"calibration-{method}.json"
+        return path.read_text() if self.cached and path.is_file() else None
 
-        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}
+    def quantize(self, method: str, float_nodes: list[str] = (), only: list[str] | None = None) -> str:
         self.count += 1
         out = os.path.join(self.workdir, f"int8-{self.count}.onnx")
         kwargs = {}
@@ -184,12 +187,62 @@ class _Quantizer:
             if method == "entropy" and not os.path.exists(kwargs["calibration_cache_path"]):
                 self._entropy_ranges(kwargs["calibration_cache_path"])
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            quantize_static(self.prepared, out, self._reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[method], nodes_to_exclude=list(float_nodes),
-                            nodes_to_quantize=list(only) if only else None,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, **kwargs)
+            _quantize_qdq(self.prepared, out, self._reader(), method, float_nodes, only, **kwargs)
         return out
+
+
+def _quantize_qdq(prepared: str, out: str, reader, method: str, float_nodes, only=None, **kwargs) -> None:
+    """ONNX Runtime's static quantisation with this project's settings: QDQ, symmetric int8 activations and
+    per-channel weights (every zero point 0), calibrated by `method` (one of METHODS)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                    nodes_to_exclude=list(float_nodes), nodes_to_quantize=list(only) if only else None,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, **kwargs)
+
+
+def prepared_model(fp32_path: str | Path, out_path: str | Path) -> None:
+    """The float graph as the quantiser sees it (ONNX Runtime's pre-processing: BatchNorm folded, shapes
+    inferred); its node and initializer names are those of the INT8 model made from it."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+
+
+def quantize_with_weights(fp32_path: str | Path, int8_path: str | Path, weights: dict[str, np.ndarray],
+                          ranges: str, method: str, float_nodes: list[str]) -> None:
+    """Rewrite `int8_path` from the float graph of `fp32_path` with `weights` (float initializers by name,
+    e.g. after quantization-aware training) put in: the same activation ranges (`ranges`, the calibration
+    cache `method` wrote), the same float layers, weight scales from the new weights; the metadata (plan
+    included) of the INT8 file it replaces is kept."""
+    import onnx
+    from onnx import numpy_helper
+
+    previous = load_onnx(int8_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = os.path.join(tmp, "prepared.onnx")
+        prepared_model(fp32_path, prepared)
+        model = onnx.load(prepared)
+        known = {init.name for init in model.graph.initializer}
+        missing = sorted(set(weights) - known)
+        if missing:
+            raise DeployError(f"quantization-aware weights name {missing[0]!r}, which the float graph does not have")
+        for init in model.graph.initializer:
+            if init.name in weights:
+                init.CopyFrom(numpy_helper.from_array(np.asarray(weights[init.name], np.float32), init.name))
+        onnx.save(model, prepared)
+        cache = os.path.join(tmp, "calibration.json")
+        Path(cache).write_text(ranges)
+        out = os.path.join(tmp, "int8.onnx")
+        with contextlib.redirect_stdout(io.StringIO()):
+            _quantize_qdq(prepared, out, None, method, float_nodes, calibration_cache_path=cache)
+        written = onnx.load(out)
+        del written.metadata_props[:]
+        written.metadata_props.extend(previous.metadata_props)
+        atomic_write(Path(int8_path), lambda temp: onnx.save(written, str(temp)))
 
 
 def _parse_keep_float(keep_float: str, model) -> list[str] | None:
@@ -326,7 +379,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
     this CPU, timed by `speed` (a `precision_plan.SpeedSource`; default: measured here).
     """
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(calib_images) == 0:
         raise DeployError("INT8 quantisation needs calibration images; pass --calib-size N > 0")
@@ -340,7 +392,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
-        quant_pre_process(str(fp32_path), prepared, skip_symbolic_shape=True)
+        prepared_model(fp32_path, prepared)
         graph = load_onnx(prepared)  # node names as the quantiser sees them
         forced = _parse_keep_float(keep_float, graph)
         search = _HeldOutSearch(prepared, fit, held, held_labels, tmp, batch_size)
@@ -361,6 +413,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
             echo(f"INT8 plan for this CPU: {plan.chosen} ({len(float_nodes)} layers in float); "
                  f"{plan.recommendation}")
             plan = plan.to_dict()
+        ranges = search.quantizer.cache(chosen)
 
         model = onnx.load(best_path)
         del model.metadata_props[:]
@@ -370,7 +423,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
             entry.key, entry.value = INT8_PLAN_KEY, json.dumps(plan)
         atomic_write(out_path, lambda temp: onnx.save(model, str(temp)))
     return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), search.fp32_top1, best_score,
-                              candidates, sensitivity, plan)
+                              candidates, sensitivity, plan, ranges)
 
 
 def zero_points(model) -> dict[str, list[int]]:

@@ -10,6 +10,8 @@ from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.ort_quantization import CALIBRATION_CHOICES
 from sddcompress_export.tensorrt_engine import PRECISIONS
 
+from ..exporting.qat_options import QatOptions
+
 
 @click.command("export")
 @click.option("--ckpt", default=None, type=click.Path(),
@@ -59,9 +61,19 @@ from sddcompress_export.tensorrt_engine import PRECISIONS
 @click.option("--max-batch", type=int, default=DEFAULTS.max_batch, show_default=True,
               help="TensorRT profile: largest batch.")
 @click.option("--no-slim", is_flag=True, help="Skip onnxslim graph simplification.")
+@click.option("--qat-epochs", type=float, default=QatOptions.epochs, show_default=True,
+              help="Quantization-aware distillation: fine-tune the student as the INT8 model (its fake-quantised "
+                   "twin) against its teacher with SDD-DKD for this many passes over the training images, then "
+                   "write model.int8.onnx from it (needs --ort-int8; 0 = post-training quantisation only).")
+@click.option("--qat-lr", type=float, default=QatOptions.lr, show_default=True,
+              help="Learning rate of the quantization-aware fine-tuning (SGD, cosine to 0).")
+@click.option("--qat-batch-size", type=int, default=QatOptions.batch_size, show_default=True,
+              help="Batch of the quantization-aware fine-tuning.")
+@click.option("--teacher-ckpt", default=None, type=click.Path(),
+              help="Teacher for --qat-epochs. [default: the one the run was distilled from]")
 def export_cmd(ckpt, model, num_classes, input_size, out, onnx_only, trt, ort_int8, opset, batch, calib_size,
                calib_method, int8_keep_float, int8_max_drop, calib_file, val_size, data, data_dir, atol, min_agreement,
-               min_batch, opt_batch, max_batch, no_slim) -> None:
+               min_batch, opt_batch, max_batch, no_slim, qat_epochs, qat_lr, qat_batch_size, teacher_ckpt) -> None:
     """Export a checkpoint's plain model to ONNX (checked against PyTorch), and optionally to an ONNX Runtime
     INT8 model and TensorRT engines. Writes model.onnx, data.npz and export_report.json."""
     from ..exporting.pipeline import ExportOptions, run_export
@@ -72,7 +84,9 @@ def export_cmd(ckpt, model, num_classes, input_size, out, onnx_only, trt, ort_in
                              data_dir=data_dir, atol=atol, min_agreement=min_agreement, min_batch=min_batch,
                              opt_batch=opt_batch, max_batch=max_batch, slim=not no_slim,
                              calib_method=calib_method, int8_keep_float=int8_keep_float,
-                             int8_max_drop=int8_max_drop), echo=pipe_safe(click.echo))
+                             int8_max_drop=int8_max_drop,
+                             qat=QatOptions(qat_epochs, qat_lr, qat_batch_size, teacher_ckpt)),
+               echo=pipe_safe(click.echo))
 
 
 @click.command("eval-artifact")

@@ -23,24 +23,36 @@ def verdict(drop: float, max_drop: float, float_nodes: list[str]) -> str:
     return (f"NOT met: post-training quantisation loses {drop:.2f} top-1 points here "
             f"({len(float_nodes)} layers in float); fix: keep more layers float (--int8-keep-float with the "
             "most sensitive nodes listed under 'sensitivity'), calibrate on more images (--calib-size), or "
-            "fine-tune with quantisation-aware training")
+            "fine-tune the quantised student against its teacher (--qat-epochs 1)")
 
 
 def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, tensors: TensorFile,
-                 fp32_metrics: dict, ref: np.ndarray, batch: int, o, echo: Callable[[str], None]) -> dict:
+                 fp32_metrics: dict, ref: np.ndarray, batch: int, o, echo: Callable[[str], None],
+                 qat: Callable | None = None) -> dict:
     """Write model.int8.onnx and return its report entry (method, layers kept in float, drop, verdict).
 
     Only `tensors.calib_images` (training images, the first `o.calib_size`) reach the quantiser; the
-    validation images are used afterwards, to score the chosen model.
+    validation images are used afterwards, to score the chosen model. `qat(result)`, when given, fine-tunes
+    the post-training Q/DQ model and rewrites int8_path (returning its summary); both are scored.
     """
     started = time.perf_counter()
     result = chain.int8_model(onnx_path, int8_path, tensors.calib_images, tensors.calib_labels, o.calib_size,
                               o.calib_method, o.int8_keep_float, o.int8_max_drop, echo)
+    qat_summary = None
+    if qat is not None:
+        ptq = logits_metrics(predict_all(OrtClassifier(int8_path), tensors.val_images, batch), tensors.val_labels)
+        echo(f"INT8 after post-training quantisation: top-1 {ptq['top1']:.2f} (drop "
+             f"{fp32_metrics['top1'] - ptq['top1']:+.2f}); quantization-aware distillation next")
+        qat_summary = {**qat(result), "ptq_metrics": ptq, "ptq_top1_drop": fp32_metrics["top1"] - ptq["top1"]}
     seconds = time.perf_counter() - started
     int8_model = OrtClassifier(int8_path)
     logits = predict_all(int8_model, tensors.val_images, batch)
     metrics = logits_metrics(logits, tensors.val_labels)
     drop = fp32_metrics["top1"] - metrics["top1"]
+    if qat_summary is not None:
+        qat_summary["top1_drop"] = drop
+        echo(f"INT8 after quantization-aware distillation: top-1 {metrics['top1']:.2f} (drop {drop:+.2f}; "
+             f"post-training {qat_summary['ptq_top1_drop']:+.2f})")
     line = verdict(drop, o.int8_max_drop, result.float_nodes)
     echo(f"INT8: {int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s), calibration "
          f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float layers: "
@@ -58,7 +70,8 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
             "calibration_method": result.method, "calibration_requested": o.calib_method,
             "calibration_images": result.calibration_images, "held_out_images": result.held_out_images,
             "float_nodes": result.float_nodes, "float_reason": result.float_reason,
-            "top1_drop": drop, "goal": line, "latency": latency, "quantization": result.to_report()}
+            "top1_drop": drop, "goal": line, "latency": latency, "quantization": result.to_report(),
+            "qat": qat_summary}
 
 
 def latency_section(fp32_model: OrtClassifier, int8_model: OrtClassifier, images: np.ndarray) -> dict:

@@ -28,6 +28,7 @@ from ..engine.checkpoint_eval import dataset_for_checkpoint, model_from_checkpoi
 from ..errors import UserError
 from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints, require_out_given
 from .onnx_writer import check_opset, checkpoint_metadata, write_onnx
+from .qat_options import QatOptions
 from .tensor_data import write_tensor_file
 
 
@@ -56,6 +57,7 @@ class ExportOptions:
     calib_method: str = DEFAULTS.calib_method
     int8_keep_float: str = DEFAULTS.keep_float
     int8_max_drop: float = DEFAULTS.max_drop
+    qat: QatOptions = field(default_factory=QatOptions)  # quantization-aware distillation (qat.epochs > 0)
 
     @property
     def batches(self) -> tuple[int, int, int]:
@@ -97,6 +99,9 @@ def _validate(o: ExportOptions) -> None:
         raise UserError(f"--int8-max-drop must be >= 0, got {o.int8_max_drop}")
     if o.ort_int8 and o.calib_size == 0:
         raise UserError("--ort-int8 needs calibration data: pass --calib-size N (> 0)")
+    o.qat.validate()
+    if o.qat.epochs and not o.ort_int8:
+        raise UserError("--qat-epochs fine-tunes the INT8 model: add --ort-int8")
 
 
 @dataclass
@@ -132,7 +137,8 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     tensors, meta = _tensor_file_step(run, ckpt_path, ckpt)
     onnx_path, fp32_model, ref, fp32_metrics = _onnx_step(run, net, meta, tensors)
     if o.ort_int8:
-        _int8_step(run, onnx_path, fp32_model, tensors, fp32_metrics, ref)
+        _int8_step(run, onnx_path, fp32_model, tensors, fp32_metrics, ref, _qat_step(run, ckpt) if o.qat.epochs
+                   else None)
     trt_error = _tensorrt_step(run, onnx_path, tensors, ref) if o.trt else None
     run.report["status"] = "ok" if trt_error is None else "tensorrt unavailable"
     write_report(run.report_path, run.report)
@@ -223,13 +229,33 @@ def _score_batch(o: ExportOptions) -> int:
     return 64 if o.batch == "dynamic" else 1
 
 
+def _qat_step(run: _Export, ckpt: dict):
+    """The quantization-aware distillation the INT8 step runs after post-training quantisation: on the run's
+    training images (its dataset, or --data), against its teacher (or --teacher-ckpt)."""
+    from .qat import qat_int8, teacher_path
+
+    o = run.o
+    teacher_path(ckpt, o.qat.teacher_ckpt)  # a missing teacher is refused before anything is written
+    data = o.data or ckpt.get("data")
+    if not data:
+        raise UserError("--qat-epochs trains on the student's training images: pass --data")
+    bundle = dataset_for_checkpoint(ckpt, data, o.data_dir, ckpt["model"].get("input_size") or 32)
+    onnx_path, int8_path = run.out / ONNX_FILE, run.out / INT8_FILE
+
+    def qat(result) -> dict:
+        return qat_int8(ckpt, bundle, onnx_path, int8_path, result, o.qat, run.echo)
+
+    return qat
+
+
 def _int8_step(run: _Export, onnx_path: Path, fp32_model, tensors: TensorFile, fp32_metrics: dict,
-               ref: np.ndarray) -> None:
-    """INT8 (static, symmetric QDQ, per-channel): one model.int8.onnx for ONNX Runtime and TensorRT."""
+               ref: np.ndarray, qat=None) -> None:
+    """INT8 (static, symmetric QDQ, per-channel): one model.int8.onnx for ONNX Runtime and TensorRT;
+    `qat` (from `_qat_step`) fine-tunes it as quantised against the teacher."""
     from .int8_report import int8_section
 
     info = int8_section(onnx_path, fp32_model, run.out / INT8_FILE, tensors, fp32_metrics, ref,
-                        _score_batch(run.o), run.o, run.echo)
+                        _score_batch(run.o), run.o, run.echo, qat)
     run.report["artifacts"]["ort_int8"] = info
     reason = nonfinite_reason(info["parity"], info["path"])
     if reason:

@@ -1,0 +1,162 @@
+"""Quantization-aware distillation for `sddcompress export --qat-epochs N`.
+
+After post-training quantisation has decided the Q/DQ model (activation ranges, layers kept in float,
+precision plan), the student is fine-tuned *as that model* (`QdqNet`: torch's fake quantisation at exactly
+the tensors ONNX Runtime quantises) against its teacher with the SDD-DKD objective, then written back through
+the same INT8 stage with the same ranges and float layers (`quantize_with_weights`).
+
+The fine-tuning learns from the teacher only: every image's label is the teacher's prediction (the
+objective's unlabelled path), so it needs no labels beyond those the run had, and a label-scarce run stays
+label-scarce. It reads the run's training images with the run's augmentation; BatchNorm is already folded
+into the convolutions, so nothing else changes between training and the deployed model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.label_scarce import UNLABELLED
+from ..errors import UserError
+from ..losses import Objective, make_method
+from ..models import LocalLogits
+from ..models.local_logits import pool_regions
+from .qat_options import QatOptions
+
+QAT_METHOD = "sdd-dkd"
+RUN_OPTIONS = ("temperature", "alpha", "beta", "gamma", "scales")  # taken from the run when it set them
+
+
+def teacher_path(ckpt: dict, given: str | None) -> str:
+    """The teacher checkpoint: `given`, else the one the run was distilled from; one line if there is none."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    path = given or config.get("teacher_ckpt")
+    if not path:
+        raise UserError("--qat-epochs distils from a teacher: pass --teacher-ckpt PATH (the checkpoint does not "
+                        "name one)")
+    if not Path(path).is_file():
+        where = "--teacher-ckpt" if given else "the run's teacher checkpoint"
+        raise UserError(f"{where} '{path}' is not a file; pass --teacher-ckpt PATH")
+    return str(path)
+
+
+def _teacher(path: str, num_classes: int, input_size: int, scales: tuple[int, ...]) -> LocalLogits:
+    from ..engine.checkpoint_eval import model_from_checkpoint
+
+    model, record = model_from_checkpoint(path)
+    if record["model"]["num_classes"] != num_classes:
+        raise UserError(f"teacher '{path}' has {record['model']['num_classes']} classes, the student {num_classes}; "
+                        "pass the --teacher-ckpt it was distilled from")
+    saved = record["model"].get("input_size")
+    if saved not in (None, input_size):
+        raise UserError(f"teacher '{path}' was trained at {saved} px, the student at {input_size} px; pass a "
+                        "teacher for the student's input size")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LocalLogits(model.eval(), input_size, scales, "teacher")
+
+
+def student_local_logits(net, images: torch.Tensor, scales: tuple[int, ...]):
+    """(logits, SDD local logits (B, K, N)) of the Q/DQ student: every region through its quantised head."""
+    logits, feature, head = net.features_and_head(images)
+    regions = pool_regions(feature, scales)  # (B, C, N)
+    b, c, n = regions.shape
+    local = head(regions.permute(0, 2, 1).reshape(b * n, c))
+    return logits, local.reshape(b, n, -1).permute(0, 2, 1)
+
+
+def distill_qdq(net, images, transform, teacher: LocalLogits, options: QatOptions, method_options: dict,
+                seed: int, echo: Callable[[str], None]) -> dict:
+    """Fine-tune `net` (a QdqNet) in place on the training `images` (a dataset of (image, label); the labels
+    are not read) under `transform`, seeded per (seed, epoch, index) like training; returns a summary."""
+    from ..data.augment import EpochShuffleSampler, SeededTransform
+
+    method = make_method(QAT_METHOD, **{**method_options, "warmup_epochs": 0.0})
+    objective = Objective(method)
+    torch.manual_seed(seed)
+    dataset = SeededTransform(images, transform, seed)
+    batch = min(options.batch_size, len(dataset))
+    per_epoch = len(dataset) // batch
+    steps = max(1, round(options.epochs * per_epoch))
+    sampler = EpochShuffleSampler(len(dataset), seed)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=0)
+    optimizer = torch.optim.SGD(list(net.parameters()), lr=options.lr, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    net.train()
+    started, losses, epoch = time.perf_counter(), [], 0
+    echo(f"QAT: {steps} steps ({options.epochs:g} epochs of {per_epoch}) of {QAT_METHOD} from the teacher, batch "
+         f"{batch}, lr {options.lr:g}; the teacher's predictions stand in for the labels")
+    while len(losses) < steps:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        for x, _ in loader:
+            with torch.no_grad():
+                t_logits, t_local = teacher(x)
+            s_logits, s_local = student_local_logits(net, x, method.scales)
+            no_labels = torch.full((x.shape[0],), UNLABELLED, dtype=torch.long)
+            loss = objective(s_logits, no_labels, teacher_logits=t_logits, student_local=s_local,
+                             teacher_local=t_local, epoch_progress=1.0)["loss"]
+            if not torch.isfinite(loss):
+                raise UserError("quantization-aware training: the loss is not finite; pass a smaller --qat-lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if len(losses) >= steps:
+                break
+        epoch += 1
+    bad = [name for name, value in net.float_weights().items() if not np.isfinite(value).all()]
+    if bad:
+        raise UserError(f"quantization-aware training left non-finite weights in {bad[0]}; pass a smaller --qat-lr")
+    tenth = max(1, len(losses) // 10)
+    summary = {"steps": len(losses), "seconds": time.perf_counter() - started, "batch_size": batch,
+               "lr": options.lr, "epochs": options.epochs, "method": QAT_METHOD,
+               "labels": "the teacher's predictions", "loss_first": float(np.mean(losses[:tenth])),
+               "loss_last": float(np.mean(losses[-tenth:]))}
+    echo(f"QAT: {summary['steps']} steps in {summary['seconds']:.1f}s; loss {summary['loss_first']:.4f} -> "
+         f"{summary['loss_last']:.4f} (mean of the first and last tenth)")
+    return summary
+
+
+def quantization_aware_net(fp32_path: Path, int8_path: Path):
+    """The Q/DQ model at `int8_path` as a trainable `QdqNet`, its float weights from `fp32_path`."""
+    import tempfile
+
+    import onnx
+    from sddcompress_export.ort_quantization import prepared_model
+
+    from .qdq_net import QdqNet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        prepared_model(fp32_path, prepared)
+        return QdqNet(onnx.load(str(int8_path)), onnx.load(str(prepared)))
+
+
+def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, options: QatOptions,
+             echo: Callable[[str], None]) -> dict:
+    """Fine-tune the student as the Q/DQ model at `int8_path`, then rewrite that file from the result through
+    the INT8 stage (same activation ranges, same float layers). Returns the fine-tuning's summary."""
+    from sddcompress_export.ort_quantization import quantize_with_weights
+
+    if result.ranges is None:
+        raise UserError("quantization-aware training needs ONNX Runtime's calibration cache (onnxruntime 1.24 or "
+                        "newer); upgrade onnxruntime or export without --qat-epochs")
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    path = teacher_path(ckpt, options.teacher_ckpt)
+    method_options = {k: config.get(k) for k in RUN_OPTIONS if config.get(k) is not None}
+    scales = make_method(QAT_METHOD, **method_options).scales
+    teacher = _teacher(path, bundle.num_classes, bundle.input_size, scales)
+    net = quantization_aware_net(fp32_path, int8_path)
+    summary = distill_qdq(net, bundle.train, bundle.train_transform, teacher, options, method_options,
+                          int(config.get("seed") or 0), echo)
+    quantize_with_weights(fp32_path, int8_path, net.float_weights(), result.ranges, result.method,
+                          result.float_nodes)
+    return {**summary, "teacher_ckpt": path}

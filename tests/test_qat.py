@@ -1,0 +1,136 @@
+"""Quantization-aware distillation: the fake-quantised student is the Q/DQ model ONNX Runtime runs, before and
+after fine-tuning, and `sddcompress export --qat-epochs` writes that model; bad QAT options get one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import assert_one_line_error, sdd_config
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher_ckpt, tmp_path_factory) -> str:
+    """A tiny SDD-DKD student of the session teacher (digits, 16 px)."""
+    from sddcompress.engine.trainer import run
+
+    out = tmp_path_factory.mktemp("qat-student")
+    return str(run(sdd_config(out, teacher_ckpt), echo=lambda s: None).best)
+
+
+@pytest.fixture(scope="module")
+def float_export(distilled, tmp_path_factory) -> Path:
+    """The student's model.onnx and data.npz (no INT8)."""
+    from sddcompress.exporting.pipeline import ExportOptions, run_export
+
+    out = tmp_path_factory.mktemp("qat-export")
+    run_export(ExportOptions(ckpt=distilled, out=str(out), calib_size=96, val_size=128), echo=lambda s: None)
+    return out
+
+
+def _ort_logits(path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def _logit_step(net) -> float:
+    """The quantisation step of the model's output (its last QuantizeLinear)."""
+    last = [q for name, q in net.act_q.items()][-1]
+    return last[0]
+
+
+def _ptq(float_export: Path, tmp_path: Path, keep_float: str):
+    from sddcompress_export.ort_quantization import quantize_int8
+
+    data = np.load(float_export / "data.npz")
+    path = tmp_path / "model.int8.onnx"
+    result = quantize_int8(float_export / "model.onnx", path, data["calib_images"], data["calib_labels"],
+                           method="minmax", keep_float=keep_float)
+    return path, result, data["val_images"].astype(np.float32)
+
+
+@pytest.mark.parametrize("keep_float", ["none", "ends"])
+def test_fake_quantised_student_is_the_onnxruntime_int8_model(float_export, tmp_path, keep_float):
+    from sddcompress.exporting.qat import quantization_aware_net
+
+    path, result, images = _ptq(float_export, tmp_path, keep_float)
+    net = quantization_aware_net(float_export / "model.onnx", path).eval()
+    float_layers = {n for op, ins, _, _ in net.nodes if op == "Conv" for n in ins[1:2] if n in net._param_index
+                    and not any(n == w for w, _ in net.weight_of.values())}
+    assert bool(float_layers) == (keep_float == "ends") and len(result.float_nodes) == (2 if keep_float == "ends" else 0)
+    with torch.no_grad():
+        ours = net(torch.from_numpy(images)).numpy()
+    theirs = _ort_logits(path, images)
+    assert np.abs(ours - theirs).max() <= _logit_step(net) * 1.001
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.99
+
+
+def test_qat_export_equals_the_fine_tuned_fake_quant_model(float_export, teacher_ckpt, distilled, tmp_path):
+    from sddcompress.engine.checkpoint import load_checkpoint
+    from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
+    from sddcompress.exporting.qat import _teacher, distill_qdq, quantization_aware_net
+    from sddcompress.exporting.qat_options import QatOptions
+    from sddcompress_export.ort_quantization import quantize_with_weights
+
+    path, result, images = _ptq(float_export, tmp_path, "ends")
+    before = _ort_logits(path, images)
+    net = quantization_aware_net(float_export / "model.onnx", path)
+    start = {k: v.copy() for k, v in net.float_weights().items()}
+    ckpt = load_checkpoint(distilled)
+    bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
+    teacher = _teacher(teacher_ckpt, bundle.num_classes, 16, (1, 2, 4))
+    summary = distill_qdq(net, bundle.train, bundle.train_transform, teacher, QatOptions(epochs=0.1, lr=0.01), {},
+                          0, lambda s: None)
+    assert summary["steps"] == round(0.1 * (len(bundle.train) // 64))
+    moved = [k for k, v in net.float_weights().items() if not np.array_equal(v, start[k])]
+    assert len(moved) == len(start)  # every weight trains, float layers included
+    quantize_with_weights(float_export / "model.onnx", path, net.float_weights(), result.ranges, result.method,
+                          result.float_nodes)
+    net.eval()
+    with torch.no_grad():
+        ours = net(torch.from_numpy(images)).numpy()
+    after = _ort_logits(path, images)
+    assert np.abs(ours - after).max() <= _logit_step(net) * 1.001
+    assert not np.array_equal(before, after)
+
+
+def test_export_with_qat_reports_both_and_keeps_the_plan(distilled, cli, tmp_path):
+    out = tmp_path / "export"
+    code, stdout, err = cli("export", "--ckpt", distilled, "--out", str(out), "--ort-int8", "--calib-size", "64",
+                            "--val-size", "100", "--int8-keep-float", "ends", "--qat-epochs", "0.05")
+    assert code == 0, err
+    int8 = json.loads((out / "export_report.json").read_text())["artifacts"]["ort_int8"]
+    qat = int8["qat"]
+    assert qat["steps"] >= 1 and qat["method"] == "sdd-dkd" and qat["labels"] == "the teacher's predictions"
+    assert qat["top1_drop"] == int8["top1_drop"] and "ptq_top1_drop" in qat
+    assert int8["float_nodes"] == int8["quantization"]["float_nodes"] and len(int8["float_nodes"]) == 2
+    assert "quantization-aware distillation: top-1" in stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--qat-epochs", "-1"], ["--qat-epochs must be a number >= 0"]),
+    (["--qat-epochs", "nan"], ["--qat-epochs must be a number >= 0"]),
+    (["--qat-epochs", "1", "--qat-lr", "0"], ["--qat-lr must be a number > 0"]),
+    (["--qat-epochs", "1", "--qat-batch-size", "0"], ["--qat-batch-size must be >= 1"]),
+    (["--qat-epochs", "1", "--no-int8"], ["add --ort-int8"]),
+    (["--qat-epochs", "1", "--teacher-ckpt", "missing.pt"], ["--teacher-ckpt 'missing.pt' is not a file"]),
+])
+def test_bad_qat_options_get_one_line(distilled, cli, tmp_path, args, fragments):
+    int8 = [] if "--no-int8" in args else ["--ort-int8"]
+    args = [a for a in args if a != "--no-int8"]
+    result = cli("export", "--ckpt", distilled, "--out", str(tmp_path / "e"), *int8, "--calib-size", "32",
+                 "--val-size", "32", *args)
+    assert_one_line_error(result, *fragments)
+
+
+def test_qat_without_a_teacher_names_the_option(teacher_ckpt, cli, tmp_path):
+    """A run trained alone (no teacher in its config) needs --teacher-ckpt."""
+    result = cli("export", "--ckpt", teacher_ckpt, "--out", str(tmp_path / "e"), "--ort-int8", "--calib-size", "32",
+                 "--val-size", "32", "--qat-epochs", "1")
+    assert_one_line_error(result, "pass --teacher-ckpt PATH")
