@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teacher-epochs", type=int, default=30, help="teacher epochs (on the whole train split)")
     ap.add_argument("--student", default="resnet20")
     ap.add_argument("--methods", default=None, help="comma separated [default: every registered method]")
+    ap.add_argument("--label-scarce-methods", default=None,
+                    help="comma separated, for the label-scarce scenario (its runs take 1/--subset times the "
+                         "steps) [default: --methods]")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10, help="student epochs")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
@@ -362,7 +365,7 @@ class Sweep:
         self.args, self.out, self.methods, self.settings, self.teacher_data, self.log = \
             args, out, methods, settings, teacher_data, log
         self.plan = [(scenario, seed, method) for scenario in settings["scenarios"] for seed in settings["seeds"]
-                     for method in methods]
+                     for method in settings["scenario_methods"][scenario]]
         self.ce_epochs = args.epochs  # label-scarce CE: as many optimiser steps as a distillation run
         if "label-scarce" in settings["scenarios"]:
             from sddcompress.data.label_scarce import matched_steps
@@ -490,6 +493,7 @@ def main(argv: list[str] | None = None) -> dict:
     source_data, teacher_data = _prepare_data(args, out)
     methods = _methods(args, method_names())
     scenarios = _scenarios(args)
+    scarce = _methods(argparse.Namespace(methods=args.label_scarce_methods or ",".join(methods)), method_names())
     log_file = (out / "sweep.log").open("a")
 
     def log(text: str) -> None:
@@ -500,7 +504,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"data": source_data, "data_used": args.data, "teacher_data": teacher_data,
                 "val_per_class": args.val_per_class, "input_size": args.input_size, "teacher": args.teacher,
                 "student": args.student, "teacher_epochs": args.teacher_epochs, "epochs": args.epochs,
-                "scenarios": scenarios, "subset": args.subset, "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size,
+                "scenarios": scenarios, "scenario_methods": {s: scarce if s == "label-scarce" else methods
+                                                             for s in scenarios}, "subset": args.subset, "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size,
                 "lr": args.lr, "beta": args.beta, "seeds": list(range(args.seeds)), "methods": methods,
                 "max_train_batches": args.max_train_batches, "threads": torch.get_num_threads()}
     log(f"methods sweep (pid {os.getpid()}): {json.dumps(settings)}")
