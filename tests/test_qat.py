@@ -74,7 +74,7 @@ def test_fake_quantised_student_is_the_onnxruntime_int8_model(float_export, tmp_
 def test_qat_export_equals_the_fine_tuned_fake_quant_model(float_export, teacher_ckpt, distilled, tmp_path):
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
-    from sddcompress.exporting.qat import _teacher, distill_qdq, quantization_aware_net
+    from sddcompress.exporting.qat import load_teacher, distill_qdq, quantization_aware_net
     from sddcompress.exporting.qat_options import QatOptions
     from sddcompress_export.ort_quantization import quantize_with_weights
 
@@ -84,7 +84,7 @@ def test_qat_export_equals_the_fine_tuned_fake_quant_model(float_export, teacher
     start = {k: v.copy() for k, v in net.float_weights().items()}
     ckpt = load_checkpoint(distilled)
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
-    teacher = _teacher(teacher_ckpt, bundle.num_classes, 16, (1, 2, 4))
+    teacher = load_teacher(teacher_ckpt, bundle.num_classes, 16, (1, 2, 4))
     summary = distill_qdq(net, bundle.train, bundle.train_transform, teacher, QatOptions(epochs=0.1, lr=0.01), {},
                           0, lambda s: None)
     assert summary["steps"] == round(0.1 * (len(bundle.train) // 64))

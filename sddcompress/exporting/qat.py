@@ -13,7 +13,6 @@ into the convolutions, so nothing else changes between training and the deployed
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -46,7 +45,7 @@ def teacher_path(ckpt: dict, given: str | None) -> str:
     return str(path)
 
 
-def _teacher(path: str, num_classes: int, input_size: int, scales: tuple[int, ...]) -> LocalLogits:
+def load_teacher(path: str, num_classes: int, input_size: int, scales: tuple[int, ...]) -> LocalLogits:
     from ..engine.checkpoint_eval import model_from_checkpoint
 
     model, record = model_from_checkpoint(path)
@@ -153,7 +152,7 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     path = teacher_path(ckpt, options.teacher_ckpt)
     method_options = {k: config.get(k) for k in RUN_OPTIONS if config.get(k) is not None}
     scales = make_method(QAT_METHOD, **method_options).scales
-    teacher = _teacher(path, bundle.num_classes, bundle.input_size, scales)
+    teacher = load_teacher(path, bundle.num_classes, bundle.input_size, scales)
     net = quantization_aware_net(fp32_path, int8_path)
     summary = distill_qdq(net, bundle.train, bundle.train_transform, teacher, options, method_options,
                           int(config.get("seed") or 0), echo)
