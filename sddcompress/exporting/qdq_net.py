@@ -5,15 +5,15 @@ convolutions) with QuantizeLinear/DequantizeLinear pairs on the tensors it quant
 symmetric int8 weights (scale max |w| / 127, range -127..127), int32 biases (scale = input scale x weight
 scale) and the layers the precision plan keeps in float. `QdqNet` runs that graph node by node in torch:
 
-- an activation QuantizeLinear is torch's fake quantisation with the model's own scale and zero point
-  (fixed: the ranges the INT8 stage calibrated); its DequantizeLinear passes the value on;
+- an activation QuantizeLinear is fake quantisation (`FakeQuantize`: ONNX Runtime's arithmetic, torch's
+  straight-through gradient) with the model's own scale and zero point (fixed: the ranges the INT8 stage
+  calibrated); its DequantizeLinear passes the value on;
 - a quantised weight is a trainable float parameter, started from the float graph's weight and fake
   quantised per output channel with the scale ONNX Runtime would give it now (max |w| / 127); its bias is
   rounded to its int32 step (input scale x weight scale) the same way;
 - float layers keep plain float parameters.
 
-Gradients pass through the rounding as through the identity inside the clipping range (torch's fake
-quantisation). `float_weights()` gives the trained weights back under their float graph names, for the INT8
+Gradients pass through the rounding as through the identity inside the clipping range. `float_weights()` gives the trained weights back under their float graph names, for the INT8
 stage to quantise again with the same ranges and float layers: that file is the model trained here, to
 rounding. `features_and_head` exposes the map before the global pooling and the rest of the graph after it,
 so SDD's local logits are computed through the quantised classifier as well.
@@ -127,14 +127,32 @@ OPS = {
     "Concat": lambda i, a, n: torch.cat(i, dim=a["axis"]),
     "Split": lambda i, a, n: _split(i[0], i[1] if len(i) > 1 else None, a, n),
     "Slice": lambda i, a, n: _slice(*i),
+    "BatchNormalization": lambda i, a, n: F.batch_norm(i[0], i[3], i[4], i[1], i[2], False, 0.0,
+                                                       a.get("epsilon", 1e-5)),
     "Identity": lambda i, a, n: i[0],
     "Dropout": lambda i, a, n: i[0],
 }
 POOL_OPS = ("GlobalAveragePool", "ReduceMean")
 
 
-def _fake_per_tensor(x: torch.Tensor, scale: float, zero_point: int, qrange: tuple[int, int]) -> torch.Tensor:
-    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, *qrange)
+class FakeQuantize(torch.autograd.Function):
+    """x -> (clamp(round(x / scale) + zero_point, lo, hi) - zero_point) * scale, as ONNX Runtime's
+    QuantizeLinear + DequantizeLinear compute it: a float32 division and rounding half to even. (torch's
+    fake_quantize ops multiply by 1 / scale instead, which rounds a value lying within an ulp of a half
+    step the other way, and then a weight or activation differs from the deployed one by a whole step.)
+    The gradient passes straight through where the rounded value is inside lo..hi, and is 0 outside, as
+    torch's fake quantisation does. `scale` and `zero_point` broadcast against x (per channel or tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, lo: int, hi: int):
+        q = torch.round(x / scale) + zero_point
+        ctx.save_for_backward((q >= lo) & (q <= hi))
+        return (q.clamp(lo, hi) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
 
 
 def weight_scales(w: torch.Tensor) -> torch.Tensor:
@@ -144,10 +162,11 @@ def weight_scales(w: torch.Tensor) -> torch.Tensor:
 
 
 def fake_weight(w: torch.Tensor, axis: int = 0) -> torch.Tensor:
-    """The weight as its int8 per-channel values dequantized; the gradient passes straight through."""
+    """The weight as its int8 per-channel values dequantized (scales from the weight as it is now)."""
     scales = weight_scales(w if axis == 0 else w.transpose(0, axis))
-    zeros = torch.zeros_like(scales, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scales, zeros, axis, *WEIGHT_RANGE)
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    return FakeQuantize.apply(w, scales.reshape(shape), 0.0, *WEIGHT_RANGE)
 
 
 class QdqNet(nn.Module):
@@ -252,7 +271,7 @@ class QdqNet(nn.Module):
                 continue
             if op == "QuantizeLinear":
                 scale, zp, qrange = self.act_q[outs[0]]
-                env[outs[0]] = _fake_per_tensor(env[ins[0]], scale, zp, qrange)
+                env[outs[0]] = FakeQuantize.apply(env[ins[0]], scale, float(zp), *qrange)
                 continue
             inputs = [self._value(name, env, device) for name in ins]
             result = OPS[op](inputs, attrs, len(outs))
