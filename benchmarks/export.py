@@ -18,6 +18,12 @@ chosen for this CPU (its candidate, the layers kept float), what to ship, and th
 as a ratio to fp32 at batch 1 and 32 (interleaved call by call):
 
     python benchmarks/export.py --families resnet20,mobile_half --epochs 3 --out /tmp/families
+
+`--qat-epochs N` adds, per trained family, the same INT8 model after quantization-aware distillation
+(`sddcompress export --qat-epochs`) from one resnet56 teacher trained on digits first: its top-1, drop and
+time ratios, timed in the same interleaved rounds as fp32 and the post-training INT8 model.
+
+    python benchmarks/export.py --families all --epochs 3 --qat-epochs 2 --out /tmp/families
 """
 
 from __future__ import annotations
@@ -48,7 +54,36 @@ FAMILIES = ("resnet20", "resnet8x4", "wrn_16_2", "vgg8", "mobile_half", "shuffle
             "mobilenetv2", "shufflenetv2", "mobilenet_v3_small")
 
 
-def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int) -> dict:
+def train_teacher(out: Path, epochs: int) -> str:
+    """The resnet56 teacher the QAT rows distil from (digits, 32 px, every label)."""
+    from sddcompress.engine.config import TrainConfig
+    from sddcompress.engine.trainer import run
+
+    return str(run(TrainConfig(model="resnet56", data="digits", input_size=32, epochs=epochs, batch_size=64, lr=0.05,
+                               schedule="cosine", out=str(out / "teacher-resnet56"), cpu=True, log_every=10**6),
+                   echo=lambda s: None).best)
+
+
+def qat_model(checkpoint: str, onnx_path: str, ptq, folder: Path, epochs: float, teacher: str) -> tuple[Path, dict]:
+    """The post-training INT8 model `ptq` fine-tuned by quantization-aware distillation, beside it."""
+    import shutil
+
+    from sddcompress.engine.checkpoint import load_checkpoint
+    from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
+    from sddcompress.exporting.qat import qat_int8
+    from sddcompress.exporting.qat_options import QatOptions
+
+    path = folder / "model.qat.int8.onnx"
+    shutil.copyfile(ptq.path, path)
+    ckpt = load_checkpoint(checkpoint)
+    bundle = dataset_for_checkpoint(ckpt, "digits", None, 32)
+    summary = qat_int8(ckpt, bundle, Path(onnx_path), path, ptq, QatOptions(epochs, teacher_ckpt=teacher),
+                       echo=lambda s: None)
+    return path, summary
+
+
+def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, qat_epochs: float = 0.0,
+               teacher: str | None = None) -> dict:
     """Train `name` briefly on digits at 32 px (or not at all), export, quantise with the default chain
     (accuracy, then the precision plan for this CPU) and time the chosen INT8 model against fp32."""
     import numpy as np
@@ -62,6 +97,7 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int) -
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    checkpoint = None
     if epochs > 0:
         result = run(TrainConfig(model=name, data="digits", input_size=32, epochs=epochs, batch_size=64, lr=0.05,
                                  schedule="cosine", out=str(folder / "train"), cpu=True, log_every=10**6),
@@ -69,6 +105,7 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int) -
         report = run_export(ExportOptions(ckpt=str(result.best), out=str(folder), calib_size=calib_size),
                             echo=lambda s: None)
         onnx_path, data = report["artifacts"]["onnx"]["path"], load_tensor_file(report["tensor_file"]["path"])
+        checkpoint = str(result.best)
     else:  # untrained weights: the graph and its timing only
         torch.manual_seed(0)
         net = build_model(name, 10, 32).eval()
@@ -93,10 +130,18 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int) -
            "layers": len(plan.get("layer_costs_us", {})), "train_export_seconds": train_seconds,
            "quantize_seconds": quantize_seconds,
            "candidates": {c["name"]: c["ratio"] for c in plan.get("candidates", [])}}
+    models = {"fp32": fp32, "int8": int8}
+    if qat_epochs and checkpoint:
+        qat_path, summary = qat_model(checkpoint, onnx_path, result, folder, qat_epochs, teacher)
+        models["qat"] = OrtClassifier(qat_path)
+        row["qat_top1"] = score(models["qat"], data.val_images, data.val_labels)["top1"]
+        row.update(qat_drop=fp32_top1 - row["qat_top1"], qat_steps=summary["steps"], qat_seconds=summary["seconds"])
     for batch, rounds in zip(BATCHES, (calls * 4, calls)):
-        ms = median_ms_side_by_side({"fp32": fp32, "int8": int8}, batch_of(data.val_images, batch), rounds=rounds)
+        ms = median_ms_side_by_side(models, batch_of(data.val_images, batch), rounds=rounds)
         row[f"x_fp32_b{batch}"] = ms["int8"] / ms["fp32"]
         row[f"fp32_ms_b{batch}"] = ms["fp32"]
+        if "qat" in ms:
+            row[f"qat_x_fp32_b{batch}"] = ms["qat"] / ms["fp32"]
     return row
 
 
@@ -104,14 +149,18 @@ def families_main(args) -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="sddcompress-families-"))
     rows = []
     names = FAMILIES if args.families == "all" else args.families.split(",")
+    teacher = train_teacher(out, max(2 * args.epochs, 4)) if args.qat_epochs and args.epochs > 0 else None
+    qat_head = f"{'qat':>7}{'drop':>7}{'b=1 x':>7}{'b=32 x':>8}" if teacher else ""
     print(f"{'family':<20}{'fp32':>7}{'int8':>7}{'drop':>7}  {'plan':<20}{'float':>8}{'ship':>6}"
-          f"{'b=1 x':>7}{'b=32 x':>8}", flush=True)
+          f"{'b=1 x':>7}{'b=32 x':>8}{qat_head}", flush=True)
     for name in names:
-        row = family_row(name, out, args.epochs, args.calib_size, args.calls)
+        row = family_row(name, out, args.epochs, args.calib_size, args.calls, args.qat_epochs, teacher)
         rows.append(row)
+        qat = (f"{row['qat_top1']:>7.2f}{row['qat_drop']:>+7.2f}{row['qat_x_fp32_b1']:>7.2f}"
+               f"{row['qat_x_fp32_b32']:>8.2f}") if "qat_top1" in row else ""
         print(f"{name:<20}{row['fp32_top1']:>7.2f}{row['int8_top1']:>7.2f}{row['drop']:>+7.2f}  {row['plan']:<20}"
               f"{len(row['float_nodes']):>4}/{row['layers']:<3}{row['ship']:>6}{row['x_fp32_b1']:>7.2f}"
-              f"{row['x_fp32_b32']:>8.2f}", flush=True)
+              f"{row['x_fp32_b32']:>8.2f}{qat}", flush=True)
         (out / "families.json").write_text(json.dumps(rows, indent=2))
     print(f"rows: {out / 'families.json'}")
 
@@ -131,6 +180,8 @@ def main() -> None:
     ap.add_argument("--families", default=None,
                     help=f"comma-separated student families, or all ({', '.join(FAMILIES)}): one row each")
     ap.add_argument("--epochs", type=int, default=3, help="with --families: training epochs on digits (0: untrained)")
+    ap.add_argument("--qat-epochs", type=float, default=0.0,
+                    help="with --families: also quantization-aware distillation, this many epochs, per trained family")
     args = ap.parse_args()
     if args.families:
         return families_main(args)

@@ -61,6 +61,19 @@ def load_teacher(path: str, num_classes: int, input_size: int, scales: tuple[int
     return LocalLogits(model.eval(), input_size, scales, "teacher")
 
 
+def fitting_scales(net, scales: tuple[int, ...], input_size: int, echo: Callable[[str], None]) -> tuple[int, ...]:
+    """The SDD scales the student's last feature map can serve (a 1x1 map: the global region only); a
+    reduction is said in one line."""
+    with torch.no_grad():
+        _, feature, _ = net.features_and_head(torch.zeros(1, 3, input_size, input_size))
+    side = min(feature.shape[-2:])
+    kept = tuple(s for s in scales if s <= side) or (1,)
+    if kept != tuple(scales):
+        echo(f"QAT: the student's last feature map is {feature.shape[-2]}x{feature.shape[-1]}: SDD scales "
+             f"{','.join(map(str, kept))} (of {','.join(map(str, scales))})")
+    return kept
+
+
 def student_local_logits(net, images: torch.Tensor, scales: tuple[int, ...]):
     """(logits, SDD local logits (B, K, N)) of the Q/DQ student: every region through its quantised head."""
     logits, feature, head = net.features_and_head(images)
@@ -151,9 +164,10 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     path = teacher_path(ckpt, options.teacher_ckpt)
     method_options = {k: config.get(k) for k in RUN_OPTIONS if config.get(k) is not None}
-    scales = make_method(QAT_METHOD, **method_options).scales
-    teacher = load_teacher(path, bundle.num_classes, bundle.input_size, scales)
     net = quantization_aware_net(fp32_path, int8_path)
+    scales = fitting_scales(net, make_method(QAT_METHOD, **method_options).scales, bundle.input_size, echo)
+    method_options["scales"] = scales
+    teacher = load_teacher(path, bundle.num_classes, bundle.input_size, scales)
     summary = distill_qdq(net, bundle.train, bundle.train_transform, teacher, options, method_options,
                           int(config.get("seed") or 0), echo)
     quantize_with_weights(fp32_path, int8_path, net.float_weights(), result.ranges, result.method,
