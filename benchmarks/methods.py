@@ -516,4 +516,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from sddcompress.engine.trainer import Interrupted
+    from sddcompress.errors import UserError
+
+    try:
+        main()
+    except (UserError, Interrupted) as exc:  # a stopped run keeps its checkpoint: re-running resumes the sweep
+        sys.exit(f"error: {exc}")

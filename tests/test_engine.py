@@ -157,14 +157,18 @@ def _distill_args(out: Path, teacher_ckpt: str, epochs: int = 3) -> list[str]:
             *tiny_args(epochs=epochs, max_train_batches=12, batch_size=16, log_every=1)]
 
 
-def _start_and_stop_mid_epoch(cmd: list[str], sig: int) -> int:
-    """Start the run, wait for the 2nd epoch's 5th batch, send `sig`; return the exit code."""
+def _start_and_stop_mid_epoch(cmd: list[str], sig: int, group: bool = False) -> int:
+    """Start the run, wait for the 2nd epoch's 5th batch, send `sig` (to its whole process group with `group`);
+    return the exit code."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=group)
     deadline = time.time() + 300
     for line in proc.stdout:
         if "epoch 2/3 batch 5/12" in line:
-            proc.send_signal(sig)
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             break
         assert time.time() < deadline, "run never reached epoch 2"
     proc.stdout.read()
@@ -195,6 +199,15 @@ def test_sigterm_saves_mid_epoch_and_resume_gives_identical_weights(tmp_path, te
     assert_same_weights(reference / "checkpoints" / "latest.pt", stopped / "checkpoints" / "latest.pt")
     lines = (stopped / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves_mid_epoch(tmp_path, teacher_ckpt):
+    """Workers ignore the signal, so the training process alone decides: checkpoint at a step, exit 130."""
+    stopped = tmp_path / "stopped"
+    cmd = _cli_cmd(*_distill_args(stopped, teacher_ckpt), "--workers", "1")
+    assert _start_and_stop_mid_epoch(cmd, signal.SIGTERM, group=True) == 130
+    mid = load_checkpoint(stopped / "checkpoints" / "latest.pt")
+    assert mid["epoch"] == 1 and mid["step_in_epoch"] >= 5
 
 
 def _free_port() -> int:

@@ -344,12 +344,21 @@ def _optimiser(cfg: TrainConfig, student_net: nn.Module, cuda: bool):
     return optimizer, scheduler
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker leaves SIGINT/SIGTERM to the training process: a signal sent to the whole process group
+    (Ctrl-C, `kill -- -PGID`, a scheduler stopping the job) then stops the run at a step boundary with a
+    checkpoint, instead of killing the workers under it mid-batch."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _loaders(cfg: TrainConfig, acc, bundle: DataBundle, per_process: int):
     """(training dataset, its epoch sampler, training loader, validation loader): the device-resident
     pipeline or the PIL loader (--pipeline), the last partial batch dropped (fixed shapes)."""
     cuda = acc.device.type == "cuda"
     workers = (cfg.workers or 0) if bundle.in_memory else resolve_workers(cfg.workers, acc.num_processes)
-    loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda and workers > 0)
+    loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda and workers > 0,
+                       worker_init_fn=_ignore_stop_signals if workers > 0 else None)
     sampler = EpochShuffleSampler(len(bundle.train), cfg.seed)
     if _use_device_pipeline(cfg, bundle, cuda):
         train_ds = DeviceImages(bundle.train, bundle.train_transform, cfg.seed, acc.device)
