@@ -40,10 +40,12 @@ import torch
 from sddcompress.benchmarking.backends import ArtifactRunner, TorchRunner
 from sddcompress.benchmarking.timer import measure
 from sddcompress.engine.checkpoint_eval import model_from_checkpoint
+from sddcompress.errors import UserError
 from sddcompress.exporting.pipeline import ExportOptions, default_checkpoint, run_export
 from sddcompress_export.chain import int8_model
 from sddcompress_export.classifier_metrics import score
 from sddcompress_export.defaults import DEFAULTS
+from sddcompress_export.errors import DeployError
 from sddcompress_export.latency_ratio import GOAL_RATIO, batch_of, median_ms_side_by_side
 from sddcompress_export.onnxruntime_runner import OrtClassifier
 from sddcompress_export.ort_quantization import CALIBRATION_CHOICES
@@ -154,7 +156,12 @@ def families_main(args) -> None:
     print(f"{'family':<20}{'fp32':>7}{'int8':>7}{'drop':>7}  {'plan':<20}{'float':>8}{'ship':>6}"
           f"{'b=1 x':>7}{'b=32 x':>8}{qat_head}", flush=True)
     for name in names:
-        row = family_row(name, out, args.epochs, args.calib_size, args.calls, args.qat_epochs, teacher)
+        try:
+            row = family_row(name, out, args.epochs, args.calib_size, args.calls, args.qat_epochs, teacher)
+        except (UserError, DeployError) as exc:  # one family's failure is a row, not the end of the table
+            rows.append({"family": name, "failed": str(exc)})
+            print(f"{name:<20}failed: {exc}", flush=True)
+            continue
         rows.append(row)
         qat = (f"{row['qat_top1']:>7.2f}{row['qat_drop']:>+7.2f}{row['qat_x_fp32_b1']:>7.2f}"
                f"{row['qat_x_fp32_b32']:>8.2f}") if "qat_top1" in row else ""
