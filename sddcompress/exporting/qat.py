@@ -29,6 +29,9 @@ from ..models.local_logits import pool_regions
 from .qat_options import QatOptions
 
 QAT_METHOD = "sdd-dkd"
+# the gradient's norm is clipped to this: a student whose local logits are far from the teacher's (one trained
+# alone) starts with an SDD-DKD loss in the tens, whose first steps would otherwise throw the weights out
+CLIP_NORM = 1.0
 RUN_OPTIONS = ("temperature", "alpha", "beta", "gamma", "scales")  # taken from the run when it set them
 
 
@@ -118,6 +121,7 @@ def distill_qdq(net, images, transform, teacher: LocalLogits, options: QatOption
                 raise UserError("quantization-aware training: the loss is not finite; pass a smaller --qat-lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP_NORM)
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
