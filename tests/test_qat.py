@@ -113,6 +113,30 @@ def test_export_with_qat_reports_both_and_keeps_the_plan(distilled, cli, tmp_pat
     assert "quantization-aware distillation: top-1" in stdout
 
 
+@pytest.mark.parametrize("post_training, quantization_aware, shipped", [(50.0, 40.0, "post-training"),
+                                                                      (40.0, 40.0, "quantization-aware")])
+def test_qat_keeps_the_post_training_model_when_held_out_images_prefer_it(
+        float_export, teacher_ckpt, distilled, tmp_path, monkeypatch, post_training, quantization_aware, shipped):
+    import sddcompress.exporting.qat as qat
+    from sddcompress.engine.checkpoint import load_checkpoint
+    from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
+    from sddcompress.exporting.qat_options import QatOptions
+
+    path, result, images = _ptq(float_export, tmp_path, "none")
+    before = path.read_bytes()
+    scores = {path.name: post_training}
+    monkeypatch.setattr(qat, "held_out_score", lambda p, *a: scores.get(Path(p).name, quantization_aware))
+    ckpt = load_checkpoint(distilled)
+    bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
+    said: list[str] = []
+    summary = qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
+                           QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), said.append, (images[:16], None))
+    assert summary["shipped"] == shipped and summary["held_out_post_training"] == post_training
+    assert (path.read_bytes() == before) == (shipped == "post-training")
+    assert not list(tmp_path.glob(".*quantization-aware*"))  # no temporary file left behind
+    assert ("post-training model is kept" in said[-1]) == (shipped == "post-training")
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--qat-epochs", "-1"], ["--qat-epochs must be a number >= 0"]),
     (["--qat-epochs", "nan"], ["--qat-epochs must be a number >= 0"]),

@@ -12,6 +12,7 @@ from sddcompress_export import chain
 from sddcompress_export.classifier_metrics import logits_metrics, predict_all
 from sddcompress_export.latency_ratio import BATCH, int8_latency_ratio
 from sddcompress_export.onnxruntime_runner import OrtClassifier
+from sddcompress_export.ort_quantization import split_calibration
 from sddcompress_export.parity import compare_logits
 from sddcompress_export.tensor_file import TensorFile
 
@@ -43,7 +44,11 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
         ptq = logits_metrics(predict_all(OrtClassifier(int8_path), tensors.val_images, batch), tensors.val_labels)
         echo(f"INT8 after post-training quantisation: top-1 {ptq['top1']:.2f} (drop "
              f"{fp32_metrics['top1'] - ptq['top1']:+.2f}); quantization-aware distillation next")
-        qat_summary = {**qat(result), "ptq_metrics": ptq, "ptq_top1_drop": fp32_metrics["top1"] - ptq["top1"]}
+        fit, held, held_labels = split_calibration(tensors.calib_images[:o.calib_size],
+                                                   None if tensors.calib_labels is None
+                                                   else tensors.calib_labels[:o.calib_size], 0.25)
+        qat_summary = {**qat(result, (held, held_labels)), "ptq_metrics": ptq,
+                       "ptq_top1_drop": fp32_metrics["top1"] - ptq["top1"]}
     seconds = time.perf_counter() - started
     int8_model = OrtClassifier(int8_path)
     logits = predict_all(int8_model, tensors.val_images, batch)
@@ -51,8 +56,10 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
     drop = fp32_metrics["top1"] - metrics["top1"]
     if qat_summary is not None:
         qat_summary["top1_drop"] = drop
-        echo(f"INT8 after quantization-aware distillation: top-1 {metrics['top1']:.2f} (drop {drop:+.2f}; "
-             f"post-training {qat_summary['ptq_top1_drop']:+.2f})")
+        which = "quantization-aware distillation" if qat_summary["shipped"] == "quantization-aware" else \
+            "quantization-aware distillation (post-training model kept)"
+        echo(f"INT8 after {which}: top-1 {metrics['top1']:.2f} (drop {drop:+.2f}; post-training "
+             f"{qat_summary['ptq_top1_drop']:+.2f})")
     line = verdict(drop, o.int8_max_drop, result.float_nodes)
     echo(f"INT8: {int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s), calibration "
          f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float layers: "

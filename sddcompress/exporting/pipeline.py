@@ -242,8 +242,8 @@ def _qat_step(run: _Export, ckpt: dict):
     bundle = dataset_for_checkpoint(ckpt, data, o.data_dir, ckpt["model"].get("input_size") or 32)
     onnx_path, int8_path = run.out / ONNX_FILE, run.out / INT8_FILE
 
-    def qat(result) -> dict:
-        return qat_int8(ckpt, bundle, onnx_path, int8_path, result, o.qat, run.echo)
+    def qat(result, held_out) -> dict:
+        return qat_int8(ckpt, bundle, onnx_path, int8_path, result, o.qat, run.echo, held_out)
 
     return qat
 

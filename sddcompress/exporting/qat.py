@@ -13,6 +13,8 @@ into the convolutions, so nothing else changes between training and the deployed
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -156,10 +158,25 @@ def quantization_aware_net(fp32_path: Path, int8_path: Path):
         return QdqNet(onnx.load(str(int8_path)), onnx.load(str(prepared)))
 
 
+def held_out_score(path: Path, images: np.ndarray, labels: np.ndarray | None, fp32: np.ndarray) -> float:
+    """Top-1 (%) of an ONNX model on held-out images, or its agreement with the fp32 logits without labels."""
+    from sddcompress_export.classifier_metrics import predict_all
+    from sddcompress_export.onnxruntime_runner import OrtClassifier
+
+    pred = predict_all(OrtClassifier(path, providers=["CPUExecutionProvider"]), images, 64).argmax(1)
+    return float(100.0 * (pred == (labels if labels is not None else fp32.argmax(1))).mean())
+
+
 def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, options: QatOptions,
-             echo: Callable[[str], None]) -> dict:
+             echo: Callable[[str], None], held_out: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
     """Fine-tune the student as the Q/DQ model at `int8_path`, then rewrite that file from the result through
-    the INT8 stage (same activation ranges, same float layers). Returns the fine-tuning's summary."""
+    the INT8 stage (same activation ranges, same float layers). Returns the fine-tuning's summary.
+
+    With `held_out` (images, labels or None) the fine-tuned model must score at least as well as the
+    post-training one there (top-1, or agreement with fp32 without labels); otherwise the post-training
+    model is put back and the summary says so (`shipped`)."""
+    from sddcompress_export.classifier_metrics import predict_all
+    from sddcompress_export.onnxruntime_runner import OrtClassifier
     from sddcompress_export.ort_quantization import quantize_with_weights
 
     if result.ranges is None:
@@ -174,6 +191,27 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     teacher = load_teacher(path, bundle.num_classes, bundle.input_size, scales)
     summary = distill_qdq(net, bundle.train, bundle.train_transform, teacher, options, method_options,
                           int(config.get("seed") or 0), echo)
-    quantize_with_weights(fp32_path, int8_path, net.float_weights(), result.ranges, result.method,
-                          result.float_nodes)
-    return {**summary, "teacher_ckpt": path}
+    trained = int8_path.with_name(f".{int8_path.stem}.quantization-aware.onnx")
+    shutil.copyfile(int8_path, trained)  # the post-training file's metadata (plan) carries over
+    try:
+        quantize_with_weights(fp32_path, trained, net.float_weights(), result.ranges, result.method,
+                              result.float_nodes)
+        summary.update(teacher_ckpt=path, shipped="quantization-aware")
+        if held_out is not None and len(held_out[0]):
+            images, labels = held_out
+            fp32 = predict_all(OrtClassifier(fp32_path, providers=["CPUExecutionProvider"]), images, 64)
+            before = held_out_score(int8_path, images, labels, fp32)
+            after = held_out_score(trained, images, labels, fp32)
+            kind = "top-1" if labels is not None else "agreement with fp32"
+            summary.update(held_out_images=len(images), held_out_kind=kind, held_out_post_training=before,
+                           held_out_quantization_aware=after)
+            if after < before:
+                summary["shipped"] = "post-training"
+                echo(f"QAT: held-out {kind} {after:.2f} is below post-training's {before:.2f} on {len(images)} "
+                     "held-out calibration images: the post-training model is kept (try a smaller --qat-lr)")
+                return summary
+            echo(f"QAT: held-out {kind} {after:.2f} (post-training {before:.2f}): the fine-tuned model is shipped")
+        os.replace(trained, int8_path)
+    finally:
+        trained.unlink(missing_ok=True)
+    return summary

@@ -12,7 +12,7 @@ from ..errors import UserError
 @dataclass(frozen=True)
 class QatOptions:
     epochs: float = 0.0  # passes over the training images; 0 = no quantization-aware training
-    lr: float = 2e-3  # SGD (momentum 0.9), cosine to 0, gradient norm clipped to 1
+    lr: float = 3e-4  # SGD (momentum 0.9), cosine to 0, gradient norm clipped to 1
     batch_size: int = 64
     teacher_ckpt: str | None = None  # default: the teacher the run was distilled from
 
