@@ -208,7 +208,7 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
             if after < before:
                 summary["shipped"] = "post-training"
                 echo(f"QAT: held-out {kind} {after:.2f} is below post-training's {before:.2f} on {len(images)} "
-                     "held-out calibration images: the post-training model is kept (try a smaller --qat-lr)")
+                     "held-out calibration images: the post-training model is kept (try another --qat-lr or --qat-epochs)")
                 return summary
             echo(f"QAT: held-out {kind} {after:.2f} (post-training {before:.2f}): the fine-tuned model is shipped")
         os.replace(trained, int8_path)
