@@ -202,7 +202,8 @@ def test_sigterm_saves_mid_epoch_and_resume_gives_identical_weights(tmp_path, te
 
 
 def test_sigterm_to_the_process_group_with_loader_workers_still_saves_mid_epoch(tmp_path, teacher_ckpt):
-    """Workers ignore the signal, so the training process alone decides: checkpoint at a step, exit 130."""
+    """Workers run in their own process groups: the signal reaches the training process alone, which
+    checkpoints at a step and exits 130."""
     stopped = tmp_path / "stopped"
     cmd = _cli_cmd(*_distill_args(stopped, teacher_ckpt), "--workers", "1")
     assert _start_and_stop_mid_epoch(cmd, signal.SIGTERM, group=True) == 130

@@ -344,12 +344,12 @@ def _optimiser(cfg: TrainConfig, student_net: nn.Module, cuda: bool):
     return optimizer, scheduler
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """A loader worker leaves SIGINT/SIGTERM to the training process: a signal sent to the whole process group
-    (Ctrl-C, `kill -- -PGID`, a scheduler stopping the job) then stops the run at a step boundary with a
-    checkpoint, instead of killing the workers under it mid-batch."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+def _own_process_group(worker_id: int) -> None:
+    """A loader worker leaves the training process's process group: a signal sent to that group (Ctrl-C in a
+    terminal, `kill -- -PGID`) then reaches the training process alone, which stops at a step boundary with
+    a checkpoint, instead of also killing the workers under it mid-batch. The workers still stop with
+    their loader (and with the training process, which their watchdog checks)."""
+    os.setpgid(0, 0)
 
 
 def _loaders(cfg: TrainConfig, acc, bundle: DataBundle, per_process: int):
@@ -358,7 +358,7 @@ def _loaders(cfg: TrainConfig, acc, bundle: DataBundle, per_process: int):
     cuda = acc.device.type == "cuda"
     workers = (cfg.workers or 0) if bundle.in_memory else resolve_workers(cfg.workers, acc.num_processes)
     loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda and workers > 0,
-                       worker_init_fn=_ignore_stop_signals if workers > 0 else None)
+                       worker_init_fn=_own_process_group if workers > 0 else None)
     sampler = EpochShuffleSampler(len(bundle.train), cfg.seed)
     if _use_device_pipeline(cfg, bundle, cuda):
         train_ds = DeviceImages(bundle.train, bundle.train_transform, cfg.seed, acc.device)
