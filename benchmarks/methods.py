@@ -346,9 +346,10 @@ def _scenarios(args) -> list[str]:
     return names
 
 
-def _methods(args, registered: tuple[str, ...]) -> list[str]:
-    """The methods to compare, the CE baseline first; an unknown one ends the sweep in one line."""
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(registered)
+def _methods(given: str | None, registered: tuple[str, ...]) -> list[str]:
+    """The methods to compare (comma separated; None: every registered one), the CE baseline first; an unknown
+    one ends the sweep in one line."""
+    methods = [m.strip() for m in given.split(",")] if given else list(registered)
     methods = ["ce"] + [m for m in methods if m != "ce"]
     unknown = [m for m in methods if m not in registered]
     if unknown:
@@ -491,9 +492,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     source_data, teacher_data = _prepare_data(args, out)
-    methods = _methods(args, method_names())
+    methods = _methods(args.methods, method_names())
     scenarios = _scenarios(args)
-    scarce = _methods(argparse.Namespace(methods=args.label_scarce_methods or ",".join(methods)), method_names())
+    scarce = _methods(args.label_scarce_methods, method_names()) if args.label_scarce_methods else methods
     log_file = (out / "sweep.log").open("a")
 
     def log(text: str) -> None:
@@ -504,8 +505,9 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"data": source_data, "data_used": args.data, "teacher_data": teacher_data,
                 "val_per_class": args.val_per_class, "input_size": args.input_size, "teacher": args.teacher,
                 "student": args.student, "teacher_epochs": args.teacher_epochs, "epochs": args.epochs,
-                "scenarios": scenarios, "scenario_methods": {s: scarce if s == "label-scarce" else methods
-                                                             for s in scenarios}, "subset": args.subset, "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size,
+                "scenarios": scenarios,
+                "scenario_methods": {s: scarce if s == "label-scarce" else methods for s in scenarios},
+                "subset": args.subset, "batch_size": args.batch_size, "teacher_batch_size": args.teacher_batch_size,
                 "lr": args.lr, "beta": args.beta, "seeds": list(range(args.seeds)), "methods": methods,
                 "max_train_batches": args.max_train_batches, "threads": torch.get_num_threads()}
     log(f"methods sweep (pid {os.getpid()}): {json.dumps(settings)}")

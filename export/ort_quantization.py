@@ -88,12 +88,12 @@ class QuantizationResult:
         return values
 
 
-def _predict(path: str, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict_cpu(path: str, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Logits as the export report will score them: through the same ONNX Runtime runner (CPU plan)."""
     return predict_all(OrtClassifier(path, providers=["CPUExecutionProvider"]), images, batch_size)
 
 
-def _score(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> HeldOutScore:
+def score_against(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> HeldOutScore:
     pred = logits.argmax(1)
     top1 = None if labels is None else float(100.0 * (pred == labels).mean())
     return HeldOutScore(top1, float(100.0 * (pred == ref.argmax(1)).mean()), float(((logits - ref) ** 2).mean()))
@@ -213,11 +213,12 @@ def prepared_model(fp32_path: str | Path, out_path: str | Path) -> None:
 
 
 def quantize_with_weights(fp32_path: str | Path, int8_path: str | Path, weights: dict[str, np.ndarray],
-                          ranges: str, method: str, float_nodes: list[str]) -> None:
-    """Rewrite `int8_path` from the float graph of `fp32_path` with `weights` (float initializers by name,
-    e.g. after quantization-aware training) put in: the same activation ranges (`ranges`, the calibration
-    cache `method` wrote), the same float layers, weight scales from the new weights; the metadata (plan
-    included) of the INT8 file it replaces is kept."""
+                          ranges: str, method: str, float_nodes: list[str],
+                          out_path: str | Path | None = None) -> None:
+    """The INT8 model `int8_path` made again from the float graph of `fp32_path` with `weights` (float
+    initializers by name, e.g. after quantization-aware training) put in: the same activation ranges
+    (`ranges`, the calibration cache `method` wrote), the same float layers, weight scales from the new
+    weights, and `int8_path`'s metadata (plan included). Written to `out_path` (default: over `int8_path`)."""
     import onnx
     from onnx import numpy_helper
 
@@ -242,7 +243,7 @@ def quantize_with_weights(fp32_path: str | Path, int8_path: str | Path, weights:
         written = onnx.load(out)
         del written.metadata_props[:]
         written.metadata_props.extend(previous.metadata_props)
-        atomic_write(Path(int8_path), lambda temp: onnx.save(written, str(temp)))
+        atomic_write(Path(out_path or int8_path), lambda temp: onnx.save(written, str(temp)))
 
 
 def _parse_keep_float(keep_float: str, model) -> list[str] | None:
@@ -270,12 +271,12 @@ class _HeldOutSearch:
                  batch_size: int) -> None:
         self.quantizer = _Quantizer(prepared, fit, tmp, batch_size)
         self.held, self.held_labels = held, held_labels
-        self.ref = _predict(prepared, held) if len(held) else None
+        self.ref = predict_cpu(prepared, held) if len(held) else None
         self.fp32_top1 = (None if self.ref is None or held_labels is None
                           else float(100.0 * (self.ref.argmax(1) == held_labels).mean()))
 
     def evaluate(self, path: str) -> HeldOutScore | None:
-        return None if self.ref is None else _score(_predict(path, self.held), self.ref, self.held_labels)
+        return None if self.ref is None else score_against(predict_cpu(path, self.held), self.ref, self.held_labels)
 
     def drop(self, score: HeldOutScore | None) -> float:
         if score is None:

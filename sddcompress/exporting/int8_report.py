@@ -44,9 +44,9 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
         ptq = logits_metrics(predict_all(OrtClassifier(int8_path), tensors.val_images, batch), tensors.val_labels)
         echo(f"INT8 after post-training quantisation: top-1 {ptq['top1']:.2f} (drop "
              f"{fp32_metrics['top1'] - ptq['top1']:+.2f}); quantization-aware distillation next")
-        fit, held, held_labels = split_calibration(tensors.calib_images[:o.calib_size],
-                                                   None if tensors.calib_labels is None
-                                                   else tensors.calib_labels[:o.calib_size], 0.25)
+        _, held, held_labels = split_calibration(tensors.calib_images[:o.calib_size],
+                                                 None if tensors.calib_labels is None
+                                                 else tensors.calib_labels[:o.calib_size], 0.25)
         qat_summary = {**qat(result, (held, held_labels)), "ptq_metrics": ptq,
                        "ptq_top1_drop": fp32_metrics["top1"] - ptq["top1"]}
     seconds = time.perf_counter() - started

@@ -14,7 +14,6 @@ into the convolutions, so nothing else changes between training and the deployed
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -159,12 +158,11 @@ def quantization_aware_net(fp32_path: Path, int8_path: Path):
 
 
 def held_out_score(path: Path, images: np.ndarray, labels: np.ndarray | None, fp32: np.ndarray) -> float:
-    """Top-1 (%) of an ONNX model on held-out images, or its agreement with the fp32 logits without labels."""
-    from sddcompress_export.classifier_metrics import predict_all
-    from sddcompress_export.onnxruntime_runner import OrtClassifier
+    """Top-1 (%) of an ONNX model on held-out images, or its agreement with the fp32 logits without labels,
+    scored as the INT8 stage scores its candidates."""
+    from sddcompress_export.ort_quantization import predict_cpu, score_against
 
-    pred = predict_all(OrtClassifier(path, providers=["CPUExecutionProvider"]), images, 64).argmax(1)
-    return float(100.0 * (pred == (labels if labels is not None else fp32.argmax(1))).mean())
+    return score_against(predict_cpu(str(path), images), fp32, labels).key()[0]
 
 
 def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, options: QatOptions,
@@ -175,9 +173,7 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     With `held_out` (images, labels or None) the fine-tuned model must score at least as well as the
     post-training one there (top-1, or agreement with fp32 without labels); otherwise the post-training
     model is put back and the summary says so (`shipped`)."""
-    from sddcompress_export.classifier_metrics import predict_all
-    from sddcompress_export.onnxruntime_runner import OrtClassifier
-    from sddcompress_export.ort_quantization import quantize_with_weights
+    from sddcompress_export.ort_quantization import predict_cpu, quantize_with_weights
 
     if result.ranges is None:
         raise UserError("quantization-aware training needs ONNX Runtime's calibration cache (onnxruntime 1.24 or "
@@ -192,14 +188,13 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     summary = distill_qdq(net, bundle.train, bundle.train_transform, teacher, options, method_options,
                           int(config.get("seed") or 0), echo)
     trained = int8_path.with_name(f".{int8_path.stem}.quantization-aware.onnx")
-    shutil.copyfile(int8_path, trained)  # the post-training file's metadata (plan) carries over
     try:
-        quantize_with_weights(fp32_path, trained, net.float_weights(), result.ranges, result.method,
-                              result.float_nodes)
+        quantize_with_weights(fp32_path, int8_path, net.float_weights(), result.ranges, result.method,
+                              result.float_nodes, out_path=trained)
         summary.update(teacher_ckpt=path, shipped="quantization-aware")
         if held_out is not None and len(held_out[0]):
             images, labels = held_out
-            fp32 = predict_all(OrtClassifier(fp32_path, providers=["CPUExecutionProvider"]), images, 64)
+            fp32 = predict_cpu(str(fp32_path), images)
             before = held_out_score(int8_path, images, labels, fp32)
             after = held_out_score(trained, images, labels, fp32)
             kind = "top-1" if labels is not None else "agreement with fp32"

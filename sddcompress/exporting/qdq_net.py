@@ -229,6 +229,9 @@ class QdqNet(nn.Module):
                 self.constants[name] = torch.from_numpy(np.array(value))
         pools = [k for k, (op, *_rest) in enumerate(self.nodes) if op in POOL_OPS]
         self.pool_index = pools[-1] if pools else None
+        # every tensor computed from the last global pooling on (the head recomputes them)
+        self._after_pool = {name for _, _, outs, _ in self.nodes[self.pool_index or len(self.nodes):]
+                            for name in outs}
 
     def _add_param(self, name: str, value: np.ndarray) -> None:
         self._param_index[name] = len(self.param_names)
@@ -303,7 +306,7 @@ class QdqNet(nn.Module):
         op, ins, outs, attrs = self.nodes[self.pool_index]
         feature = env[ins[0]]
         keep = attrs.get("keepdims", 1) if op == "ReduceMean" else 1
-        base = {k: v for k, v in env.items() if k not in self._downstream()}
+        base = {k: v for k, v in env.items() if k not in self._after_pool}
 
         def head(pooled: torch.Tensor) -> torch.Tensor:
             local = dict(base)
@@ -312,7 +315,3 @@ class QdqNet(nn.Module):
             return local[self.output_name]
 
         return env[self.output_name], feature, head
-
-    def _downstream(self) -> set[str]:
-        """Every tensor computed after the last global pooling (recomputed by the head)."""
-        return {name for _, _, outs, _ in self.nodes[self.pool_index:] for name in outs}
