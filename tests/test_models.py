@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from sddcompress.errors import UserError
-from sddcompress.models import LocalLogits, build_model, list_models
+from sddcompress.models import LocalLogits, build_model, list_models, region_pool
+from sddcompress.models.local_logits import pool_regions
 from sddcompress.models.registry import REGISTRY
 
 torch.manual_seed(0)
@@ -109,3 +110,43 @@ def test_local_logits_carry_gradients_to_the_head():
     _, local = LocalLogits(model, 32)(torch.randn(2, 3, 32, 32))
     local.sum().backward()
     assert model.fc.weight.grad is not None and model.fc.weight.grad.abs().sum() > 0
+
+
+def test_linear_head_as_one_convolution_equals_the_head_row_by_row():
+    """A Linear head runs as one 1x1 convolution over the regions; values and gradients equal the head
+    applied to every region's vector (the path any other head takes), in float64."""
+    model = build_model("resnet8x4", 10).double().train()
+    wrapped = LocalLogits(model, 32)
+    feature = torch.randn(3, model.fc.in_features, 8, 8, dtype=torch.float64, requires_grad=True)
+    local = wrapped.local_logits(feature)
+    regions = region_pool(feature, (1, 2, 4))  # (B, C, N)
+    rows = model.fc(regions.transpose(1, 2)).transpose(1, 2)  # the head on each region vector
+    torch.testing.assert_close(local, rows, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(local)
+    got = torch.autograd.grad(local, (feature, model.fc.weight, model.fc.bias), upstream)
+    want = torch.autograd.grad(rows, (feature, model.fc.weight, model.fc.bias), upstream)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_region_pooling_gradient_passes_gradcheck():
+    """The pooling's gradient is written out (the cached matrix the other way); gradcheck checks it,
+    also for MSD's wider windows."""
+    feature = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: region_pool(f, (1, 2, 3)), (feature,))
+    assert torch.autograd.gradcheck(lambda f: pool_regions(f, (2, 3), 2.0), (feature,))
+
+
+def test_local_logits_under_bf16_autocast_give_float32_gradients():
+    """Under autocast the pooling product runs in bf16; the gradient reaching a float32 feature map and head
+    is float32 again, and close to the float32 one."""
+    model = build_model("resnet8x4", 10).train()
+    wrapped = LocalLogits(model, 32)
+    feature = torch.randn(2, model.fc.in_features, 8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        local = wrapped.local_logits(feature)
+    assert local.dtype == torch.bfloat16
+    (grad_bf16,) = torch.autograd.grad(local.float().sum(), feature)
+    (grad_fp32,) = torch.autograd.grad(wrapped.local_logits(feature).sum(), feature)
+    assert grad_bf16.dtype == torch.float32
+    torch.testing.assert_close(grad_bf16, grad_fp32, rtol=0.05, atol=0.05)

@@ -75,10 +75,11 @@ def split_outputs(out) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
 
 
 def detach_outputs(out: tuple) -> tuple:
-    """Clone a teacher's inference-mode outputs so autograd may save them."""
+    """Clone a teacher's inference-mode outputs that autograd may save: the logits and MSD's regions.
+
+    The local logits go only to the fused SDD losses, which save tensors of their own, never an input."""
     logits, local, msd = out
-    return (logits.clone(), local.clone() if local is not None else None,
-            {k: v.clone() for k, v in msd.items()} if msd is not None else None)
+    return logits.clone(), local, {k: v.clone() for k, v in msd.items()} if msd is not None else None
 
 
 def distillation_terms(objective, student_net: nn.Module, teacher_net: nn.Module | None, images: torch.Tensor,

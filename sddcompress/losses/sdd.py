@@ -1,11 +1,14 @@
 """Scale decoupled distillation (Wei et al., CVPR 2024): a per-sample loss over local logits.
 
-Every region of every sample is one row of a single (B*N, K) batch, so the per-region KD or DKD
-terms are one vectorised expression, whatever the number of scales.
+`sdd_loss` states it: every region of every sample is one row of a (B*N, K) batch for KD's or DKD's
+per-sample loss. The methods train with `sdd_kd_loss` and `sdd_dkd_loss`, the same values as one
+expression each over the (B, K, N) local logits, with the gradient written out: few operators per step,
+whatever the number of scales.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -28,8 +31,14 @@ def flatten_regions(local: torch.Tensor) -> torch.Tensor:
 
 def region_weights(teacher_local: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
     """Weights (B, N): 1 where a region's teacher correctness equals the global one, gamma otherwise."""
-    correct = teacher_local.argmax(dim=1).eq(labels[:, None])  # (B, N)
-    return torch.where(correct.eq(correct[:, :1]), 1.0, float(gamma)).to(teacher_local.dtype)
+    return _weights(teacher_local.argmax(dim=1), labels.view(-1, 1), gamma, teacher_local.dtype)
+
+
+def _weights(teacher_classes: torch.Tensor, labels: torch.Tensor, gamma: float, dtype: torch.dtype) -> torch.Tensor:
+    """1 + (gamma - 1) [correct != correct of region 0], regions on the last axis of `teacher_classes`."""
+    correct = teacher_classes.eq(labels)
+    weights = correct.ne(correct[..., :1]) * (float(gamma) - 1.0) + 1.0  # float32, whatever `dtype`
+    return weights if weights.dtype == dtype else weights.to(dtype)
 
 
 def sdd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: torch.Tensor,
@@ -42,88 +51,111 @@ def sdd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: t
     return {name: (w * value).sum() / (n * b) for name, value in terms.items()}
 
 
+@lru_cache(maxsize=16)
+def _class_index(classes: int, device: torch.device) -> torch.Tensor:
+    """(K, 1) class indices, built once per device (comparing labels with it gives the (B, K, 1) target mask)."""
+    with torch.inference_mode(False):
+        return torch.arange(classes, device=device)[:, None]
+
+
+@lru_cache(maxsize=8)
+def _rest_and_target(device: torch.device) -> torch.Tensor:
+    """(2, 1, 1, 1, 1) [True, False]: `target.ne(this)` masks every class but the target (row 0, keeping y)
+    and the target alone (row 1, keeping the rest)."""
+    with torch.inference_mode(False):
+        return torch.tensor([True, False], device=device).view(2, 1, 1, 1, 1)
+
+
+def _region_weights_kept(teacher: torch.Tensor, labels3: torch.Tensor, gamma: float) -> torch.Tensor:
+    """`region_weights` as (B, 1, N), from labels viewed as (B, 1, 1)."""
+    return _weights(teacher.argmax(dim=1, keepdim=True), labels3, gamma, teacher.dtype)
+
+
 class _RegionKD(torch.autograd.Function):
-    """sum_i w_i T^2 KL(p_t,i || p_s,i) over (M, K) rows; its gradient written out (one expression each way)."""
+    """sum_i w_i T^2 KL(p_t,i || p_s,i) / (N*B) over the regions of (B, K, N) local logits, w_i the SDD region
+    weights; student and teacher go through the softmax as one stacked tensor, the gradient is written out."""
 
     @staticmethod
-    def forward(ctx, student, teacher, weights, temperature):
-        log_ps = torch.log_softmax(student / temperature, 1)
-        log_pt = torch.log_softmax(teacher / temperature, 1)
+    def forward(ctx, student, teacher, labels, gamma, temperature):
+        b, _, n = student.shape
+        log_p = torch.log_softmax(torch.stack((student, teacher)) / temperature, 2)  # (2, B, K, N)
+        log_ps, log_pt = log_p.unbind()
         p_t = log_pt.exp()
-        ctx.save_for_backward(log_ps, p_t, weights)
-        ctx.temperature = temperature
-        return temperature**2 * (weights * (p_t * (log_pt - log_ps)).sum(1)).sum()
+        w = _region_weights_kept(teacher, labels.view(b, 1, 1), gamma)  # (B, 1, N)
+        ctx.save_for_backward(log_ps, p_t, w)
+        ctx.scale = temperature / (n * b)
+        return (p_t * (log_pt - log_ps) * w).sum() * (temperature**2 / (n * b))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        log_ps, p_t, weights = ctx.saved_tensors
+        log_ps, p_t, w = ctx.saved_tensors
         # d/dz_s of T^2 KL = T (p_s - p_t) for logits z_s (the 1/T of the softmax input included)
-        return (grad * ctx.temperature) * weights[:, None] * (log_ps.exp() - p_t), None, None, None
+        return (log_ps.exp() - p_t) * (w * (grad * ctx.scale)), None, None, None, None
 
 
 class _RegionDKD(torch.autograd.Function):
-    """(sum_i w_i T^2 alpha TCKD_i, sum_i w_i T^2 beta NCKD_i) over (M, K) rows; gradient written out.
+    """(sum_i w_i T^2 alpha TCKD_i, sum_i w_i T^2 beta NCKD_i) / (N*B) over the regions of (B, K, N) local
+    logits; student and teacher go through each step as one stacked tensor, the gradient is written out.
 
-    With log-probabilities l = log_softmax(z / T), the target's y, and r = log(1 - p_y) (the
-    log-sum-exp of l over the other classes): TCKD_i is the KL of the binary (p_y, 1 - p_y)
-    distributions, t_y (l_t,y - l_s,y) + t_r (r_t - r_s), and NCKD_i the KL of the non-target
-    distributions q = exp(l - r), sum_k q_t,k (l_t,k - l_s,k) - (r_t - r_s). Their gradients in
-    the student logits are (p_k - [k = y] t_y - [k != y] t_r q_s,k) / T and [k != y] (q_s,k - q_t,k) / T.
+    With log-probabilities l = log_softmax(z / T) over the classes, the target's y and r = log(1 - p_y)
+    (the log-sum-exp of l over the other classes): TCKD_i is the KL of the binary distributions
+    b = (exp y, exp r), and NCKD_i the KL of the non-target distributions q = exp(l - r). With s and t
+    the student's and the teacher's b, their gradients in the student logits z_k are
+    alpha (s_y - t_y) / T at the target and (alpha (s_r - t_r) q_s,k + beta (q_s,k - q_t,k)) / T elsewhere.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, labels, weights, temperature, alpha, beta):
-        target = labels[:, None].eq(torch.arange(student.shape[1], device=labels.device))
-        log_ps = torch.log_softmax(student / temperature, 1)
-        log_pt = torch.log_softmax(teacher / temperature, 1)
-        index = labels[:, None]
-        ys, yt = log_ps.gather(1, index), log_pt.gather(1, index)  # (M, 1)
-        rs = torch.logsumexp(log_ps.masked_fill(target, float("-inf")), 1, keepdim=True)
-        rt = torch.logsumexp(log_pt.masked_fill(target, float("-inf")), 1, keepdim=True)
-        ty, tr = yt.exp(), rt.exp()
-        tckd = ty * (yt - ys) + tr * (rt - rs)
-        q_t = (log_pt - rt).exp().masked_fill(target, 0.0)
-        nckd = (q_t * (log_pt - log_ps)).sum(1, keepdim=True) - (rt - rs)
-        w = weights[:, None]
-        ctx.save_for_backward(target, log_ps, rs, ty, tr, q_t, w)
-        ctx.scales = (temperature, alpha, beta)
-        t2 = temperature**2
-        return t2 * alpha * (w * tckd).sum(), t2 * beta * (w * nckd).sum()
+    def forward(ctx, student, teacher, labels, gamma, temperature, alpha, beta):
+        b, k, n = student.shape
+        log_p = torch.log_softmax(torch.stack((student, teacher)) / temperature, 2)  # (2: s, t; B, K, N)
+        labels3 = labels.view(b, 1, 1)
+        target = labels3.eq(_class_index(k, student.device))  # (B, K, 1)
+        # one log-sum-exp over the classes gives the binary log-probabilities (y, r) of student and teacher
+        masks = target.ne(_rest_and_target(student.device))  # (2: y, r; 1, B, K, 1)
+        binary = torch.logsumexp(log_p.masked_fill(masks, float("-inf")), 3, keepdim=True)  # (2, 2, B, 1, N)
+        log_q = log_p - binary[1]  # log q over the non-target classes (its target entry is unused)
+        log_qs, log_qt = log_q.unbind()
+        binary_s, binary_t = binary.unbind(1)  # (2: y, r; B, 1, N)
+        t = binary_t.exp()
+        q_t = log_qt.exp().masked_fill(target, 0.0)
+        w = _region_weights_kept(teacher, labels3, gamma)  # (B, 1, N)
+        per_region = temperature**2 / (n * b)  # the mean over the N*B regions
+        tckd = (t * w * (binary_t - binary_s)).sum() * (per_region * alpha)
+        nckd = (q_t * w * (log_qt - log_qs)).sum() * (per_region * beta)
+        ctx.save_for_backward(target, log_qs, binary_s, t, q_t, w)
+        ctx.scales = (alpha * temperature / (n * b), beta * temperature / (n * b))
+        return tckd, nckd
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_tckd, grad_nckd):
-        target, log_ps, rs, ty, tr, q_t, w = ctx.saved_tensors
-        temperature, alpha, beta = ctx.scales
-        q_s = (log_ps - rs).exp().masked_fill(target, 0.0)
-        tckd = (grad_tckd * alpha) * (log_ps.exp() - torch.where(target, ty, tr * q_s))
-        nckd = (grad_nckd * beta) * (q_s - q_t)
-        return (temperature * w) * (tckd + nckd), None, None, None, None, None, None
-
-
-def _flat_weights(teacher_local: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
-    """`region_weights` as (B*N,) rows matching `flatten_regions`, divided by N*B (the mean over regions)."""
-    b, _, n = teacher_local.shape
-    return region_weights(teacher_local, labels, gamma).view(b * n) / (n * b)
+        target, log_qs, binary_s, t, q_t, w = ctx.saved_tensors
+        alpha_scale, beta_scale = ctx.scales
+        g_nckd = grad_nckd * beta_scale
+        grad_y, grad_r = ((binary_s.exp() - t) * (grad_tckd * alpha_scale)).unbind()  # (B, 1, N) each
+        q_s = log_qs.exp()
+        rest = torch.addcmul(q_s * (grad_r + g_nckd), q_t, g_nckd, value=-1.0)
+        return torch.where(target, grad_y, rest) * w, None, None, None, None, None, None
 
 
 def sdd_kd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: torch.Tensor,
                 temperature: float, gamma: float = 2.0) -> dict[str, torch.Tensor]:
-    """`sdd_loss` with the KD term, as one fused expression: {"kd"}."""
-    w = _flat_weights(teacher_local, labels, gamma)
-    return {"kd": _RegionKD.apply(flatten_regions(student_local), flatten_regions(teacher_local), w, temperature)}
+    """`sdd_loss` with the KD term, as one fused expression over (B, K, N) local logits: {"kd"}."""
+    return {"kd": _RegionKD.apply(student_local, teacher_local, labels, gamma, temperature)}
 
 
 def sdd_dkd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: torch.Tensor,
                  temperature: float, alpha: float, beta: float, gamma: float = 2.0) -> dict[str, torch.Tensor]:
-    """`sdd_loss` with the DKD terms, as one fused expression: {"tckd", "nckd"}."""
-    b, _, n = student_local.shape
-    w = _flat_weights(teacher_local, labels, gamma)
-    region_labels = labels[:, None].expand(b, n).reshape(b * n)
-    tckd, nckd = _RegionDKD.apply(flatten_regions(student_local), flatten_regions(teacher_local), region_labels, w,
-                                  temperature, alpha, beta)
+    """`sdd_loss` with the DKD terms, as one fused expression over (B, K, N) local logits: {"tckd", "nckd"}."""
+    tckd, nckd = _RegionDKD.apply(student_local, teacher_local, labels, gamma, temperature, alpha, beta)
     return {"tckd": tckd, "nckd": nckd}
+
+
+def _float32(local: torch.Tensor) -> torch.Tensor:
+    """`local.float()`, without dispatching a no-op conversion (the teacher's are inference tensors, for
+    which even that is an operator call)."""
+    return local if local.dtype == torch.float32 else local.float()
 
 
 @register
@@ -137,7 +169,7 @@ class SDDKD(Method):
     needs_local_logits = True
 
     def loss(self, config, outputs: Outputs):
-        parts = sdd_kd_loss(outputs.student_local.float(), outputs.teacher_local.float(), outputs.labels,
+        parts = sdd_kd_loss(_float32(outputs.student_local), _float32(outputs.teacher_local), outputs.labels,
                             config.temperature, config.gamma)
         return logit_term(config, outputs, parts)
 
@@ -153,6 +185,6 @@ class SDDDKD(Method):
     needs_local_logits = True
 
     def loss(self, config, outputs: Outputs):
-        parts = sdd_dkd_loss(outputs.student_local.float(), outputs.teacher_local.float(), outputs.labels,
+        parts = sdd_dkd_loss(_float32(outputs.student_local), _float32(outputs.teacher_local), outputs.labels,
                              config.temperature, config.alpha, config.beta, config.gamma)
         return logit_term(config, outputs, parts)

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import UserError
 
@@ -81,22 +82,44 @@ def _build_pool_matrix(height: int, width: int, scales: tuple[int, ...], window:
 
 @lru_cache(maxsize=64)
 def _pool_matrix_on(height: int, width: int, scales: tuple[int, ...], window: float, device: torch.device,
-                    dtype: torch.dtype) -> torch.Tensor:
+                    dtype: torch.dtype, transposed: bool) -> torch.Tensor:
     with torch.inference_mode(False):  # cached: it must also serve steps that autograd records
-        return _pool_matrix_cpu(height, width, scales, window).to(device=device, dtype=dtype)
+        matrix = _pool_matrix_cpu(height, width, scales, window)
+        return (matrix.t().contiguous() if transposed else matrix).to(device=device, dtype=dtype)
 
 
 def pool_matrix(height: int, width: int, scales: tuple[int, ...], window: float = 1.0,
-                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(N, H*W) region averaging weights, cached per device and dtype (no host copy per step)."""
-    return _pool_matrix_on(height, width, tuple(scales), float(window), torch.device(device), dtype)
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                transposed: bool = False) -> torch.Tensor:
+    """(N, H*W) region averaging weights, or (H*W, N) if `transposed`, cached per device and dtype (no host
+    copy per step)."""
+    return _pool_matrix_on(height, width, tuple(scales), float(window), torch.device(device), dtype, transposed)
+
+
+class _PoolRegions(torch.autograd.Function):
+    """(B, C, H, W) -> (B, C, N): one product with the (H*W, N) averaging matrix. The gradient is the
+    product with the cached (N, H*W) matrix, written out so that no transpose is dispatched per step."""
+
+    @staticmethod
+    def forward(ctx, feature, scales, window):
+        b, c, h, w = feature.shape
+        ctx.geometry = (b, c, h, w, scales, window)
+        matrix = pool_matrix(h, w, scales, window, feature.device, feature.dtype, transposed=True)
+        return feature.reshape(b * c, h * w).mm(matrix).view(b, c, -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        b, c, h, w, scales, window = ctx.geometry
+        # in grad's dtype: under autocast the forward product ran in bf16 (autograd casts the result back)
+        matrix = pool_matrix(h, w, scales, window, grad.device, grad.dtype)
+        return grad.reshape(b * c, -1).mm(matrix).view(b, c, h, w), None, None
 
 
 def pool_regions(feature: torch.Tensor, scales: tuple[int, ...], window: float = 1.0) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, N): scale 1 first, each scale's regions row-major (as SDD's region_pool)."""
-    b, c, h, w = feature.shape
-    matrix = pool_matrix(h, w, scales, window, feature.device, feature.dtype)
-    return feature.flatten(2) @ matrix.t()
+    """(B, C, H, W) -> (B, C, N): scale 1 first, each scale's regions row-major (as SDD's region_pool);
+    one matrix product (B*C, H*W) x (H*W, N)."""
+    return _PoolRegions.apply(feature, tuple(scales), float(window))
 
 
 def region_pool(feature: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
@@ -182,11 +205,14 @@ class LocalLogits(nn.Module):
         self._feature = None
 
     def _apply_head(self, regions: torch.Tensor) -> torch.Tensor:
+        head = self.head
+        if type(head) is nn.Linear:  # one 1x1 convolution over the regions: (B, C, N) in, (B, K, N) out
+            return F.conv1d(regions, head.weight.unsqueeze(-1), head.bias)
         b, c, n = regions.shape
         flat = regions.permute(0, 2, 1).reshape(b * n, c)
         if self._head_input_4d:
             flat = flat[:, :, None, None]
-        logits = self.head(flat)
+        logits = head(flat)
         return logits.reshape(b, n, -1).permute(0, 2, 1)
 
     def apply_head(self, regions: torch.Tensor) -> torch.Tensor:
@@ -195,14 +221,8 @@ class LocalLogits(nn.Module):
 
     def local_logits(self, feature: torch.Tensor, scales: tuple[int, ...] | None = None) -> torch.Tensor:
         """(B, C, H, W) -> local logits (B, K, N): every region of every scale pooled by one matrix product
-        and classified by one call of the head, returned as a view of a contiguous (B, N, K) tensor."""
-        if self._head_input_4d:
-            return self._apply_head(region_pool(feature, scales or self.scales))
-        b, c, h, w = feature.shape
-        matrix = pool_matrix(h, w, scales or self.scales, 1.0, feature.device, feature.dtype)  # (N, H*W)
-        regions = matrix @ feature.flatten(2).transpose(1, 2)  # (B, N, C)
-        n = regions.shape[1]
-        return self.head(regions.reshape(b * n, c)).view(b, n, -1).transpose(1, 2)
+        and classified by one call of the head (a Linear head: one 1x1 convolution over the regions)."""
+        return self._apply_head(region_pool(feature, scales or self.scales))
 
     def logits_and_feature(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's logits (B, K) and the last feature map (B, C, H, W) they were computed from."""
