@@ -2,8 +2,8 @@
 
 The logit losses take logits; the MSDCRD-style terms also take (B, N, D) region embeddings (D=256, a
 wide teacher's width; the student's are normalised inside the step so their gradient is included)
-and the teacher's region logits. Local logits are laid out as the networks give them (the transpose of a
-contiguous (B, N, K) tensor). Prints each as a ratio to KD measured in the same run, plus bytes
+and the teacher's region logits. Local logits are laid out as the networks give them (contiguous
+(B, K, N), a Linear head's layout). Prints each as a ratio to KD measured in the same run, plus bytes
 allocated per step (CUDA: peak memory), and the fused SDD-KD / SDD-DKD expressions against the
 per-region composition they replace (`sdd_loss` over the per-sample KD / DKD terms).
 Run: python benchmarks/losses.py [--device cuda]
@@ -57,12 +57,12 @@ def main() -> None:
     b, k, n, dev = args.batch, args.classes, 21, args.device
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, k, (b,), generator=g).to(dev)
-    # local logits (B, K, N) as LocalLogits returns them: the transpose of a contiguous (B, N, K) tensor
-    s_leaf = torch.randn(b, n, k, generator=g).to(dev).requires_grad_()
-    t_local = torch.randn(b, n, k, generator=g).to(dev).transpose(1, 2)
+    # local logits (B, K, N) as LocalLogits returns them for a Linear head: contiguous
+    s_leaf = torch.randn(b, k, n, generator=g).to(dev).requires_grad_()
+    t_local = torch.randn(b, k, n, generator=g).to(dev)
     s_raw = torch.randn(b, n, args.dim, generator=g).to(dev).requires_grad_()
     t_msd = {"embedding": F.normalize(torch.randn(b, n, args.dim, generator=g), dim=2).to(dev),
-             "region_logits": t_local.transpose(1, 2).contiguous()}
+             "region_logits": t_local.transpose(1, 2).contiguous()}  # (B, N, K)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else None
 
     rows = {}
@@ -73,7 +73,7 @@ def main() -> None:
     for name, terms in composed.items():
         def composed_step(terms=terms) -> None:
             s_leaf.grad = None
-            sum(terms(s_leaf.transpose(1, 2)).values()).backward()
+            sum(terms(s_leaf).values()).backward()
 
         stats = measure(composed_step, warmup=10, min_iters=args.iters, sync=sync)
         rows[name] = (stats.p50, allocated_bytes(composed_step, dev))
@@ -83,7 +83,7 @@ def main() -> None:
 
         def step() -> None:
             s_leaf.grad = s_raw.grad = None
-            s_local = s_leaf.transpose(1, 2)
+            s_local = s_leaf
             s_msd = {"embedding": F.normalize(s_raw, dim=2)} if msd else None
             out = objective(s_local[:, :, 0], y, teacher_logits=t_local[:, :, 0], student_local=s_local,
                             teacher_local=t_local, epoch_progress=100.0, student_msd=s_msd,

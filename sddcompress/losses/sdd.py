@@ -58,14 +58,6 @@ def _class_index(classes: int, device: torch.device) -> torch.Tensor:
         return torch.arange(classes, device=device)[:, None]
 
 
-@lru_cache(maxsize=8)
-def _rest_and_target(device: torch.device) -> torch.Tensor:
-    """(2, 1, 1, 1, 1) [True, False]: `target.ne(this)` masks every class but the target (row 0, keeping y)
-    and the target alone (row 1, keeping the rest)."""
-    with torch.inference_mode(False):
-        return torch.tensor([True, False], device=device).view(2, 1, 1, 1, 1)
-
-
 def _region_weights_kept(teacher: torch.Tensor, labels3: torch.Tensor, gamma: float) -> torch.Tensor:
     """`region_weights` as (B, 1, N), from labels viewed as (B, 1, 1)."""
     return _weights(teacher.argmax(dim=1, keepdim=True), labels3, gamma, teacher.dtype)
@@ -100,9 +92,11 @@ class _RegionDKD(torch.autograd.Function):
 
     With log-probabilities l = log_softmax(z / T) over the classes, the target's y and r = log(1 - p_y)
     (the log-sum-exp of l over the other classes): TCKD_i is the KL of the binary distributions
-    b = (exp y, exp r), and NCKD_i the KL of the non-target distributions q = exp(l - r). With s and t
-    the student's and the teacher's b, their gradients in the student logits z_k are
-    alpha (s_y - t_y) / T at the target and (alpha (s_r - t_r) q_s,k + beta (q_s,k - q_t,k)) / T elsewhere.
+    b = (exp y, exp r), and NCKD_i the KL of the non-target distributions q = exp(l - r). Each side holds
+    its K values log q and then its two log b on one (K + 2) axis, so one difference and one product give
+    both KLs' terms. With s and t the student's and the teacher's b, the gradients in the student logits
+    z_k are alpha (s_y - t_y) / T at the target and (alpha (s_r - t_r) q_s,k + beta (q_s,k - q_t,k)) / T
+    elsewhere.
     """
 
     @staticmethod
@@ -111,32 +105,30 @@ class _RegionDKD(torch.autograd.Function):
         log_p = torch.log_softmax(torch.stack((student, teacher)) / temperature, 2)  # (2: s, t; B, K, N)
         labels3 = labels.view(b, 1, 1)
         target = labels3.eq(_class_index(k, student.device))  # (B, K, 1)
-        # one log-sum-exp over the classes gives the binary log-probabilities (y, r) of student and teacher
-        masks = target.ne(_rest_and_target(student.device))  # (2: y, r; 1, B, K, 1)
-        binary = torch.logsumexp(log_p.masked_fill(masks, float("-inf")), 3, keepdim=True)  # (2, 2, B, 1, N)
-        log_q = log_p - binary[1]  # log q over the non-target classes (its target entry is unused)
-        log_qs, log_qt = log_q.unbind()
-        binary_s, binary_t = binary.unbind(1)  # (2: y, r; B, 1, N)
-        t = binary_t.exp()
-        q_t = log_qt.exp().masked_fill(target, 0.0)
+        # log(1 - p_y) and log p_y (exact: one term and zeros) of student and teacher
+        rest = torch.logsumexp(log_p.masked_fill(target, float("-inf")), 2, keepdim=True)  # (2, B, 1, N)
+        logs_s, logs_t = torch.cat((log_p - rest, (log_p * target).sum(2, keepdim=True), rest), 2).unbind()
+        # the teacher's q (0 at the target: that term is not in NCKD) and b, as the (B, K + 2, N) weights
+        teacher_p = logs_t.exp().masked_fill(labels3.eq(_class_index(k + 2, student.device)), 0.0)
         w = _region_weights_kept(teacher, labels3, gamma)  # (B, 1, N)
+        nckd, tckd = (teacher_p * w * (logs_t - logs_s)).split((k, 2), 1)
         per_region = temperature**2 / (n * b)  # the mean over the N*B regions
-        tckd = (t * w * (binary_t - binary_s)).sum() * (per_region * alpha)
-        nckd = (q_t * w * (log_qt - log_qs)).sum() * (per_region * beta)
-        ctx.save_for_backward(target, log_qs, binary_s, t, q_t, w)
+        ctx.save_for_backward(target, logs_s, teacher_p, w)
         ctx.scales = (alpha * temperature / (n * b), beta * temperature / (n * b))
-        return tckd, nckd
+        return tckd.sum() * (per_region * alpha), nckd.sum() * (per_region * beta)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_tckd, grad_nckd):
-        target, log_qs, binary_s, t, q_t, w = ctx.saved_tensors
+        target, logs_s, teacher_p, w = ctx.saved_tensors
         alpha_scale, beta_scale = ctx.scales
+        k = target.shape[1]
+        student_p = logs_s.exp()
+        diff_q, diff_y, diff_r = (student_p - teacher_p).split((k, 1, 1), 1)  # q_s - q_t, s_y - t_y, s_r - t_r
         g_nckd = grad_nckd * beta_scale
-        grad_y, grad_r = ((binary_s.exp() - t) * (grad_tckd * alpha_scale)).unbind()  # (B, 1, N) each
-        q_s = log_qs.exp()
-        rest = torch.addcmul(q_s * (grad_r + g_nckd), q_t, g_nckd, value=-1.0)
-        return torch.where(target, grad_y, rest) * w, None, None, None, None, None, None
+        g_tckd = grad_tckd * alpha_scale
+        rest = torch.addcmul(student_p[:, :k] * (diff_r * g_tckd), diff_q, g_nckd)
+        return torch.where(target, diff_y * g_tckd, rest) * w, None, None, None, None, None, None
 
 
 def sdd_kd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: torch.Tensor,
