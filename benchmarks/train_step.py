@@ -18,6 +18,10 @@ default on CUDA) each case runs as the trainer runs it there: the step recorded 
 (`CapturedStep`) and replayed, then the optimiser step -- launches per step: one replay plus the
 operators outside the graph, also counted.
 
+On a CPU the steps run with freed buffers kept on the heap, as the trainer runs them
+(`--host-memory glibc-default` measures glibc's own thresholds instead; a process-wide setting, so the
+two are separate runs).
+
     python benchmarks/train_step.py [--teacher resnet56 --student resnet20 --batch 64 --size 32]
     python benchmarks/train_step.py --device cuda --precision bf16 [--step eager]
 
@@ -37,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sddcompress.benchmarking.timer import measure
 from sddcompress.engine.captured_step import CapturedStep, EpochTally
+from sddcompress.engine.host_memory import keep_freed_memory
 from sddcompress.engine.method_nets import distillation_terms, method_networks
 from sddcompress.losses import Objective, make_method
 from sddcompress.models import build_model
@@ -78,6 +83,9 @@ def main() -> None:
     ap.add_argument("--step", default=None, choices=("graph", "eager"),
                     help="graph: each step recorded as a CUDA graph and replayed, as the trainer does on CUDA "
                          "[default: graph on CUDA, eager elsewhere]")
+    ap.add_argument("--host-memory", default="keep", choices=("keep", "glibc-default"),
+                    help="on a CPU: keep freed buffers on the heap as the trainer does (keep), or glibc's own "
+                         "thresholds, to measure what keeping them buys (run once each, in turn)")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -85,6 +93,8 @@ def main() -> None:
     graph = (args.step or ("graph" if cuda else "eager")) == "graph"
     if graph and not cuda:
         ap.error("--step graph needs --device cuda")
+    if not cuda and args.host_memory == "keep":
+        keep_freed_memory()  # as the trainer does on a CPU
     fmt = torch.channels_last if cuda else torch.contiguous_format
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
@@ -161,7 +171,7 @@ def main() -> None:
     p50 = {k: statistics.median(v) for k, v in per_round.items()}
     a, b = p50["(a) student CE"], p50["(b) teacher forward"]
     where = (torch.cuda.get_device_name(device) + (", bf16 autocast" if autocast_dtype else "")
-             if cuda else f"{torch.get_num_threads()} threads")
+             if cuda else f"{torch.get_num_threads()} threads, host memory {args.host_memory}")
     print(f"one step, {args.student} <- {args.teacher}, batch {args.batch} at {args.size}px, {args.classes} classes, "
           f"{where}, {'CUDA-graph' if graph else 'eager'} step; median over {args.rounds} rounds of the p50 of "
           f"{args.iters} steps")

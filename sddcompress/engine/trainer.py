@@ -46,6 +46,7 @@ from .config import (METHOD_OPTIONS, TrainConfig, check_resume, default_out, is_
                      validate)
 from .captured_step import CapturedStep, CaptureFailed, EpochTally
 from .evaluate import evaluate
+from .host_memory import keep_freed_memory
 from .method_nets import distillation_terms, load_train_only_state, method_networks, train_only_state
 from .option_rules import INPUT_SIZE_MAX
 from .run_preprocessing import weights_preprocessing
@@ -241,6 +242,8 @@ def setup(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundl
     out = Path(cfg.out)
     previous = _previous_run(cfg, out, method, echo)
     acc = _make_accelerator(cfg, out)
+    if acc.device.type == "cpu":
+        keep_freed_memory()  # each step re-allocates the last step's buffers: keep them off page faults
     say = echo if acc.is_main_process else (lambda s: None)
     per_process = _per_process_batch(cfg, acc)
 
