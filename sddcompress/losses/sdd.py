@@ -21,10 +21,8 @@ PerSampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, t
 
 
 def flatten_regions(local: torch.Tensor) -> torch.Tensor:
-    """(B, K, N) -> (B*N, K): the N regions of sample 0, then those of sample 1, ...
-
-    A view (no copy) when `local` is the (B, K, N) transpose of a contiguous (B, N, K) tensor, which is
-    how `LocalLogits` returns it."""
+    """(B, K, N) -> (B*N, K): the N regions of sample 0, then those of sample 1, ... (a copy unless `local` is
+    the transpose of a contiguous (B, N, K) tensor)."""
     b, k, n = local.shape
     return local.transpose(1, 2).reshape(b * n, k)
 
