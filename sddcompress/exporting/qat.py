@@ -26,7 +26,7 @@ from ..data.label_scarce import UNLABELLED
 from ..errors import UserError
 from ..losses import Objective, make_method
 from ..models import LocalLogits
-from ..models.local_logits import pool_regions
+from ..models.local_logits import head_on_regions, pool_regions
 from .qat_options import QatOptions
 
 QAT_METHOD = "sdd-dkd"
@@ -81,10 +81,7 @@ def fitting_scales(net, scales: tuple[int, ...], input_size: int, echo: Callable
 def student_local_logits(net, images: torch.Tensor, scales: tuple[int, ...]):
     """(logits, SDD local logits (B, K, N)) of the Q/DQ student: every region through its quantised head."""
     logits, feature, head = net.features_and_head(images)
-    regions = pool_regions(feature, scales)  # (B, C, N)
-    b, c, n = regions.shape
-    local = head(regions.permute(0, 2, 1).reshape(b * n, c))
-    return logits, local.reshape(b, n, -1).permute(0, 2, 1)
+    return logits, head_on_regions(head, pool_regions(feature, scales))
 
 
 def distill_qdq(net, images, transform, teacher: LocalLogits, options: QatOptions, method_options: dict,

@@ -127,6 +127,16 @@ def region_pool(feature: torch.Tensor, scales: tuple[int, ...]) -> torch.Tensor:
     return pool_regions(feature, scales)
 
 
+def head_on_regions(head, regions: torch.Tensor, input_4d: bool = False) -> torch.Tensor:
+    """Any classifier `head` on every pooled region vector, as one (B*N, C) batch: (B, C, N) -> (B, K, N).
+    `input_4d`: the head takes (B*N, C, 1, 1)."""
+    b, c, n = regions.shape
+    flat = regions.permute(0, 2, 1).reshape(b * n, c)
+    if input_4d:
+        flat = flat[:, :, None, None]
+    return head(flat).reshape(b, n, -1).permute(0, 2, 1)
+
+
 #: The regions each scale option is for, as its error names them.
 _SCALE_KINDS = {"--scales": "SDD", "--msd-scales": "MSD"}
 
@@ -196,7 +206,7 @@ class LocalLogits(nn.Module):
             )
         self._head_input_4d = seen["x"].dim() == 4
         self.feature_channels = int(feat.shape[1])
-        rebuilt = self._apply_head(region_pool(feat, (1,)))[:, :, 0]
+        rebuilt = self.apply_head(region_pool(feat, (1,)))[:, :, 0]
         if rebuilt.shape != out.shape or not torch.allclose(rebuilt, out, rtol=1e-3, atol=1e-4):
             raise UserError(
                 f"{label}: its classifier applied to the pooled last feature map does not reproduce "
@@ -204,25 +214,17 @@ class LocalLogits(nn.Module):
             )
         self._feature = None
 
-    def _apply_head(self, regions: torch.Tensor) -> torch.Tensor:
+    def apply_head(self, regions: torch.Tensor) -> torch.Tensor:
+        """The model's own classifier on pooled region vectors: (B, C, N) -> (B, K, N)."""
         head = self.head
         if type(head) is nn.Linear:  # one 1x1 convolution over the regions: (B, C, N) in, (B, K, N) out
             return F.conv1d(regions, head.weight.unsqueeze(-1), head.bias)
-        b, c, n = regions.shape
-        flat = regions.permute(0, 2, 1).reshape(b * n, c)
-        if self._head_input_4d:
-            flat = flat[:, :, None, None]
-        logits = head(flat)
-        return logits.reshape(b, n, -1).permute(0, 2, 1)
-
-    def apply_head(self, regions: torch.Tensor) -> torch.Tensor:
-        """The model's own classifier on pooled region vectors: (B, C, N) -> (B, K, N)."""
-        return self._apply_head(regions)
+        return head_on_regions(head, regions, self._head_input_4d)
 
     def local_logits(self, feature: torch.Tensor, scales: tuple[int, ...] | None = None) -> torch.Tensor:
         """(B, C, H, W) -> local logits (B, K, N): every region of every scale pooled by one matrix product
         and classified by one call of the head (a Linear head: one 1x1 convolution over the regions)."""
-        return self._apply_head(region_pool(feature, scales or self.scales))
+        return self.apply_head(region_pool(feature, scales or self.scales))
 
     def logits_and_feature(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's logits (B, K) and the last feature map (B, C, H, W) they were computed from."""
