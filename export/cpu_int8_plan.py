@@ -15,6 +15,13 @@ consumer is an int8, zero-point-0 `QuantizeLinear`, the `Relu` goes, that `Quant
 does). Values inside the calibrated range are represented exactly as in the artefact; the unsigned code
 only adds head-room (up to 255 steps instead of 127) above it.
 
+ReLU6 (`Clip` from 0 to 6, torchvision's MobileNetV2) folds the same way when the uint8 code's top,
+255 x scale, does not pass the clip's upper bound: the clamp at 255 then keeps the bound. Where it would
+pass it, and the CPU sums int8 products in 32 bits (below), the clip's `QuantizeLinear` takes the scale
+bound / 255 instead, finer than the artefact's, so that code 255 *is* the bound: the value is rounded once,
+on a grid at most as coarse as the artefact's, and clipped exactly where the float model clips it. On other
+CPUs such a `Clip` stays in float.
+
 A second step concerns layers whose input stays signed (the image into the first conv; in MobileNetV2 the
 block inputs). ONNX Runtime shifts signed activations to uint8 (zero point 128) for its x86 kernels, and
 without VNNI those multiply uint8 by int8 pairwise into 16-bit sums, which overflow once both operands are
@@ -22,19 +29,31 @@ large (255 x 127 x 2 > 32767). On the quickstart student that alone cost 4.4 top
 conv. `seven_bit_weights_for_signed_inputs` gives such layers 7-bit weights (each int8 weight halved,
 its scale doubled; the int32 bias likewise), which cannot overflow; ONNX Runtime's own quantiser offers
 the same remedy (`reduce_range`). Layers fed by a folded ReLU read uint8 values of at most 127 at the
-calibrated range and keep their 8-bit weights.
+calibrated range and keep their 8-bit weights. CPUs with VNNI (`avx512_vnni`, `avx_vnni`) and ARM sum the
+products in 32 bits, which cannot overflow, so there every layer keeps its 8-bit weights
+(`int8_sums_are_32_bit`).
 
 A third step concerns the first conv's three input channels. ONNX Runtime's fast x86 INT8 convolution (MLAS's
 symmetric indirect conv) takes only input channel counts that are a multiple of 4; any other count falls
 back to im2col and a general GEMM, which made the quickstart student's 3-channel first conv slower in INT8
 than in fp32 and slower than any of its 16-channel convs. `pad_input_channels_to_multiple_of_4` appends
-zero channels to that conv's float input (before its `QuantizeLinear`) and zero weights to match: the
+zero channels to that conv's float input, the image (before its `QuantizeLinear`), and zero weights to match: the
 added products are exactly 0, so the output is unchanged.
 
-Last, the global pooling. PyTorch's `x.mean((2, 3))` exports as `ReduceMean`, which ONNX Runtime runs in
+Then the global pooling. PyTorch's `x.mean((2, 3))` exports as `ReduceMean`, which ONNX Runtime runs in
 float, after moving the tensor back from its NHWC layout. `quantized_spatial_mean_as_global_pool` renames a
 `ReduceMean` over all spatial axes (keeping them) whose input is dequantized to `GlobalAveragePool`, the
 same average, which ONNX Runtime fuses into an NHWC `QLinearGlobalAveragePool`.
+
+Last, the signed activations that remain: the outputs of layers without a ReLU (MobileNetV2's linear
+bottlenecks, the residual sums) and the image. ONNX Runtime's x86 build fuses only uint8 activations into
+`QLinearConv` and `QLinearAdd`; its own int8-to-uint8 conversion takes a `QuantizeLinear` with exactly one
+`DequantizeLinear` reader, so a signed tensor read by two layers (a block's output feeding the next block
+and its residual sum) stayed float, and so did every conv and sum around it. `signed_activations_as_uint8`
+re-encodes each activation `QuantizeLinear` with an int8 zero point z, and its `DequantizeLinear`s, as uint8
+with zero point z + 128: every quantised value moves by exactly 128 and dequantises to the same number, so
+the model computes what it computed before, and every quantised layer fuses. It runs after the 7-bit step,
+which must still see which inputs are signed.
 """
 
 from __future__ import annotations
@@ -44,7 +63,8 @@ from collections import defaultdict
 import numpy as np
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers with weights to quantise
-PLAN_STEPS = ("relus_folded", "layers_7bit", "convs_padded", "means_pooled")  # what `cpu_plan` counts, in order
+# what `cpu_plan` counts, in order
+PLAN_STEPS = ("relus_folded", "layers_7bit", "convs_padded", "means_pooled", "activations_uint8")
 INPUT_CHANNEL_ALIGNMENT = 4  # MLAS's symmetric INT8 conv on x86 needs input channels in multiples of this
 
 
@@ -58,12 +78,70 @@ def _scalar_zero_point(initializers: dict, node) -> np.ndarray | None:
     return zero_point if zero_point.size == 1 else None
 
 
-def cpu_plan(model) -> dict[str, int]:
-    """The four rewrites, in place, in order; returns how many nodes each changed (keys: PLAN_STEPS)."""
-    return {"relus_folded": fold_relu_into_uint8(model),
-            "layers_7bit": seven_bit_weights_for_signed_inputs(model),
+def int8_sums_are_32_bit() -> bool:
+    """Whether this CPU's INT8 kernels in ONNX Runtime add uint8 x int8 products in 32 bits (x86 with VNNI,
+    ARM), so that 8-bit weights cannot overflow; False where that cannot be told (the safe answer)."""
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def cpu_plan(model, sums_32_bit: bool | None = None) -> dict[str, int]:
+    """The five rewrites, in place, in order; returns how many nodes each changed (keys: PLAN_STEPS).
+    `sums_32_bit` says whether this CPU adds int8 products in 32 bits (default: `int8_sums_are_32_bit()`)."""
+    if sums_32_bit is None:
+        sums_32_bit = int8_sums_are_32_bit()
+    return {"relus_folded": fold_relu_into_uint8(model, rescale_clips=sums_32_bit),
+            "layers_7bit": 0 if sums_32_bit else seven_bit_weights_for_signed_inputs(model),
             "convs_padded": pad_input_channels_to_multiple_of_4(model),
-            "means_pooled": quantized_spatial_mean_as_global_pool(model)}
+            "means_pooled": quantized_spatial_mean_as_global_pool(model),
+            "activations_uint8": signed_activations_as_uint8(model)}
+
+
+def signed_activations_as_uint8(model) -> int:
+    """Re-encode each activation `QuantizeLinear` with a scalar int8 zero point, and the `DequantizeLinear`s
+    that read it, as uint8 with the zero point moved by 128 (see the module docstring); in place. Returns
+    how many quantised tensors were re-encoded."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    readers: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    graph_outputs = {o.name for o in graph.output}
+
+    def same_zero_point(dequantize, zero_point: np.ndarray) -> bool:
+        theirs = _scalar_zero_point(initializers, dequantize)
+        return theirs is not None and theirs.dtype == zero_point.dtype and theirs.item() == zero_point.item()
+
+    retyped, replaced = set(), set()
+    for quantize in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        zero_point = _scalar_zero_point(initializers, quantize)
+        dequantizers = readers[quantize.output[0]]
+        if (zero_point is None or zero_point.dtype != np.int8 or quantize.output[0] in graph_outputs
+                or any(a.name == "output_dtype" for a in quantize.attribute)
+                or not dequantizers or any(d.op_type != "DequantizeLinear" or not same_zero_point(d, zero_point)
+                                           for d in dequantizers)):
+            continue
+        unsigned_zero = f"{quantize.output[0]}_zero_point_uint8"
+        shifted = (zero_point.astype(np.int16) + 128).astype(np.uint8)
+        graph.initializer.append(numpy_helper.from_array(shifted, unsigned_zero))
+        replaced |= {quantize.input[2], *(d.input[2] for d in dequantizers)}
+        for node in (quantize, *dequantizers):
+            node.input[2] = unsigned_zero
+        retyped.add(quantize.output[0])
+    _delete_where(graph.value_info, lambda k: graph.value_info[k].name in retyped)
+    _delete_unread_initializers(graph, replaced)
+    return len(retyped)
 
 
 def quantized_spatial_mean_as_global_pool(model) -> int:
@@ -111,8 +189,9 @@ def quantized_spatial_mean_as_global_pool(model) -> int:
 
 def pad_input_channels_to_multiple_of_4(model) -> int:
     """Zero-pad the input channels of each quantised, ungrouped conv that ONNX Runtime's fast INT8 kernel
-    would refuse (see the module docstring); in place. Only a conv reached through its own
-    `float -> QuantizeLinear -> DequantizeLinear` chain is padded, since the zeros go into the float tensor."""
+    would refuse (see the module docstring); in place. Only a conv that reads a graph input (the image) through
+    its own `QuantizeLinear -> DequantizeLinear` chain is padded, since the zeros go into the float tensor: a
+    `Pad` after an inner layer would keep that layer from fusing with its `QuantizeLinear`."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -128,6 +207,7 @@ def pad_input_channels_to_multiple_of_4(model) -> int:
     def sole_reader(tensor: str) -> bool:
         return readers[tensor] == 1
 
+    graph_inputs = {i.name for i in graph.input}
     padded = 0
     new_nodes = []
     for conv in [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1]:
@@ -135,7 +215,7 @@ def pad_input_channels_to_multiple_of_4(model) -> int:
         dequantize, weight_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
         quantize = producer.get(dequantize.input[0]) if dequantize is not None else None
         if (group != 1 or dequantize is None or dequantize.op_type != "DequantizeLinear"
-                or quantize is None or quantize.op_type != "QuantizeLinear"
+                or quantize is None or quantize.op_type != "QuantizeLinear" or quantize.input[0] not in graph_inputs
                 or weight_dq is None or weight_dq.op_type != "DequantizeLinear"
                 or weight_dq.input[0] not in initializers or not sole_reader(weight_dq.input[0])
                 or not sole_reader(conv.input[0]) or not sole_reader(dequantize.input[0])):
@@ -217,8 +297,25 @@ def seven_bit_weights_for_signed_inputs(model) -> int:
     return changed
 
 
-def fold_relu_into_uint8(model) -> int:
-    """Rewrite `model` (an onnx ModelProto, in place) as described above; return how many ReLUs were folded."""
+def _clip_upper_bound(initializers: dict, clip) -> float | None:
+    """The upper bound of a `Clip` from exactly 0 (a ReLU6), or None for any other `Clip`."""
+    from onnx import numpy_helper
+
+    bounds = []
+    for index in (1, 2):
+        if len(clip.input) <= index or clip.input[index] not in initializers:
+            return None
+        bounds.append(numpy_helper.to_array(initializers[clip.input[index]]))
+    low, high = bounds
+    if low.size != 1 or high.size != 1 or low.item() != 0 or not 0 < high.item() < float("inf"):
+        return None
+    return float(high.item())
+
+
+def fold_relu_into_uint8(model, rescale_clips: bool = False) -> int:
+    """Rewrite `model` (an onnx ModelProto, in place) as described above; return how many ReLUs (and ReLU6
+    clips) were folded. `rescale_clips` lets a clip whose bound lies inside the uint8 range take the scale
+    bound / 255 (only where later layers sum int8 products in 32 bits: their inputs then reach code 255)."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -241,7 +338,7 @@ def fold_relu_into_uint8(model) -> int:
     retyped: set[str] = set()
     replaced: set[str] = set()  # initializers the rewritten nodes no longer read
     folded = 0
-    for relu in [n for n in nodes if n.op_type == "Relu"]:
+    for relu in [n for n in nodes if n.op_type in ("Relu", "Clip")]:
         quantize = only_consumer(relu.output[0], "QuantizeLinear")
         zero_point = None if quantize is None else _scalar_zero_point(initializers, quantize)
         if zero_point is None or zero_point.dtype != np.int8 or zero_point.any():
@@ -250,9 +347,21 @@ def fold_relu_into_uint8(model) -> int:
         if (quantize.output[0] in graph_outputs or not dequantizers
                 or any(d.op_type != "DequantizeLinear" or len(d.input) < 3 for d in dequantizers)):
             continue
+        clip_scale = None  # the scale a ReLU6 must take so that code 255 is its bound; None: keep the scale
+        if relu.op_type == "Clip":
+            bound = _clip_upper_bound(initializers, relu)
+            if bound is None or quantize.input[1] not in initializers:
+                continue
+            scale = numpy_helper.to_array(initializers[quantize.input[1]])
+            if scale.size != 1:
+                continue
+            if 255 * float(scale.item()) > bound:
+                if not rescale_clips or any(d.input[1] != quantize.input[1] for d in dequantizers):
+                    continue
+                clip_scale = np.array(bound / 255, scale.dtype).reshape(scale.shape)
         source = relu.input[0]
         feeding_dq = producer.get(source)
-        if feeding_dq is not None and feeding_dq.op_type == "DequantizeLinear" and only_consumer(source, "Relu"):
+        if feeding_dq is not None and feeding_dq.op_type == "DequantizeLinear" and only_consumer(source, relu.op_type):
             feeding_q = producer.get(feeding_dq.input[0])
             if (feeding_q is not None and feeding_q.op_type == "QuantizeLinear"
                     and only_consumer(feeding_dq.input[0], "DequantizeLinear")):
@@ -266,6 +375,16 @@ def fold_relu_into_uint8(model) -> int:
         quantize.input[2] = unsigned_zero
         for dequantize in dequantizers:
             dequantize.input[2] = unsigned_zero
+        if clip_scale is not None:
+            bound_scale = f"{quantize.output[0]}_scale_clip_bound"
+            graph.initializer.append(numpy_helper.from_array(clip_scale, bound_scale))
+            old_scale = float(numpy_helper.to_array(initializers[quantize.input[1]]).item())
+            replaced.add(quantize.input[1])
+            for node in (quantize, *dequantizers):
+                node.input[1] = bound_scale
+            for dequantize in dequantizers:
+                for layer in consumers[dequantize.output[0]]:
+                    replaced |= _rescale_bias(graph, initializers, producer, layer, float(clip_scale.item()) / old_scale)
         removed.add(id(relu))
         folded += 1
         retyped |= {quantize.output[0], relu.output[0]}
@@ -274,6 +393,30 @@ def fold_relu_into_uint8(model) -> int:
     _delete_where(graph.value_info, lambda k: graph.value_info[k].name in retyped)
     _delete_unread_initializers(graph, replaced)
     return folded
+
+
+def _rescale_bias(graph, initializers: dict, producer: dict, layer, ratio: float) -> set[str]:
+    """A quantised layer whose input scale was multiplied by `ratio` gets an int32 bias on the new step
+    (input scale x weight scale, as ONNX Runtime requires to fuse it), in new initializers; returns the
+    names of the old ones."""
+    from onnx import numpy_helper
+
+    if layer.op_type not in WEIGHTED_OPS or len(layer.input) < 3:
+        return set()
+    bias = producer.get(layer.input[2])
+    if (bias is None or bias.op_type != "DequantizeLinear"
+            or not {bias.input[0], bias.input[1]} <= set(initializers)):
+        return set()
+    values, scale = (numpy_helper.to_array(initializers[name]) for name in bias.input[:2])
+    if values.dtype != np.int32:
+        return set()
+    rescaled = np.clip(np.round(values.astype(np.float64) / ratio), -2**31, 2**31 - 1).astype(np.int32)
+    old = set(bias.input[:2])
+    for index, array in ((0, rescaled), (1, (scale.astype(np.float64) * ratio).astype(scale.dtype))):
+        name = f"{bias.input[index]}_on_{layer.name or layer.output[0]}_input_scale"
+        graph.initializer.append(numpy_helper.from_array(array, name))
+        bias.input[index] = name
+    return old
 
 
 def _delete_unread_initializers(graph, candidates: set[str]) -> None:

@@ -1,5 +1,6 @@
 """The CPU plan of the symmetric INT8 artefact (ReLUs folded into uint8 outputs, 7-bit weights for signed inputs,
-padded first-conv channels, the mean as a global pool), checked with real ONNX Runtime."""
+padded first-conv channels, the mean as a global pool, signed activations re-encoded as uint8), checked with
+real ONNX Runtime."""
 
 from collections import Counter
 
@@ -14,6 +15,7 @@ from sddcompress_export.cpu_int8_plan import (
     pad_input_channels_to_multiple_of_4,
     quantized_spatial_mean_as_global_pool,
     seven_bit_weights_for_signed_inputs,
+    signed_activations_as_uint8,
 )
 from sddcompress_export.onnxruntime_runner import DISABLED_OPTIMIZERS, OrtClassifier
 from sddcompress_export.ort_quantization import weighted_nodes
@@ -330,7 +332,7 @@ def test_the_exported_resnet_runs_as_integer_kernels_end_to_end(exported, tmp_pa
                keep_float="none")
     info = {"ort_int8": {"path": str(path)}}
     model = onnx.load(info["ort_int8"]["path"])
-    counts = cpu_plan(model)
+    counts = cpu_plan(model, sums_32_bit=False)  # with 7-bit weights, as on a CPU without VNNI
     assert counts["convs_padded"] == 1 and counts["means_pooled"] == 1
     ran = _optimized_op_counts(model, tmp_path)
     convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
@@ -339,9 +341,209 @@ def test_the_exported_resnet_runs_as_integer_kernels_end_to_end(exported, tmp_pa
     partial = onnx.load(info["ort_int8"]["path"])
     fold_relu_into_uint8(partial)
     seven_bit_weights_for_signed_inputs(partial)
-    full_logits = OrtClassifier(info["ort_int8"]["path"], providers=["CPUExecutionProvider"])(images)
-    session = ort.InferenceSession(partial.SerializeToString(), providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=DISABLED_OPTIMIZERS)
-    partial_logits = session.run(None, {session.get_inputs()[0].name: images})[0]
+
+    def logits(m):
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=DISABLED_OPTIMIZERS)
+        return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+    full_logits, partial_logits = logits(model), logits(partial)
     assert (full_logits.argmax(1) == partial_logits.argmax(1)).mean() >= 0.98
     assert np.abs(full_logits - partial_logits).mean() <= 0.05 * np.abs(partial_logits).mean() + 1e-6
+
+
+def _linear_bottleneck(path) -> None:
+    """stem conv -> ReLU -> project (1x1, no ReLU: a signed output read by two layers) -> expand (1x1) -> ReLU
+    -> project again -> residual Add -> global pool -> Gemm: the pattern of MobileNetV2's blocks, as fp32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sddcompress_export.metadata import ModelMetadata, write_metadata
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["input", "stem.w", "stem.b"], ["c1"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "project.w", "project.b"], ["block_in"], name="project"),
+             helper.make_node("Conv", ["block_in", "expand.w", "expand.b"], ["c3"], name="expand"),
+             helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+             helper.make_node("Conv", ["r3", "project2.w", "project2.b"], ["c4"], name="project2"),
+             helper.make_node("Add", ["block_in", "c4"], ["block_out"], name="residual"),
+             helper.make_node("GlobalAveragePool", ["block_out"], ["pooled"], name="pool"),
+             helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1)]
+    inits = [weight("stem.w", 8, 4, 3, 3), weight("stem.b", 8), weight("project.w", 8, 8, 1, 1),
+             weight("project.b", 8), weight("expand.w", 16, 8, 1, 1), weight("expand.b", 16),
+             weight("project2.w", 8, 16, 1, 1), weight("project2.b", 8), weight("fc.w", 4, 8), weight("fc.b", 4)]
+    graph = helper.make_graph(nodes, "bottleneck", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                    ["batch", 4, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    write_metadata(model, ModelMetadata(class_names=list("abcd"), input_size=8, mean=[0.0] * 4, std=[1.0] * 4,
+                                        model_name="bottleneck"))
+    onnx.save(model, str(path))
+
+
+def _quantised_bottleneck(tmp_path):
+    from sddcompress_export.ort_quantization import quantize_int8
+
+    _linear_bottleneck(tmp_path / "fp32.onnx")
+    images = np.random.default_rng(1).standard_normal((64, 4, 8, 8)).astype(np.float32)
+    path = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", images, method="minmax",
+                         keep_float="none").path
+    return onnx.load(str(path)), images
+
+
+def _before_last_step(model) -> None:
+    fold_relu_into_uint8(model)
+    seven_bit_weights_for_signed_inputs(model)
+    pad_input_channels_to_multiple_of_4(model)
+    quantized_spatial_mean_as_global_pool(model)
+
+
+def test_signed_activations_read_twice_fuse_only_once_re_encoded_as_uint8(tmp_path):
+    """A signed tensor with two readers (the next layer and the residual sum) kept the convs and the sum
+    around it in float; as uint8 with zero point 128 every conv and the sum run as integer kernels."""
+    model, _ = _quantised_bottleneck(tmp_path)
+    _before_last_step(model)
+    ran_before = _optimized_op_counts(model, tmp_path)
+    assert ran_before["Conv"] >= 2 and ran_before["QLinearAdd"] == 0  # project and expand stayed float
+    assert signed_activations_as_uint8(model) >= 2  # the block input and the residual sum, at least
+    onnx.checker.check_model(model, full_check=True)
+    ran = _optimized_op_counts(model, tmp_path)
+    assert ran["QLinearConv"] == 4 and ran["Conv"] == 0 and ran["QLinearAdd"] == 1
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    activation_zero_points = {inits[n.input[2]].dtype.name + ":" + str(inits[n.input[2]].item())
+                              for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert activation_zero_points <= {"uint8:0", "uint8:128"} and "uint8:128" in activation_zero_points
+
+
+def test_re_encoding_signed_activations_computes_exactly_the_same(tmp_path):
+    """Each quantised value moves by 128 and dequantises to the same number: with ONNX Runtime's reference
+    kernels (no fusions) the logits are bit for bit those before the re-encoding."""
+    model, images = _quantised_bottleneck(tmp_path)
+    _before_last_step(model)
+
+    def reference_logits(m):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": images})[0]
+
+    expected = reference_logits(model)
+    assert signed_activations_as_uint8(model) > 0
+    np.testing.assert_array_equal(reference_logits(model), expected)
+    assert np.abs(expected).max() > 0
+
+
+def test_quantisers_that_are_not_plain_int8_are_left_alone():
+    model = _relu_between_qdq()
+    fold_relu_into_uint8(model)  # x -> Q(uint8, zero point 0) -> DQ -> y: nothing signed is left
+    assert signed_activations_as_uint8(model) == 0
+    model = _relu_between_qdq()
+    model.graph.output.append(onnx.helper.make_tensor_value_info("xq", onnx.TensorProto.INT8, None))
+    count = signed_activations_as_uint8(model)  # the quantised input is a graph output: its type must stay
+    assert count == 1 and {n.input[2] for n in model.graph.node if "xq" in n.output or "xq" in n.input} == {"z"}
+
+
+def _relu6_graph(scale: float, with_conv: bool = False):
+    """x -> Clip(0, 6) -> Q(int8, `scale`) -> DQ -> y, or with `with_conv` x -> Q -> DQ -> Clip -> Q -> DQ ->
+    conv (per-channel int8 weights, int32 bias on input scale x weight scale) -> Q -> DQ -> y."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight_scale = np.full(8, 0.01, np.float32)
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "low"), numpy_helper.from_array(np.array(6.0, np.float32), "high"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "xs"), numpy_helper.from_array(np.array(0.1, np.float32), "ys"),
+             numpy_helper.from_array(rng.integers(-127, 128, (8, 4, 1, 1)).astype(np.int8), "w"),
+             numpy_helper.from_array(weight_scale, "ws"), numpy_helper.from_array(np.zeros(8, np.int8), "wz"),
+             numpy_helper.from_array(rng.integers(-2000, 2000, 8).astype(np.int32), "b"),
+             numpy_helper.from_array(weight_scale * np.float32(scale), "bs"),
+             numpy_helper.from_array(np.zeros(8, np.int32), "bz")]
+    if with_conv:
+        nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "z"], ["xq"]),
+                 helper.make_node("DequantizeLinear", ["xq", "xs", "z"], ["xd"]),
+                 helper.make_node("Clip", ["xd", "low", "high"], ["r"]),
+                 helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+                 helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"]),
+                 helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+                 helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0),
+                 helper.make_node("Conv", ["rd", "wd", "bd"], ["c"], name="conv"),
+                 helper.make_node("QuantizeLinear", ["c", "ys", "z"], ["cq"]),
+                 helper.make_node("DequantizeLinear", ["cq", "ys", "z"], ["y"])]
+        shape = [2, 8, 4, 4]
+    else:
+        nodes = [helper.make_node("Clip", ["x", "low", "high"], ["r"]),
+                 helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+                 helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["y"])]
+        shape = [2, 4, 4, 4]
+    graph = helper.make_graph(nodes, "relu6", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _relu6_input() -> np.ndarray:
+    return np.random.default_rng(2).uniform(-3.0, 12.0, (2, 4, 4, 4)).astype(np.float32)
+
+
+def test_a_relu6_whose_uint8_top_stays_below_its_bound_folds_like_a_relu():
+    model = _relu6_graph(0.02)  # 255 x 0.02 = 5.1 <= 6: the uint8 clamp keeps the bound on every CPU
+    assert fold_relu_into_uint8(model, rescale_clips=False) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+    x = _relu6_input()
+    np.testing.assert_array_equal(_run(model, x), np.clip(np.round(x / np.float32(0.02)), 0, 255) * np.float32(0.02))
+
+
+def test_a_relu6_whose_bound_lies_inside_the_uint8_range_is_clipped_exactly_at_it():
+    """255 x 0.04 = 10.2 > 6: without 32-bit sums the Clip stays; with them code 255 becomes 6 (scale 6 / 255),
+    a grid finer than the artefact's, and the output is the float ReLU6 to half a step."""
+    model = _relu6_graph(0.04)
+    assert fold_relu_into_uint8(model, rescale_clips=False) == 0
+    assert fold_relu_into_uint8(model, rescale_clips=True) == 1
+    onnx.checker.check_model(model, full_check=True)
+    x = _relu6_input()
+    artefact, folded, relu6 = _run(_relu6_graph(0.04), x), _run(model, x), np.clip(x, 0, 6)
+    step = np.float32(6.0) / np.float32(255)
+    np.testing.assert_array_equal(folded, np.clip(np.round(x / step), 0, 255) * step)
+    assert abs(folded.max() - 6.0) < 1e-5 and np.abs(folded - relu6).max() <= step / 2 * 1.0001
+    assert np.abs(folded - relu6).max() < np.abs(artefact - relu6).max()  # the artefact clamps at 127 x 0.04
+
+
+def test_a_rescaled_relu6_moves_the_next_layers_bias_onto_its_new_step_and_still_fuses(tmp_path):
+    from onnx import numpy_helper
+
+    model = _relu6_graph(0.04, with_conv=True)
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert fold_relu_into_uint8(model, rescale_clips=True) == 1
+    onnx.checker.check_model(model, full_check=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    bias = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "bd")
+    new_step = inits[bias.input[1]]
+    np.testing.assert_allclose(new_step, before["ws"] * np.float32(6 / 255), rtol=1e-6)
+    assert np.abs(inits[bias.input[0]] * new_step - before["b"] * before["bs"]).max() <= new_step.max() / 2 * 1.0001
+    ran = _optimized_op_counts(model, tmp_path)
+    assert ran["QLinearConv"] == 1 and ran["Conv"] == 0 and ran["Clip"] == 0
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = _relu6_input()
+    fused = _run(model, x)  # ONNX Runtime's fused integer kernel, against its reference kernels
+    assert np.abs(fused - reference.run(["y"], {"x": x})[0]).max() <= 0.1 * 1.0001
+
+
+def test_seven_bit_weights_only_where_int8_sums_can_overflow(tmp_path):
+    from sddcompress_export.cpu_int8_plan import int8_sums_are_32_bit
+
+    _quantised_bottleneck(tmp_path)
+    narrow, wide = onnx.load(str(tmp_path / "int8.onnx")), onnx.load(str(tmp_path / "int8.onnx"))
+    assert cpu_plan(narrow, sums_32_bit=False)["layers_7bit"] >= 1  # the image into the stem, at least
+    assert cpu_plan(wide, sums_32_bit=True)["layers_7bit"] == 0
+    runner = OrtClassifier(tmp_path / "int8.onnx", providers=["CPUExecutionProvider"])
+    assert (runner.cpu_plan["layers_7bit"] == 0) == int8_sums_are_32_bit()
