@@ -70,9 +70,10 @@ class OrtClassifier:
 
     `providers=None` picks `default_providers()`; the ones the session really uses (ORT falls back
     to CPU when a GPU provider cannot load) are in `.providers`, and `.device` says where it runs.
-    On the CPU provider a symmetric INT8 model runs through `cpu_int8_plan` (ReLUs folded into uint8 outputs,
-    7-bit weights where the input is signed, first-conv input channels padded to a multiple of 4, the spatial
-    mean as a global pool; `.cpu_plan` counts each), unless `use_cpu_plan=False`. With `profile_prefix`,
+    On the CPU provider a symmetric INT8 model runs through `cpu_int8_plan` (ReLUs and ReLU6s folded into uint8
+    outputs, 7-bit weights where the input is signed and the CPU lacks VNNI, the image's channels padded to a
+    multiple of 4, the spatial mean as a global pool, the remaining signed activations re-encoded as uint8;
+    `.cpu_plan` counts each), unless `use_cpu_plan=False`. With `profile_prefix`,
     ONNX Runtime's profiler records every node's kernel time until `end_profiling()` returns the JSON file.
     """
 

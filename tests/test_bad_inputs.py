@@ -60,7 +60,7 @@ SDDCOMPRESS_ROWS = [
     ("precision-fp16-on-cpu", _with(TRAIN, "--precision", "fp16"), 2, "--precision fp16 needs a CUDA GPU"),
     ("schedule-unknown", _with(TRAIN, "--schedule", "linear"), 2, "--schedule must be one of step, cosine"),
     ("workers-negative", _with(TRAIN, "--workers", "-1"), 2, "--workers must be >= 0"),
-    ("pipeline-unknown", _with(TRAIN, "--pipeline", "gpu"), 2, "--pipeline must be one of auto, device, loader"),
+    ("pipeline-unknown", _with(TRAIN, "--pipeline", "gpu"), 2, "--pipeline must be one of auto, device, jpeg, loader"),
     ("clip-grad-norm-negative", _with(TRAIN, "--clip-grad-norm", "-1"), 2, "--clip-grad-norm must be >= 0"),
     ("clip-grad-norm-nan", _with(TRAIN, "--clip-grad-norm", "nan"), 2, "--clip-grad-norm must be a finite number"),
     ("log-every-zero", _with(TRAIN, "--log-every", "0"), 2, "--log-every must be > 0"),

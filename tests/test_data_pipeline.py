@@ -56,18 +56,21 @@ def test_device_pipeline_trains_to_the_loader_weights(tmp_path, teacher_ckpt):
 
 
 def test_large_images_keep_the_loader_and_refuse_the_device_pipeline(tmp_path):
-    from sddcompress.engine.trainer import _use_device_pipeline
+    from sddcompress.engine.trainer import training_pipeline
     from sddcompress.errors import UserError
+
+    def _device(cfg, bundle, cuda):
+        return training_pipeline(cfg, bundle, cuda) == "device"
 
     folder = f"imagefolder:{_image_folder(tmp_path / 'img')}"
     small, large = load_dataset(folder, input_size=16), load_dataset(folder, input_size=96)
-    assert _use_device_pipeline(TrainConfig(pipeline="auto"), small, cuda=True)
-    assert _use_device_pipeline(TrainConfig(pipeline="device"), small, cuda=False)
-    assert not _use_device_pipeline(TrainConfig(pipeline="auto"), small, cuda=False)
-    assert not _use_device_pipeline(TrainConfig(pipeline="loader"), small, cuda=True)
-    assert not _use_device_pipeline(TrainConfig(pipeline="auto"), large, cuda=True)
+    assert _device(TrainConfig(pipeline="auto"), small, cuda=True)
+    assert _device(TrainConfig(pipeline="device"), small, cuda=False)
+    assert not _device(TrainConfig(pipeline="auto"), small, cuda=False)
+    assert not _device(TrainConfig(pipeline="loader"), small, cuda=True)
+    assert not _device(TrainConfig(pipeline="auto"), large, cuda=True)
     with pytest.raises(UserError, match="--pipeline device needs small images .*; use --pipeline loader"):
-        _use_device_pipeline(TrainConfig(pipeline="device"), large, cuda=False)
+        _device(TrainConfig(pipeline="device"), large, cuda=False)
 
 
 class _Process:

@@ -110,9 +110,11 @@ class TrainConfig:
                                  Rule("int", 0, optional=True, hint="or auto in a config file"),
                                  shown_default="from the CPU count, at most 8", resume="free")
     pipeline: str = option("auto", "Training input: device (small images held once on the training device, augmented "
-                           "per batch there), loader (PIL per image, DataLoader workers), auto (device on a GPU when "
-                           "the images are <= 64 px and fit in 4 GiB, else loader).",
-                           Rule("str", choices=("auto", "device", "loader")), resume="free")
+                           "per batch there), jpeg (a folder of JPEGs above 64 px decoded per batch on the training "
+                           "device, cropped, resized and flipped there), loader (PIL per image, DataLoader workers), "
+                           "auto (on a GPU: device when the images are <= 64 px and fit in 4 GiB, jpeg for a large "
+                           "JPEG folder; else loader).",
+                           Rule("str", choices=("auto", "device", "jpeg", "loader")), resume="free")
     epochs: int = option(240, "Training epochs.", POS_INT, resume="free")
     batch_size: int = option(64, "Global batch per optimiser step (split across processes and --grad-accum).", POS_INT,
                              resume="identity")

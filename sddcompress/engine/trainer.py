@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from ..data import DataBundle, EpochShuffleSampler, SeededTransform, load_dataset
 from ..data.augment import CropFlip
 from ..data.device_pipeline import DeviceImages, device_pipeline_fits, passthrough_batch
+from ..data.jpeg_pipeline import DeviceJpegImages, jpeg_pipeline_fits
 from ..data.datasets import keep_samples, readable_samples
 from ..data.fraction import take_train_fraction
 from ..data.label_scarce import LabelSplit, describe_split, split_labels
@@ -363,8 +364,10 @@ def _loaders(cfg: TrainConfig, acc, bundle: DataBundle, per_process: int):
     loader_args = dict(num_workers=workers, pin_memory=cuda, persistent_workers=cuda and workers > 0,
                        worker_init_fn=_own_process_group if workers > 0 else None)
     sampler = EpochShuffleSampler(len(bundle.train), cfg.seed)
-    if _use_device_pipeline(cfg, bundle, cuda):
-        train_ds = DeviceImages(bundle.train, bundle.train_transform, cfg.seed, acc.device)
+    pipeline = training_pipeline(cfg, bundle, cuda)
+    if pipeline in ("device", "jpeg"):
+        kind = DeviceImages if pipeline == "device" else DeviceJpegImages
+        train_ds = kind(bundle.train, bundle.train_transform, cfg.seed, acc.device)
         train_loader = DataLoader(train_ds, batch_size=per_process, sampler=sampler, drop_last=True,
                                   collate_fn=passthrough_batch)
     else:
@@ -448,14 +451,24 @@ def load_training_data(cfg: TrainConfig, acc) -> DataBundle:
     return bundle
 
 
-def _use_device_pipeline(cfg: TrainConfig, bundle: DataBundle, cuda: bool) -> bool:
-    """--pipeline: device when asked, or (auto) on a GPU for small images that fit; else the PIL loader."""
+def training_pipeline(cfg: TrainConfig, bundle: DataBundle, cuda: bool) -> str:
+    """--pipeline resolved to device, jpeg or loader: the one asked for, or (auto) on a GPU the device pipeline
+    for small images that fit and the JPEG pipeline for large JPEG folders; the PIL loader otherwise."""
     fits = device_pipeline_fits(bundle.train, bundle.train_transform, bundle.input_size)
     if cfg.pipeline == "device" and not fits:
         raise UserError(f"--pipeline device needs small images (input size <= {SMALL_INPUT_MAX} px) that fit in 4 GiB "
                         "as uint8; "
                         "use --pipeline loader")
-    return cfg.pipeline == "device" or (cfg.pipeline == "auto" and fits and cuda)
+    if cfg.pipeline in ("device", "loader"):
+        return cfg.pipeline
+    jpeg_misfit = jpeg_pipeline_fits(bundle.train, bundle.train_transform, bundle.input_size)
+    if cfg.pipeline == "jpeg":
+        if jpeg_misfit:
+            raise UserError(f"--pipeline jpeg cannot read this data: {jpeg_misfit}; use --pipeline loader")
+        return "jpeg"
+    if cuda and fits:
+        return "device"
+    return "jpeg" if cuda and jpeg_misfit is None else "loader"
 
 
 def _restore(s: Session, previous: dict) -> None:
