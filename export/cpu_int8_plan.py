@@ -348,6 +348,7 @@ def fold_relu_into_uint8(model, rescale_clips: bool = False) -> int:
                 or any(d.op_type != "DequantizeLinear" or len(d.input) < 3 for d in dequantizers)):
             continue
         clip_scale = None  # the scale a ReLU6 must take so that code 255 is its bound; None: keep the scale
+        clip_ratio = 1.0  # clip_scale over the scale it replaces
         if relu.op_type == "Clip":
             bound = _clip_upper_bound(initializers, relu)
             if bound is None or quantize.input[1] not in initializers:
@@ -359,6 +360,7 @@ def fold_relu_into_uint8(model, rescale_clips: bool = False) -> int:
                 if not rescale_clips or any(d.input[1] != quantize.input[1] for d in dequantizers):
                     continue
                 clip_scale = np.array(bound / 255, scale.dtype).reshape(scale.shape)
+                clip_ratio = float(clip_scale.item()) / float(scale.item())
         source = relu.input[0]
         feeding_dq = producer.get(source)
         if feeding_dq is not None and feeding_dq.op_type == "DequantizeLinear" and only_consumer(source, relu.op_type):
@@ -378,13 +380,12 @@ def fold_relu_into_uint8(model, rescale_clips: bool = False) -> int:
         if clip_scale is not None:
             bound_scale = f"{quantize.output[0]}_scale_clip_bound"
             graph.initializer.append(numpy_helper.from_array(clip_scale, bound_scale))
-            old_scale = float(numpy_helper.to_array(initializers[quantize.input[1]]).item())
             replaced.add(quantize.input[1])
             for node in (quantize, *dequantizers):
                 node.input[1] = bound_scale
             for dequantize in dequantizers:
                 for layer in consumers[dequantize.output[0]]:
-                    replaced |= _rescale_bias(graph, initializers, producer, layer, float(clip_scale.item()) / old_scale)
+                    replaced |= _rescale_bias(graph, initializers, producer, layer, clip_ratio)
         removed.add(id(relu))
         folded += 1
         retyped |= {quantize.output[0], relu.output[0]}

@@ -27,7 +27,7 @@ from .preprocessing import SMALL_INPUT_MAX
 # at most this many bytes of uint8 training images are held on the device
 DEVICE_BYTES_LIMIT = 4 << 30
 
-__all__ = ["DEVICE_BYTES_LIMIT", "DeviceImages", "device_pipeline_fits", "passthrough_batch"]
+__all__ = ["DEVICE_BYTES_LIMIT", "DeviceBatches", "DeviceImages", "device_pipeline_fits", "passthrough_batch"]
 
 
 def device_pipeline_fits(train: Dataset, transform, input_size: int) -> bool:
@@ -36,11 +36,38 @@ def device_pipeline_fits(train: Dataset, transform, input_size: int) -> bool:
 
 
 def passthrough_batch(batch):
-    """collate_fn for `DeviceImages`: `__getitems__` already returns the (images, labels) batch."""
+    """collate_fn for a `DeviceBatches` dataset: `__getitems__` already returns the (images, labels) batch."""
     return batch
 
 
-class DeviceImages(Dataset):
+class DeviceBatches(Dataset):
+    """A training set whose `__getitems__(indices)` returns the augmented, normalised batch on the device:
+    the labels, the seed and epoch of the augmentation, and the normalisation, held on that device."""
+
+    def __init__(self, labels: Sequence[int], seed: int, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.labels = torch.tensor([int(label) for label in labels], dtype=torch.long, device=self.device)
+        self.seed, self.epoch = seed, 0
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's augmentation, like `SeededTransform.set_epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        images, labels = self.__getitems__([index])
+        return images[0], int(labels[0])
+
+
+class DeviceImages(DeviceBatches):
     """`train` (a dataset of (PIL image or HxWx3 array, label)) as a uint8 tensor on `device`, augmented per batch.
 
     `set_epoch(e)` selects the epoch's augmentation, like `SeededTransform.set_epoch`."""
@@ -57,18 +84,9 @@ class DeviceImages(Dataset):
                 array = np.repeat(array[:, :, None], 3, axis=2)
             pixels.append(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
             labels.append(int(label))
-        self.device = torch.device(device)
+        super().__init__(labels, seed, transform.mean, transform.std, device)
         self.pixels = torch.stack(pixels).to(self.device)  # (N, 3, H, W) uint8
-        self.labels = torch.tensor(labels, dtype=torch.long, device=self.device)
-        self.pad, self.flip, self.seed, self.epoch = transform.pad, transform.flip, seed, 0
-        self.mean = torch.tensor(transform.mean, dtype=torch.float32, device=self.device)
-        self.std = torch.tensor(transform.std, dtype=torch.float32, device=self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.labels)
+        self.pad, self.flip = transform.pad, transform.flip
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The augmented, normalised batch of `indices`: (B, 3, H, W) float32 and (B,) labels, on the device."""
@@ -77,7 +95,3 @@ class DeviceImages(Dataset):
         index = index.to(self.device)
         images = crop_flip(self.pixels[index], dy, dx, flip, self.pad)
         return to_float(images, self.mean, self.std), self.labels[index]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        images, labels = self.__getitems__([index])
-        return images[0], int(labels[0])

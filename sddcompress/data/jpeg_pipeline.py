@@ -27,6 +27,8 @@ from torch.utils.data import Dataset
 from ..errors import UserError
 from ..torchvision_compat import torchvision
 from .augment import sample_seed, to_float
+from .datasets import load_image
+from .device_pipeline import DeviceBatches
 from .preprocessing import SMALL_INPUT_MAX
 
 T = torchvision.transforms
@@ -60,9 +62,8 @@ def _read_bytes(path: str) -> torch.Tensor:
         return torch.frombuffer(bytearray(file.read()), dtype=torch.uint8)
 
 
-class DeviceJpegImages(Dataset):
-    """`train` (an image folder of JPEGs) decoded and augmented per batch on `device`; `set_epoch(e)` selects
-    the epoch's augmentation, like `SeededTransform.set_epoch`."""
+class DeviceJpegImages(DeviceBatches):
+    """`train` (an image folder of JPEGs) decoded and augmented per batch on `device`."""
 
     def __init__(self, train: Dataset, transform, seed: int, device: torch.device | str = "cpu") -> None:
         crop, normalize = _steps(transform, T.RandomResizedCrop), _steps(transform, T.Normalize)
@@ -70,22 +71,12 @@ class DeviceJpegImages(Dataset):
             raise UserError("--pipeline jpeg applies the random-resized-crop augmentation of large images; "
                             "use --pipeline loader")
         flip = _steps(transform, T.RandomHorizontalFlip)
-        self.paths = [str(path) for path, _ in train.samples]  # type: ignore[attr-defined]
-        self.device = torch.device(device)
-        self.labels = torch.tensor([int(label) for _, label in train.samples],  # type: ignore[attr-defined]
-                                   dtype=torch.long, device=self.device)
+        samples = train.samples  # type: ignore[attr-defined]
+        super().__init__([label for _, label in samples], seed, normalize.mean, normalize.std, device)
+        self.paths = [str(path) for path, _ in samples]
         self.size = list(crop.size)
         self.scale, self.ratio = crop.scale, crop.ratio
         self.flip_probability = flip.p if flip is not None else 0.0
-        self.seed, self.epoch = seed, 0
-        self.mean = torch.tensor(normalize.mean, dtype=torch.float32, device=self.device)
-        self.std = torch.tensor(normalize.std, dtype=torch.float32, device=self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def _decode(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The images of `indices` as (3, H, W) uint8 tensors on the device: one batched GPU decode on CUDA."""
@@ -103,8 +94,6 @@ class DeviceJpegImages(Dataset):
                         raise UserError(f"cannot decode JPEG '{self.paths[i]}'; remove or replace it, or train with "
                                         "--pipeline loader --skip-bad-images") from None
                 raise
-        from .datasets import load_image
-
         return [torch.from_numpy(np.array(load_image(self.paths[i]), dtype=np.uint8, copy=True)).permute(2, 0, 1)
                 for i in indices]
 
@@ -131,7 +120,3 @@ class DeviceJpegImages(Dataset):
             crops.append(resized.flip(-1) if flip else resized)
         index = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         return to_float(torch.stack(crops), self.mean, self.std), self.labels[index]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        images, labels = self.__getitems__([index])
-        return images[0], int(labels[0])
