@@ -221,8 +221,9 @@ def _free_port() -> int:
 
 def _train_two_ways(tmp_path, args: list[str], float64: bool = False) -> tuple[Path, Path]:
     """The same run as one process and as two CPU processes (same global batch); returns both latest.pt.
-    With `float64`, both run with float64 models (tests/float64_cli.py)."""
-    entry = [str(Path(__file__).with_name("float64_cli.py"))] if float64 else ["-m", "sddcompress.cli.main"]
+    With `float64`, both run with float64 models. tests/checked_cli.py fails a run that returns with
+    its process group alive."""
+    entry = [str(Path(__file__).with_name("checked_cli.py")), *(["--float64"] if float64 else [])]
     one = subprocess.run([sys.executable, *entry, *args, "--out", str(tmp_path / "one")], capture_output=True,
                          text=True)
     assert one.returncode == 0, one.stderr

@@ -673,9 +673,20 @@ def run(cfg: TrainConfig, echo: Callable[[str], None] = print, data: DataBundle 
 
 
 def _run_locked(cfg: TrainConfig, echo: Callable[[str], None], data: DataBundle | None) -> RunResult:
-    """setup -> (teacher evaluation) -> for each epoch: train_one_epoch, scheduler step, evaluate,
-    save_checkpoint, then the metrics row that checkpoint describes."""
+    """setup -> the epochs -> the accelerator's teardown."""
     s = setup(cfg, echo, data)
+    result = _train_epochs(cfg, s)
+    # Trackers closed and the process group destroyed here rather than at the interpreter's exit,
+    # where gloo's worker threads can abort the process. After a barrier, and only after a run that
+    # finished: destroying a group while another process is still in a collective can hang.
+    s.acc.wait_for_everyone()
+    s.acc.end_training()
+    return result
+
+
+def _train_epochs(cfg: TrainConfig, s: Session) -> RunResult:
+    """(teacher evaluation) -> for each epoch: train_one_epoch, scheduler step, evaluate,
+    save_checkpoint, then the metrics row that checkpoint describes."""
     acc, say = s.acc, s.say
     log = MetricsLog(s.out)
     if acc.is_main_process:  # the log never runs ahead of the checkpoint the run starts from
@@ -714,8 +725,6 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None], data: DataBundle 
             save_checkpoint(s, [s.latest, s.best] if improved else [s.latest], epoch + 1, 0, {}, row=record)
             if acc.is_main_process:  # after the checkpoint it describes
                 log.write(record)
-    if acc.log_with:
-        acc.end_training()
     params = sum(p.numel() for p in s.student.parameters())
     return RunResult(s.out, s.latest, s.best, s.best_top1, s.last_val, s.teacher_metrics, params, history)
 
