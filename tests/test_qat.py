@@ -107,31 +107,37 @@ def test_export_with_qat_reports_both_and_keeps_the_plan(distilled, cli, tmp_pat
     assert code == 0, err
     int8 = json.loads((out / "export_report.json").read_text())["artifacts"]["ort_int8"]
     qat = int8["qat"]
-    assert qat["steps"] >= 1 and qat["method"] == "sdd-dkd" and qat["labels"] == "the teacher's predictions"
+    assert qat["steps"] >= 1 and qat["method"] == "sdd-dkd" and qat["labelled_images"] > 0
     assert qat["top1_drop"] == int8["top1_drop"] and "ptq_top1_drop" in qat
     assert int8["float_nodes"] == int8["quantization"]["float_nodes"] and len(int8["float_nodes"]) == 2
-    assert "quantization-aware distillation: top-1" in stdout
+    kept = "" if qat["shipped"] == "quantization-aware" else " (post-training model kept)"
+    assert f"INT8 after quantization-aware distillation{kept}: top-1" in stdout
 
 
-@pytest.mark.parametrize("post_training, quantization_aware, shipped", [(50.0, 40.0, "post-training"),
-                                                                      (40.0, 40.0, "quantization-aware")])
-def test_qat_keeps_the_post_training_model_when_held_out_images_prefer_it(
+@pytest.mark.parametrize("post_training, quantization_aware, shipped", [
+    ((50.0, 90.0), (40.0, 95.0), "post-training"),  # lower top-1
+    ((40.0, 90.0), (40.0, 90.0), "post-training"),  # a tie: nothing won back
+    ((40.0, 90.0), (40.0, 92.5), "quantization-aware"),  # same top-1, closer to fp32
+    ((40.0, 90.0), (42.5, 80.0), "quantization-aware")])
+def test_qat_ships_the_fine_tuned_model_only_where_held_out_images_prefer_it(
         float_export, teacher_ckpt, distilled, tmp_path, monkeypatch, post_training, quantization_aware, shipped):
     import sddcompress.exporting.qat as qat
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
     from sddcompress.exporting.qat_options import QatOptions
+    from sddcompress_export.ort_quantization import HeldOutScore
 
     path, result, images = _ptq(float_export, tmp_path, "none")
     before = path.read_bytes()
-    scores = {path.name: post_training}
-    monkeypatch.setattr(qat, "held_out_score", lambda p, *a: scores.get(Path(p).name, quantization_aware))
+    scores = {path.name: HeldOutScore(*post_training, 0.0)}
+    monkeypatch.setattr(qat, "held_out_score",
+                        lambda p, *a: scores.get(Path(p).name, HeldOutScore(*quantization_aware, 0.0)))
     ckpt = load_checkpoint(distilled)
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
     said: list[str] = []
     summary = qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
                            QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), said.append, (images[:16], None))
-    assert summary["shipped"] == shipped and summary["held_out_post_training"] == post_training
+    assert summary["shipped"] == shipped and summary["held_out_post_training"] == post_training[0]
     assert (path.read_bytes() == before) == (shipped == "post-training")
     assert not list(tmp_path.glob(".*quantization-aware*"))  # no temporary file left behind
     assert ("post-training model is kept" in said[-1]) == (shipped == "post-training")
@@ -158,3 +164,46 @@ def test_qat_without_a_teacher_names_the_option(teacher_ckpt, cli, tmp_path):
     result = cli("export", "--ckpt", teacher_ckpt, "--out", str(tmp_path / "e"), "--ort-int8", "--calib-size", "32",
                  "--val-size", "32", "--qat-epochs", "1")
     assert_one_line_error(result, "pass --teacher-ckpt PATH")
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.1])
+def test_qat_sees_the_labels_the_run_saw(fraction):
+    """A --labelled-fraction run's QAT keeps the run's labelled subset (its --seed) and nothing more."""
+    from sddcompress.data.datasets import load_dataset
+    from sddcompress.data.fraction import _labels
+    from sddcompress.data.label_scarce import UNLABELLED, labelled_indices
+    from sddcompress.exporting.qat import labels_the_run_saw
+
+    bundle = load_dataset("digits", input_size=16)
+    every = _labels(bundle.train)
+    seen = _labels(labels_the_run_saw(bundle, {"config": {"labelled_fraction": fraction, "seed": 3}}))
+    kept = labelled_indices(every, fraction, 3, bundle.class_names)
+    assert len(seen) == len(every) and np.array_equal(np.flatnonzero(seen != UNLABELLED), kept)
+    assert np.array_equal(seen[kept], every[kept])
+    assert (len(kept) == len(every)) == (fraction == 1.0)
+
+
+def test_qat_trains_cross_entropy_on_the_labels(float_export, teacher_ckpt, distilled, tmp_path):
+    """The same fine-tuning with and without the labels ends at different weights: the labels are read."""
+    from torch.utils.data import Subset
+
+    from sddcompress.data.label_scarce import ScarceLabels
+    from sddcompress.data.fraction import _labels
+    from sddcompress.engine.checkpoint import load_checkpoint
+    from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
+    from sddcompress.exporting.qat import distill_qdq, load_teacher, quantization_aware_net
+    from sddcompress.exporting.qat_options import QatOptions
+
+    path, _, _ = _ptq(float_export, tmp_path, "none")
+    bundle = dataset_for_checkpoint(load_checkpoint(distilled), "digits", None, 16)
+    teacher = load_teacher(teacher_ckpt, bundle.num_classes, 16, (1, 2, 4))
+    train = Subset(bundle.train, range(128))
+    unlabelled = ScarceLabels(train, _labels(train), np.array([], dtype=np.int64))
+    weights = []
+    for images in (train, unlabelled):
+        net = quantization_aware_net(float_export / "model.onnx", path)
+        summary = distill_qdq(net, images, bundle.train_transform, teacher, QatOptions(epochs=1, lr=0.01), {}, 0,
+                              lambda s: None)
+        assert summary["labelled_images"] == (128 if images is train else 0)
+        weights.append(net.float_weights())
+    assert any(not np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -5,10 +5,11 @@ precision plan), the student is fine-tuned *as that model* (`QdqNet`: torch's fa
 the tensors ONNX Runtime quantises) against its teacher with the SDD-DKD objective, then written back through
 the same INT8 stage with the same ranges and float layers (`quantize_with_weights`).
 
-The fine-tuning learns from the teacher only: every image's label is the teacher's prediction (the
-objective's unlabelled path), so it needs no labels beyond those the run had, and a label-scarce run stays
-label-scarce. It reads the run's training images with the run's augmentation; BatchNorm is already folded
-into the convolutions, so nothing else changes between training and the deployed model.
+The fine-tuning sees the labels the run saw and no others: every training image's label for a run with
+all of them, the same class-stratified subset for a --labelled-fraction run (drawn from its --seed), the
+others unlabelled (the objective trains cross-entropy on the labelled ones only). It reads the run's training
+images with the run's augmentation; BatchNorm is already folded into the convolutions, so nothing else changes
+between training and the deployed model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.label_scarce import UNLABELLED
+from ..data.fraction import _labels
+from ..data.label_scarce import split_labels
 from ..errors import UserError
 from ..losses import Objective, make_method
 from ..models import LocalLogits
@@ -84,10 +86,19 @@ def student_local_logits(net, images: torch.Tensor, scales: tuple[int, ...]):
     return logits, head_on_regions(head, pool_regions(feature, scales))
 
 
+def labels_the_run_saw(bundle, ckpt: dict):
+    """The bundle's training images with the labels the run trained on: all of them, or its
+    --labelled-fraction subset (the same images, from its --seed) with the others unlabelled."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    fraction = float(config.get("labelled_fraction") or 1.0)
+    return split_labels(bundle, fraction, None, int(config.get("seed") or 0), uses_teacher=True)[0].train
+
+
 def distill_qdq(net, images, transform, teacher: LocalLogits, options: QatOptions, method_options: dict,
                 seed: int, echo: Callable[[str], None]) -> dict:
-    """Fine-tune `net` (a QdqNet) in place on the training `images` (a dataset of (image, label); the labels
-    are not read) under `transform`, seeded per (seed, epoch, index) like training; returns a summary."""
+    """Fine-tune `net` (a QdqNet) in place on the training `images` (a dataset of (image, label), UNLABELLED
+    for an image without one) under `transform`, seeded per (seed, epoch, index) like training; returns a
+    summary."""
     from ..data.augment import EpochShuffleSampler, SeededTransform
 
     method = make_method(QAT_METHOD, **{**method_options, "warmup_epochs": 0.0})
@@ -104,16 +115,15 @@ def distill_qdq(net, images, transform, teacher: LocalLogits, options: QatOption
     net.train()
     started, losses, epoch = time.perf_counter(), [], 0
     echo(f"QAT: {steps} steps ({options.epochs:g} epochs of {per_epoch}) of {QAT_METHOD} from the teacher, batch "
-         f"{batch}, lr {options.lr:g}; the teacher's predictions stand in for the labels")
+         f"{batch}, lr {options.lr:g}")
     while len(losses) < steps:
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
-        for x, _ in loader:
+        for x, labels in loader:
             with torch.no_grad():
                 t_logits, t_local = teacher(x)
             s_logits, s_local = student_local_logits(net, x, method.scales)
-            no_labels = torch.full((x.shape[0],), UNLABELLED, dtype=torch.long)
-            loss = objective(s_logits, no_labels, teacher_logits=t_logits, student_local=s_local,
+            loss = objective(s_logits, labels, teacher_logits=t_logits, student_local=s_local,
                              teacher_local=t_local, epoch_progress=1.0)["loss"]
             if not torch.isfinite(loss):
                 raise UserError("quantization-aware training: the loss is not finite; pass a smaller --qat-lr")
@@ -132,7 +142,7 @@ def distill_qdq(net, images, transform, teacher: LocalLogits, options: QatOption
     tenth = max(1, len(losses) // 10)
     summary = {"steps": len(losses), "seconds": time.perf_counter() - started, "batch_size": batch,
                "lr": options.lr, "epochs": options.epochs, "method": QAT_METHOD,
-               "labels": "the teacher's predictions", "loss_first": float(np.mean(losses[:tenth])),
+               "labelled_images": int(np.sum(_labels(images) >= 0)), "loss_first": float(np.mean(losses[:tenth])),
                "loss_last": float(np.mean(losses[-tenth:]))}
     echo(f"QAT: {summary['steps']} steps in {summary['seconds']:.1f}s; loss {summary['loss_first']:.4f} -> "
          f"{summary['loss_last']:.4f} (mean of the first and last tenth)")
@@ -154,12 +164,12 @@ def quantization_aware_net(fp32_path: Path, int8_path: Path):
         return QdqNet(onnx.load(str(int8_path)), onnx.load(str(prepared)))
 
 
-def held_out_score(path: Path, images: np.ndarray, labels: np.ndarray | None, fp32: np.ndarray) -> float:
-    """Top-1 (%) of an ONNX model on held-out images, or its agreement with the fp32 logits without labels,
+def held_out_score(path: Path, images: np.ndarray, labels: np.ndarray | None, fp32: np.ndarray):
+    """An ONNX model's HeldOutScore on held-out images (top-1, agreement with the fp32 logits, logit error),
     scored as the INT8 stage scores its candidates."""
     from sddcompress_export.ort_quantization import predict_cpu, score_against
 
-    return score_against(predict_cpu(str(path), images), fp32, labels).key()[0]
+    return score_against(predict_cpu(str(path), images), fp32, labels)
 
 
 def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, options: QatOptions,
@@ -167,10 +177,10 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     """Fine-tune the student as the Q/DQ model at `int8_path`, then rewrite that file from the result through
     the INT8 stage (same activation ranges, same float layers). Returns the fine-tuning's summary.
 
-    With `held_out` (images, labels or None) the fine-tuned model must score at least as well as the
-    post-training one there (top-1, or agreement with fp32 without labels); otherwise the post-training
-    model is put back and the summary says so (`shipped`)."""
-    from sddcompress_export.ort_quantization import predict_cpu, quantize_with_weights
+    With `held_out` (images, labels or None) the fine-tuned model must raise the post-training one's top-1
+    or its agreement with fp32 there (the rule that keeps a layer in float); otherwise the post-training
+    model is kept and the summary says so (`shipped`)."""
+    from sddcompress_export.ort_quantization import predict_cpu, quantize_with_weights, wins_back_accuracy
 
     if result.ranges is None:
         raise UserError("quantization-aware training needs ONNX Runtime's calibration cache (onnxruntime 1.24 or "
@@ -182,8 +192,8 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     scales = fitting_scales(net, make_method(QAT_METHOD, **method_options).scales, bundle.input_size, echo)
     method_options["scales"] = scales
     teacher = load_teacher(path, bundle.num_classes, bundle.input_size, scales)
-    summary = distill_qdq(net, bundle.train, bundle.train_transform, teacher, options, method_options,
-                          int(config.get("seed") or 0), echo)
+    summary = distill_qdq(net, labels_the_run_saw(bundle, ckpt), bundle.train_transform, teacher, options,
+                          method_options, int(config.get("seed") or 0), echo)
     trained = int8_path.with_name(f".{int8_path.stem}.quantization-aware.onnx")
     try:
         quantize_with_weights(fp32_path, int8_path, net.float_weights(), result.ranges, result.method,
@@ -195,14 +205,15 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
             before = held_out_score(int8_path, images, labels, fp32)
             after = held_out_score(trained, images, labels, fp32)
             kind = "top-1" if labels is not None else "agreement with fp32"
-            summary.update(held_out_images=len(images), held_out_kind=kind, held_out_post_training=before,
-                           held_out_quantization_aware=after)
-            if after < before:
+            summary.update(held_out_images=len(images), held_out_kind=kind,
+                           held_out_post_training=before.key()[0], held_out_quantization_aware=after.key()[0])
+            said = (f"held-out {kind} {after.key()[0]:.2f}, agreement with fp32 {after.agreement:.2f} (post-training "
+                    f"{before.key()[0]:.2f}, {before.agreement:.2f}) on {len(images)} held-out calibration images")
+            if not wins_back_accuracy(after, before):
                 summary["shipped"] = "post-training"
-                echo(f"QAT: held-out {kind} {after:.2f} is below post-training's {before:.2f} on {len(images)} "
-                     "held-out calibration images: the post-training model is kept (try another --qat-lr or --qat-epochs)")
+                echo(f"QAT: {said}: no gain, the post-training model is kept (try another --qat-lr or --qat-epochs)")
                 return summary
-            echo(f"QAT: held-out {kind} {after:.2f} (post-training {before:.2f}): the fine-tuned model is shipped")
+            echo(f"QAT: {said}: the fine-tuned model is shipped")
         os.replace(trained, int8_path)
     finally:
         trained.unlink(missing_ok=True)
