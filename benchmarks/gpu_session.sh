@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the training engine, in one go, on a machine with an NVIDIA GPU and PyTorch:
-# the `gpu` tests, the paper recipe through the real trainer (graph and eager step), and the
-# per-step cost table. Each part is time-limited so one stall cannot take the rest down.
+# the `gpu` tests, the paper recipe through the real trainer (graph and eager step), the
+# per-step cost table, and the 224-px JPEG pipeline beside the resnet50 -> mobilenetv2 step. Each part is time-limited so one stall cannot take the rest down.
 #   bash benchmarks/gpu_session.sh [OUT_DIR]       (OUT_DIR: where logs and JSON figures go; default bench_out)
 # Packages the image may lack can be put as wheels in .whl/ beforehand; they are installed to a
 # scratch folder together with this checkout, which is then first on PYTHONPATH.
@@ -28,4 +28,6 @@ part paper_recipe_graph 180 python3 benchmarks/paper_recipe.py --json "$out/pape
 [ -n "${EAGER:-}" ] && part paper_recipe_eager 240 python3 benchmarks/paper_recipe.py --step eager --epochs 2 \
   --json "$out/paper_recipe_eager.json"
 part train_step 180 python3 benchmarks/train_step.py --device cuda --precision bf16
+part data_jpeg 120 python3 benchmarks/data.py --jpeg-folder 50 --size 224 --teacher resnet50 --student mobilenetv2 \
+  --rounds 2 --step-batches 5 --pipeline-batches 5
 true
