@@ -25,6 +25,10 @@ time ratios, timed in the same interleaved rounds as fp32 and the post-training 
 the two export ships (its rule on the held-out calibration images) and that model's drop.
 
     python benchmarks/export.py --families all --epochs 3 --qat-epochs 2 --out /tmp/families
+
+`--distil` distils each family from that teacher (SDD-DKD, the scales its 32-px feature map serves) instead of
+training it alone: the flow `sddcompress distill` then `export --qat-epochs` (QAT then starts from local logits
+already near the teacher's).
 """
 
 from __future__ import annotations
@@ -94,10 +98,25 @@ def qat_model(checkpoint: str, onnx_path: str, ptq, folder: Path, epochs: float,
     return path, summary
 
 
+def fitting_sdd_scales(name: str) -> str:
+    """The SDD scales (of 1,2,4) that `name`'s last feature map can serve at 32 px, as --scales takes them."""
+    from sddcompress.models import LocalLogits
+    from sddcompress.models.registry import build_model
+
+    for scales in ((1, 2, 4), (1, 2)):
+        try:
+            LocalLogits(build_model(name, 10, 32), 32, scales)
+            return ",".join(map(str, scales))
+        except UserError:
+            continue
+    return "1"
+
+
 def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, qat_epochs: float = 0.0,
-               teacher: str | None = None) -> dict:
-    """Train `name` briefly on digits at 32 px (or not at all), export, quantise with the default chain
-    (accuracy, then the precision plan for this CPU) and time the chosen INT8 model against fp32."""
+               teacher: str | None = None, distil: bool = False) -> dict:
+    """Train `name` on digits at 32 px (alone, or distilled from `teacher` with SDD-DKD when `distil`; or not at
+    all), export, quantise with the default chain (accuracy, then the precision plan for this CPU) and time
+    the chosen INT8 model against fp32."""
     import numpy as np
 
     from sddcompress.engine.config import TrainConfig
@@ -111,8 +130,10 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
     started = time.perf_counter()
     checkpoint = None
     if epochs > 0:
+        how = (dict(method="sdd-dkd", teacher="resnet56", teacher_ckpt=teacher, scales=fitting_sdd_scales(name))
+               if distil else {})
         result = run(TrainConfig(model=name, data="digits", input_size=32, epochs=epochs, batch_size=64, lr=0.05,
-                                 schedule="cosine", out=str(folder / "train"), cpu=True, log_every=10**6),
+                                 schedule="cosine", out=str(folder / "train"), cpu=True, log_every=10**6, **how),
                      echo=lambda s: None)
         # parity within 1e-2: a briefly trained model's logits are large
         report = run_export(ExportOptions(ckpt=str(result.best), out=str(folder), calib_size=calib_size, atol=1e-2),
@@ -137,7 +158,7 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
     fp32_top1 = score(fp32, data.val_images, data.val_labels)["top1"]
     int8_top1 = score(int8, data.val_images, data.val_labels)["top1"]
     plan = result.plan or {}
-    row = {"family": name, "epochs": epochs, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
+    row = {"family": name, "epochs": epochs, "distilled": distil, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
            "drop": fp32_top1 - int8_top1, "plan": plan.get("chosen"), "float_nodes": result.float_nodes,
            "why": plan.get("why", {}), "ship": plan.get("ship"), "plan_ratio": plan.get("ratio"), "plan_fastest_ratio": plan.get("fastest_ratio"),
            "layers": len(plan.get("layer_costs_us", {})), "train_export_seconds": train_seconds,
@@ -166,13 +187,15 @@ def families_main(args) -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="sddcompress-families-"))
     rows = []
     names = FAMILIES if args.families == "all" else args.families.split(",")
-    teacher = train_teacher(out, max(2 * args.epochs, 4)) if args.qat_epochs and args.epochs > 0 else None
+    needs_teacher = (args.qat_epochs or args.distil) and args.epochs > 0
+    teacher = train_teacher(out, max(2 * args.epochs, 4)) if needs_teacher else None
     qat_head = f"{'qat':>7}{'drop':>7}{'b=1 x':>7}{'b=32 x':>8}  {'export ships':<19}{'drop':>6}" if teacher else ""
     print(f"{'family':<20}{'fp32':>7}{'int8':>7}{'drop':>7}  {'plan':<20}{'float':>8}{'ship':>6}"
           f"{'b=1 x':>7}{'b=32 x':>8}{qat_head}", flush=True)
     for name in names:
         try:
-            row = family_row(name, out, args.epochs, args.calib_size, args.calls, args.qat_epochs, teacher)
+            row = family_row(name, out, args.epochs, args.calib_size, args.calls, args.qat_epochs, teacher,
+                             args.distil)
         except (UserError, DeployError) as exc:  # one family's failure is a row, not the end of the table
             rows.append({"family": name, "failed": str(exc)})
             print(f"{name:<20}failed: {exc}", flush=True)
@@ -203,6 +226,9 @@ def main() -> None:
     ap.add_argument("--families", default=None,
                     help=f"comma-separated student families, or all ({', '.join(FAMILIES)}): one row each")
     ap.add_argument("--epochs", type=int, default=3, help="with --families: training epochs on digits (0: untrained)")
+    ap.add_argument("--distil", action="store_true",
+                    help="with --families: distil each family from the resnet56 teacher (SDD-DKD) instead of training it "
+                         "alone, as `sddcompress distill` would")
     ap.add_argument("--qat-epochs", type=float, default=0.0,
                     help="with --families: also quantization-aware distillation, this many epochs, per trained family")
     args = ap.parse_args()
