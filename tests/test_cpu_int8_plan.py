@@ -547,3 +547,27 @@ def test_seven_bit_weights_only_where_int8_sums_can_overflow(tmp_path):
     assert cpu_plan(wide, sums_32_bit=True)["layers_7bit"] == 0
     runner = OrtClassifier(tmp_path / "int8.onnx", providers=["CPUExecutionProvider"])
     assert (runner.cpu_plan["layers_7bit"] == 0) == int8_sums_are_32_bit()
+
+
+def test_clipping_that_the_cpu_plan_hides_is_reported_as_written(tmp_path):
+    """ReLU outputs above the calibrated range (127 x 0.05) clip in the file as written (TensorRT's rounding) but
+    not with the CPU plan's uint8 outputs: the report scores both and warns in one line when they part."""
+    from sddcompress.exporting.int8_report import as_written_section
+
+    path = tmp_path / "relu.onnx"
+    onnx.save(_relu_between_qdq(), path)
+    rows = np.zeros((4, 8), np.float32)
+    rows[:, 2], rows[:, 5] = 7.0, 9.0  # both above 6.35: as written they tie at the clip and class 2 wins
+    labels = np.full(4, 5)
+    plan = OrtClassifier(path, providers=["CPUExecutionProvider"])
+    assert plan.cpu_plan["relus_folded"] == 1 and (plan(rows).argmax(1) == labels).all()
+    said: list[str] = []
+    section = as_written_section(plan, rows, labels, 100.0, 100.0, 4, 0.5, said.append)
+    assert section == {"top1": 0.0, "top1_drop": 100.0}
+    assert len(said) == 1 and "as TensorRT runs it" in said[0] and "--trt fp16" in said[0]
+    inside = rows * 0.5  # within the calibrated range both agree: no line
+    said.clear()
+    assert as_written_section(plan, inside, labels, 100.0, 100.0, 4, 0.5, said.append)["top1"] == 100.0
+    assert not said
+    plain = OrtClassifier(path, providers=["CPUExecutionProvider"], use_cpu_plan=False)
+    assert as_written_section(plain, rows, labels, 100.0, 0.0, 4, 0.5, said.append) is None

@@ -65,6 +65,8 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
          f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float layers: "
          f"{', '.join(result.float_nodes) or 'none'}; top-1 {metrics['top1']:.2f} vs fp32 "
          f"{fp32_metrics['top1']:.2f}; goal {line}")
+    written = as_written_section(int8_model, tensors.val_images, tensors.val_labels, fp32_metrics["top1"],
+                                 metrics["top1"], batch, o.int8_max_drop, echo)
     latency = latency_section(fp32_model, int8_model, tensors.val_images)
     echo(f"INT8 latency ({latency['providers'][0]}): " + latency.get("goal", latency.get("skipped", "")))
     plan = result.plan
@@ -78,7 +80,26 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
             "calibration_images": result.calibration_images, "held_out_images": result.held_out_images,
             "float_nodes": result.float_nodes, "float_reason": result.float_reason,
             "top1_drop": drop, "goal": line, "latency": latency, "quantization": result.to_report(),
-            "qat": qat_summary}
+            "qat": qat_summary, "as_written": written}
+
+
+def as_written_section(int8_model: OrtClassifier, images: np.ndarray, labels: np.ndarray, fp32_top1: float,
+                       plan_top1: float, batch: int, max_drop: float, echo: Callable[[str], None]) -> dict | None:
+    """Top-1 of the INT8 file with its Q/DQ as written: ONNX Runtime without the CPU plan, which rounds and clips
+    every activation at its calibrated range as TensorRT does. None where the CPU plan changed nothing.
+
+    The plan's uint8 ReLU outputs reach twice the calibrated range, so where calibration clips activations the
+    file scores lower on other runtimes than on this CPU; then one line says so."""
+    if not any(int8_model.cpu_plan.values()):
+        return None
+    model = OrtClassifier(int8_model.path, providers=int8_model.providers, use_cpu_plan=False)
+    top1 = logits_metrics(predict_all(model, images, batch), labels)["top1"]
+    if plan_top1 - top1 > max_drop:
+        echo(f"warning: INT8 with its Q/DQ as written (as TensorRT runs it) scores top-1 {top1:.2f} (drop "
+             f"{fp32_top1 - top1:+.2f}), {plan_top1 - top1:.2f} points below ONNX Runtime on this CPU, whose plan "
+             "lets ReLU outputs pass the calibrated range: calibration clips this model; for TensorRT build --trt "
+             "fp16, or keep more layers float (--int8-keep-float)")
+    return {"top1": top1, "top1_drop": fp32_top1 - top1}
 
 
 def latency_section(fp32_model: OrtClassifier, int8_model: OrtClassifier, images: np.ndarray) -> dict:
