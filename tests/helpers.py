@@ -40,3 +40,35 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def random_initializers(scale: float, seed: int = 0):
+    """`weight(name, *shape)`: a float32 ONNX initializer of normal draws times `scale` (one generator per call)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, *shape: int):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    return weight
+
+
+def save_constructed_classifier(path, nodes, initializers, channels: int, name: str) -> None:
+    """A hand-built fp32 classifier graph, input (batch, channels, 8, 8) named `input`, output (batch, 4) named
+    `logits`, opset 18, with the metadata export writes (classes a-d), checked and saved to `path`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sddcompress_export.metadata import ModelMetadata, write_metadata
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          ["batch", channels, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    write_metadata(model, ModelMetadata(class_names=list("abcd"), input_size=8, mean=[0.0] * channels,
+                                        std=[1.0] * channels, model_name=name))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

@@ -20,6 +20,7 @@ from sddcompress_export.cpu_int8_plan import (
 from sddcompress_export.onnxruntime_runner import DISABLED_OPTIMIZERS, OrtClassifier
 from sddcompress_export.ort_quantization import weighted_nodes
 from sddcompress_export.tensor_file import load_tensor_file
+from helpers import random_initializers, save_constructed_classifier
 
 
 def _optimized_op_counts(model, tmp_path) -> Counter:
@@ -355,14 +356,9 @@ def test_the_exported_resnet_runs_as_integer_kernels_end_to_end(exported, tmp_pa
 def _linear_bottleneck(path) -> None:
     """stem conv -> ReLU -> project (1x1, no ReLU: a signed output read by two layers) -> expand (1x1) -> ReLU
     -> project again -> residual Add -> global pool -> Gemm: the pattern of MobileNetV2's blocks, as fp32."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
-    from sddcompress_export.metadata import ModelMetadata, write_metadata
-
-    rng = np.random.default_rng(0)
-
-    def weight(name, *shape):
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
+    weight = random_initializers(0.4)
 
     nodes = [helper.make_node("Conv", ["input", "stem.w", "stem.b"], ["c1"], name="stem", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -377,14 +373,7 @@ def _linear_bottleneck(path) -> None:
     inits = [weight("stem.w", 8, 4, 3, 3), weight("stem.b", 8), weight("project.w", 8, 8, 1, 1),
              weight("project.b", 8), weight("expand.w", 16, 8, 1, 1), weight("expand.b", 16),
              weight("project2.w", 8, 16, 1, 1), weight("project2.b", 8), weight("fc.w", 4, 8), weight("fc.b", 4)]
-    graph = helper.make_graph(nodes, "bottleneck", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                    ["batch", 4, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    write_metadata(model, ModelMetadata(class_names=list("abcd"), input_size=8, mean=[0.0] * 4, std=[1.0] * 4,
-                                        model_name="bottleneck"))
-    onnx.save(model, str(path))
+    save_constructed_classifier(path, nodes, inits, 4, "bottleneck")
 
 
 def _quantised_bottleneck(tmp_path):

@@ -11,10 +11,10 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from sddcompress_export.chain import INT8_FILE, ONNX_FILE, int8_model
-from sddcompress_export.metadata import INT8_PLAN_KEY, ModelMetadata, read_int8_plan, write_metadata
+from sddcompress_export.metadata import INT8_PLAN_KEY, read_int8_plan
 from sddcompress_export.precision_plan import (
     attribute,
     choose_plan,
@@ -23,17 +23,14 @@ from sddcompress_export.precision_plan import (
     recommendation_line,
     weighted_layers,
 )
+from helpers import random_initializers, save_constructed_classifier
 
 LAYERS = ("stem", "dw", "pw", "fc")
 
 
 def _constructed_model(path) -> None:
     """stem conv -> ReLU -> depthwise conv -> ReLU -> pointwise conv -> ReLU -> global pool -> Gemm."""
-    rng = np.random.default_rng(0)
-
-    def weight(name, *shape):
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
-
+    weight = random_initializers(0.3)
     nodes = [
         helper.make_node("Conv", ["input", "stem.w", "stem.b"], ["c1"], name="stem", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -47,15 +44,7 @@ def _constructed_model(path) -> None:
     ]
     inits = [weight("stem.w", 8, 3, 3, 3), weight("stem.b", 8), weight("dw.w", 8, 1, 3, 3), weight("dw.b", 8),
              weight("pw.w", 8, 8, 1, 1), weight("pw.b", 8), weight("fc.w", 4, 8), weight("fc.b", 4)]
-    graph = helper.make_graph(nodes, "constructed", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                     ["batch", 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    write_metadata(model, ModelMetadata(class_names=list("abcd"), input_size=8, mean=[0.0] * 3, std=[1.0] * 3,
-                                        model_name="constructed"))
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_constructed_classifier(path, nodes, inits, 3, "constructed")
 
 
 def _quantised_layers(path) -> set[str]:
