@@ -73,29 +73,23 @@ def train_teacher(out: Path, epochs: int) -> str:
 
 def qat_model(checkpoint: str, onnx_path: str, ptq, folder: Path, epochs: float, teacher: str,
               held_out) -> tuple[Path, dict]:
-    """The post-training INT8 model `ptq` fine-tuned by quantization-aware distillation, beside it, and whether
-    export would ship it: the summary's `shipped`, by export's rule on the `held_out` calibration images."""
+    """The post-training INT8 model `ptq` fine-tuned by quantization-aware distillation, beside it whatever it
+    scores, and the summary of `export --qat-epochs` on a copy of `ptq` (`shipped`: which model export keeps,
+    by its rule on the `held_out` calibration images)."""
     import shutil
 
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
-    from sddcompress.exporting.qat import held_out_score, qat_int8
+    from sddcompress.exporting.qat import qat_int8
     from sddcompress.exporting.qat_options import QatOptions
-    from sddcompress_export.ort_quantization import predict_cpu, wins_back_accuracy
 
-    path = folder / "model.qat.int8.onnx"
-    shutil.copyfile(ptq.path, path)
+    shipped, fine_tuned = folder / "model.shipped.int8.onnx", folder / "model.qat.int8.onnx"
+    shutil.copyfile(ptq.path, shipped)
     ckpt = load_checkpoint(checkpoint)
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 32)
-    # no held-out check inside: the fine-tuned model is written whatever it scores, to be scored here
-    summary = qat_int8(ckpt, bundle, Path(onnx_path), path, ptq, QatOptions(epochs, teacher_ckpt=teacher),
-                       echo=lambda s: None)
-    images, labels = held_out
-    fp32 = predict_cpu(onnx_path, images)
-    before, after = (held_out_score(p, images, labels, fp32) for p in (ptq.path, path))
-    summary.update(held_out_post_training=before.key()[:2], held_out_quantization_aware=after.key()[:2],
-                   shipped="quantization-aware" if wins_back_accuracy(after, before) else "post-training")
-    return path, summary
+    summary = qat_int8(ckpt, bundle, Path(onnx_path), shipped, ptq, QatOptions(epochs, teacher_ckpt=teacher),
+                       echo=lambda s: None, held_out=held_out, fine_tuned_copy=fine_tuned)
+    return fine_tuned, summary
 
 
 def fitting_sdd_scales(name: str) -> str:
@@ -173,7 +167,8 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
         shipped_top1 = row["qat_top1"] if summary["shipped"] == "quantization-aware" else int8_top1
         row.update(qat_drop=fp32_top1 - row["qat_top1"], qat_steps=summary["steps"], qat_seconds=summary["seconds"],
                    qat_shipped=summary["shipped"], shipped_drop=fp32_top1 - shipped_top1,
-                   qat_held_out={k: summary.get(k) for k in ("held_out_post_training", "held_out_quantization_aware")})
+                   qat_held_out={k: summary.get(k) for k in ("held_out_kind", "held_out_post_training",
+                                                              "held_out_quantization_aware")})
     for batch, rounds in zip(BATCHES, (calls * 4, calls)):
         ms = median_ms_side_by_side(models, batch_of(data.val_images, batch), rounds=rounds)
         row[f"x_fp32_b{batch}"] = ms["int8"] / ms["fp32"]

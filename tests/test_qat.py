@@ -135,10 +135,13 @@ def test_qat_ships_the_fine_tuned_model_only_where_held_out_images_prefer_it(
     ckpt = load_checkpoint(distilled)
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
     said: list[str] = []
+    copy = tmp_path / "fine-tuned.onnx"
     summary = qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
-                           QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), said.append, (images[:16], None))
+                           QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), said.append, (images[:16], None),
+                           fine_tuned_copy=copy)
     assert summary["shipped"] == shipped and summary["held_out_post_training"] == post_training[0]
     assert (path.read_bytes() == before) == (shipped == "post-training")
+    assert (copy.read_bytes() == path.read_bytes()) == (shipped == "quantization-aware")  # kept either way
     assert not list(tmp_path.glob(".*quantization-aware*"))  # no temporary file left behind
     assert ("post-training model is kept" in said[-1]) == (shipped == "post-training")
 

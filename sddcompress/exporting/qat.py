@@ -15,6 +15,7 @@ between training and the deployed model.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -173,13 +174,15 @@ def held_out_score(path: Path, images: np.ndarray, labels: np.ndarray | None, fp
 
 
 def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, options: QatOptions,
-             echo: Callable[[str], None], held_out: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
+             echo: Callable[[str], None], held_out: tuple[np.ndarray, np.ndarray | None] | None = None,
+             fine_tuned_copy: Path | None = None) -> dict:
     """Fine-tune the student as the Q/DQ model at `int8_path`, then rewrite that file from the result through
     the INT8 stage (same activation ranges, same float layers). Returns the fine-tuning's summary.
 
     With `held_out` (images, labels or None) the fine-tuned model must raise the post-training one's top-1
     or its agreement with fp32 there (the rule that keeps a layer in float); otherwise the post-training
-    model is kept and the summary says so (`shipped`)."""
+    model is kept and the summary says so (`shipped`). `fine_tuned_copy`, when given, also receives the
+    fine-tuned model, shipped or not (the families benchmark scores both)."""
     from sddcompress_export.ort_quantization import predict_cpu, quantize_with_weights, wins_back_accuracy
 
     if result.ranges is None:
@@ -198,6 +201,8 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     try:
         quantize_with_weights(fp32_path, int8_path, net.float_weights(), result.ranges, result.method,
                               result.float_nodes, out_path=trained)
+        if fine_tuned_copy is not None:
+            shutil.copyfile(trained, fine_tuned_copy)
         summary.update(teacher_ckpt=path, shipped="quantization-aware")
         if held_out is not None and len(held_out[0]):
             images, labels = held_out
