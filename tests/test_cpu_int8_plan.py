@@ -560,3 +560,19 @@ def test_clipping_that_the_cpu_plan_hides_is_reported_as_written(tmp_path):
     assert not said
     plain = OrtClassifier(path, providers=["CPUExecutionProvider"], use_cpu_plan=False)
     assert as_written_section(plain, rows, labels, 100.0, 0.0, 4, 0.5, said.append) is None
+
+
+def test_int8_choices_are_scored_by_the_lower_of_the_cpu_plan_and_the_file_as_written(tmp_path):
+    """Held-out images above the calibrated range: the CPU plan still ranks class 5 first, the Q/DQ as written
+    clips both classes to a tie and class 2 wins, so the held-out score is the file's as written."""
+    from sddcompress_export.ort_quantization import held_out_score
+
+    path = tmp_path / "relu.onnx"
+    onnx.save(_relu_between_qdq(), path)
+    rows = np.zeros((4, 8), np.float32)
+    rows[:, 2], rows[:, 5] = 7.0, 9.0
+    labels, ref = np.full(4, 5), rows.copy()
+    clipped = held_out_score(str(path), rows, ref, labels)
+    assert clipped.as_written and clipped.top1 == 0.0 and clipped.agreement == 0.0
+    inside = held_out_score(str(path), rows * 0.5, ref * 0.5, labels)  # both runtimes agree: the plan's score
+    assert not inside.as_written and inside.top1 == 100.0 and inside.agreement == 100.0

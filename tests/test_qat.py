@@ -125,12 +125,13 @@ def test_qat_ships_the_fine_tuned_model_only_where_held_out_images_prefer_it(
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
     from sddcompress.exporting.qat_options import QatOptions
+    from sddcompress_export import ort_quantization
     from sddcompress_export.ort_quantization import HeldOutScore
 
     path, result, images = _ptq(float_export, tmp_path, "none")
     before = path.read_bytes()
     scores = {path.name: HeldOutScore(*post_training, 0.0)}
-    monkeypatch.setattr(qat, "held_out_score",
+    monkeypatch.setattr(ort_quantization, "held_out_score",
                         lambda p, *a: scores.get(Path(p).name, HeldOutScore(*quantization_aware, 0.0)))
     ckpt = load_checkpoint(distilled)
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)

@@ -165,14 +165,6 @@ def quantization_aware_net(fp32_path: Path, int8_path: Path):
         return QdqNet(onnx.load(str(int8_path)), onnx.load(str(prepared)))
 
 
-def held_out_score(path: Path, images: np.ndarray, labels: np.ndarray | None, fp32: np.ndarray):
-    """An ONNX model's HeldOutScore on held-out images (top-1, agreement with the fp32 logits, logit error),
-    scored as the INT8 stage scores its candidates."""
-    from sddcompress_export.ort_quantization import predict_cpu, score_against
-
-    return score_against(predict_cpu(str(path), images), fp32, labels)
-
-
 def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, options: QatOptions,
              echo: Callable[[str], None], held_out: tuple[np.ndarray, np.ndarray | None] | None = None,
              fine_tuned_copy: Path | None = None) -> dict:
@@ -183,7 +175,8 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     or its agreement with fp32 there (the rule that keeps a layer in float); otherwise the post-training
     model is kept and the summary says so (`shipped`). `fine_tuned_copy`, when given, also receives the
     fine-tuned model, shipped or not (the families benchmark scores both)."""
-    from sddcompress_export.ort_quantization import predict_cpu, quantize_with_weights, wins_back_accuracy
+    from sddcompress_export.ort_quantization import held_out_score, predict_cpu, quantize_with_weights, \
+        wins_back_accuracy
 
     if result.ranges is None:
         raise UserError("quantization-aware training needs ONNX Runtime's calibration cache (onnxruntime 1.24 or "
@@ -207,8 +200,8 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
         if held_out is not None and len(held_out[0]):
             images, labels = held_out
             fp32 = predict_cpu(str(fp32_path), images)
-            before = held_out_score(int8_path, images, labels, fp32)
-            after = held_out_score(trained, images, labels, fp32)
+            before = held_out_score(str(int8_path), images, fp32, labels)
+            after = held_out_score(str(trained), images, fp32, labels)
             kind = "top-1" if labels is not None else "agreement with fp32"
             summary.update(held_out_images=len(images), held_out_kind=kind,
                            held_out_post_training=before.key()[0], held_out_quantization_aware=after.key()[0])
