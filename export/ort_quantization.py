@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .channel_balance import ChannelRewrite, rewrite_for_int8
 from .classifier_metrics import predict_all
 from .atomic import atomic_write
 from .cpu_int8_plan import WEIGHTED_OPS
@@ -73,6 +74,7 @@ class QuantizationResult:
     sensitivity: list[dict] = field(default_factory=list)
     plan: dict | None = None  # `PrecisionPlan.to_dict()` when the layers were chosen for speed as well
     ranges: str | None = field(default=None, repr=False)  # the chosen calibration's activation ranges (ORT's cache)
+    rewrite: ChannelRewrite = field(default_factory=ChannelRewrite, repr=False)  # the float graph's changes
 
     def held_out_drop(self) -> float | None:
         if self.held_out is None:
@@ -84,6 +86,7 @@ class QuantizationResult:
     def to_report(self) -> dict:
         values = asdict(self)
         del values["ranges"]
+        values["rewrite"] = self.rewrite.summary()
         values["path"] = str(self.path)
         values["held_out_drop"] = self.held_out_drop()
         return values
@@ -286,11 +289,11 @@ class _HeldOutSearch:
     """What the INT8 choices share: the quantiser over the fit slice, and each candidate's score on the
     held-out slice against the fp32 model (top-1 drop with labels, disagreement without)."""
 
-    def __init__(self, prepared: str, fit: np.ndarray, held: np.ndarray, held_labels: np.ndarray | None, tmp: str,
-                 batch_size: int) -> None:
-        self.quantizer = _Quantizer(prepared, fit, tmp, batch_size)
+    def __init__(self, prepared: str, rewritten: str, fit: np.ndarray, held: np.ndarray,
+                 held_labels: np.ndarray | None, tmp: str, batch_size: int) -> None:
+        self.quantizer = _Quantizer(rewritten, fit, tmp, batch_size)
         self.held, self.held_labels = held, held_labels
-        self.ref = predict_cpu(prepared, held) if len(held) else None
+        self.ref = predict_cpu(prepared, held) if len(held) else None  # the float model as exported
         self.fp32_top1 = (None if self.ref is None or held_labels is None
                           else float(100.0 * (self.ref.argmax(1) == held_labels).mean()))
 
@@ -411,11 +414,16 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
     fit, held, held_labels = split_calibration(images, calib_labels, held_out_fraction)
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = os.path.join(tmp, "prepared.onnx")
+        prepared, rewritten = os.path.join(tmp, "prepared.onnx"), os.path.join(tmp, "rewritten.onnx")
         prepared_model(fp32_path, prepared)
         graph = load_onnx(prepared)  # node names as the quantiser sees them
         forced = _parse_keep_float(keep_float, graph)
-        search = _HeldOutSearch(prepared, fit, held, held_labels, tmp, batch_size)
+        rewrite = rewrite_for_int8(graph, fit)
+        onnx.save(graph, rewritten)
+        counts = rewrite.summary()
+        echo(f"INT8 channel rewrite: weights reading {counts['dead_channels_zeroed']} channels that never fired set "
+             f"to 0, {counts['pairs_equalised']} Conv -> ReLU -> Conv pairs equalised")
+        search = _HeldOutSearch(prepared, rewritten, fit, held, held_labels, tmp, batch_size)
         chosen, best_path, best_score, candidates = _choose_calibration(search, method, forced or [], echo)
         float_nodes, reason, sensitivity = list(forced or []), "requested" if forced else "none needed", []
         if forced is None and search.ref is not None and search.drop(best_score) > max_drop:
@@ -443,7 +451,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
             entry.key, entry.value = INT8_PLAN_KEY, json.dumps(plan)
         atomic_write(out_path, lambda temp: onnx.save(model, str(temp)))
     return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), search.fp32_top1, best_score,
-                              candidates, sensitivity, plan, ranges)
+                              candidates, sensitivity, plan, ranges, rewrite)
 
 
 def zero_points(model) -> dict[str, list[int]]:
