@@ -151,9 +151,11 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
     fp32, int8 = OrtClassifier(onnx_path), OrtClassifier(result.path)
     fp32_top1 = score(fp32, data.val_images, data.val_labels)["top1"]
     int8_top1 = score(int8, data.val_images, data.val_labels)["top1"]
+    as_written = OrtClassifier(result.path, providers=["CPUExecutionProvider"], use_cpu_plan=False)
     plan = result.plan or {}
     row = {"family": name, "epochs": epochs, "distilled": distil, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
-           "drop": fp32_top1 - int8_top1, "plan": plan.get("chosen"), "float_nodes": result.float_nodes,
+           "drop": fp32_top1 - int8_top1, "as_written_top1": score(as_written, data.val_images, data.val_labels)["top1"],
+           "rewrite": result.rewrite.summary(), "plan": plan.get("chosen"), "float_nodes": result.float_nodes,
            "why": plan.get("why", {}), "ship": plan.get("ship"), "plan_ratio": plan.get("ratio"), "plan_fastest_ratio": plan.get("fastest_ratio"),
            "layers": len(plan.get("layer_costs_us", {})), "train_export_seconds": train_seconds,
            "quantize_seconds": quantize_seconds,
