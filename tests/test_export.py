@@ -229,6 +229,7 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
     the first 3/4, method/layer choices are scored on the last 1/4, and no validation image is ever fed."""
     import onnxruntime as ort
 
+    import sddcompress_export.channel_balance as channel_balance
     import sddcompress_export.ort_quantization as ort_quantization
     from sddcompress.exporting.pipeline import ExportOptions, run_export
 
@@ -237,10 +238,21 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
     quantising = []
     real_run, real_quantize = ort.InferenceSession.run, ort_quantization.quantize_int8
 
+    probing = []  # the channel rewrite measures the float graph on the calibration images
+    real_probe = channel_balance.channel_maxima
+
     def recording_run(self, output_names, feed, *args, **kwargs):
         if quantising:
-            seen.extend((str(getattr(self, "_model_path", "")), x) for x in feed.values())
+            kind = "probe" if probing else str(getattr(self, "_model_path", ""))
+            seen.extend((kind, x) for x in feed.values())
         return real_run(self, output_names, feed, *args, **kwargs)
+
+    def recording_probe(*args, **kwargs):
+        probing.append(True)
+        try:
+            return real_probe(*args, **kwargs)
+        finally:
+            probing.clear()
 
     def recording_quantize(*args, **kwargs):
         quantising.append(True)
@@ -251,6 +263,7 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
 
     monkeypatch.setattr(ort.InferenceSession, "run", recording_run)
     monkeypatch.setattr(ort_quantization, "quantize_int8", recording_quantize)
+    monkeypatch.setattr(channel_balance, "channel_maxima", recording_probe)
     report = run_export(ExportOptions(ckpt=exported["checkpoint"], out=str(tmp_path), ort_int8=True,
                                       calib_file=exported["tensor_file"]["path"]), echo=lambda s: None)
     info = report["artifacts"]["ort_int8"]
@@ -261,8 +274,8 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
         flat = pool.reshape(len(pool), -1)
         return all((flat == row.reshape(1, -1)).all(1).any() for row in batch)
 
-    calibration = [x for path, x in seen if "augmented" in path]
-    scoring = [x for path, x in seen if "augmented" not in path]
+    calibration = [x for path, x in seen if "augmented" in path or path == "probe"]
+    scoring = [x for path, x in seen if "augmented" not in path and path != "probe"]
     assert calibration and scoring
     assert all(rows_in(x, fit) for x in calibration)
     assert all(rows_in(x, held) for x in scoring)
