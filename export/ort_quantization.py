@@ -43,6 +43,7 @@ from .metadata import INT8_PLAN_KEY, load_onnx
 from .onnxruntime_runner import OrtClassifier
 
 METHODS = ("minmax", "percentile", "entropy")
+HELD_OUT_FRACTION = 0.25  # of the calibration images: held out to score every INT8 choice on
 CALIBRATION_CHOICES = ("auto",) + METHODS
 
 
@@ -392,7 +393,7 @@ def _keep_float_for_speed(search: _HeldOutSearch, graph, fp32_path, chosen: str,
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.ndarray,
                   calib_labels: np.ndarray | None = None, method: str = DEFAULTS.calib_method,
                   keep_float: str = DEFAULTS.keep_float, max_drop: float = DEFAULTS.max_drop,
-                  held_out_fraction: float = 0.25, batch_size: int = 32, echo=lambda s: None,
+                  held_out_fraction: float = HELD_OUT_FRACTION, batch_size: int = 32, echo=lambda s: None,
                   speed=None) -> QuantizationResult:
     """Calibrate on training images (preprocessed, N x 3 x H x W) and write the QDQ INT8 model.
 

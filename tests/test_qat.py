@@ -108,6 +108,7 @@ def test_export_with_qat_reports_both_and_keeps_the_plan(distilled, cli, tmp_pat
     int8 = json.loads((out / "export_report.json").read_text())["artifacts"]["ort_int8"]
     qat = int8["qat"]
     assert qat["steps"] >= 1 and qat["method"] == "sdd-dkd" and qat["labelled_images"] > 0
+    assert qat["held_out_left_out"] == 16 == int8["held_out_images"]  # the quarter of 64 the ship rule scores on
     assert qat["top1_drop"] == int8["top1_drop"] and "ptq_top1_drop" in qat
     assert int8["float_nodes"] == int8["quantization"]["float_nodes"] and len(int8["float_nodes"]) == 2
     kept = "" if qat["shipped"] == "quantization-aware" else " (post-training model kept)"
@@ -211,3 +212,37 @@ def test_qat_trains_cross_entropy_on_the_labels(float_export, teacher_ckpt, dist
         assert summary["labelled_images"] == (128 if images is train else 0)
         weights.append(net.float_weights())
     assert any(not np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_qat_does_not_train_on_the_held_out_calibration_images(float_export, teacher_ckpt, distilled, tmp_path,
+                                                               monkeypatch):
+    """The images that decide whether the fine-tuned model ships are left out of its training set: exactly the
+    held-out quarter of the calibration draw, by index into the run's training images."""
+    import sddcompress.exporting.qat as qat
+    from sddcompress.engine.checkpoint import load_checkpoint
+    from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
+    from sddcompress.exporting.qat_options import QatOptions
+    from sddcompress.exporting.tensor_data import calibration_split, held_out_calibration_indices, preprocess
+    from sddcompress_export.ort_quantization import split_calibration
+
+    path, result, _ = _ptq(float_export, tmp_path, "none")
+    ckpt = load_checkpoint(distilled)
+    bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
+    held = held_out_calibration_indices(bundle, 64)
+    drawn, labels = calibration_split(bundle, 64)
+    _, held_images, held_labels = split_calibration(drawn, labels, 0.25)  # what the INT8 stage holds out
+    images_there, labels_there = preprocess(bundle.train, bundle.val_transform, held)
+    assert len(held) == 16 and np.array_equal(images_there, held_images) and np.array_equal(labels_there, held_labels)
+    trained_on = []
+
+    def stop(net, images, *args, **kwargs):
+        trained_on.append(images)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(qat, "distill_qdq", stop)
+    with pytest.raises(RuntimeError, match="captured"):
+        qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
+                     QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), lambda s: None, not_trained_on=held)
+    images = trained_on[0]
+    assert len(images) == len(bundle.train) - len(held)
+    assert not set(images.indices) & set(held) and set(images.indices) | set(held) == set(range(len(bundle.train)))

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..data.fraction import _labels
 from ..data.label_scarce import split_labels
@@ -170,14 +170,16 @@ def quantization_aware_net(fp32_path: Path, int8_path: Path, rewrite):
 
 def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, options: QatOptions,
              echo: Callable[[str], None], held_out: tuple[np.ndarray, np.ndarray | None] | None = None,
-             fine_tuned_copy: Path | None = None) -> dict:
+             fine_tuned_copy: Path | None = None, not_trained_on: list[int] = ()) -> dict:
     """Fine-tune the student as the Q/DQ model at `int8_path`, then rewrite that file from the result through
     the INT8 stage (same activation ranges, same float layers). Returns the fine-tuning's summary.
 
     With `held_out` (images, labels or None) the fine-tuned model must raise the post-training one's top-1
     or its agreement with fp32 there (the rule that keeps a layer in float); otherwise the post-training
     model is kept and the summary says so (`shipped`). `fine_tuned_copy`, when given, also receives the
-    fine-tuned model, shipped or not (the families benchmark scores both)."""
+    fine-tuned model, shipped or not (the families benchmark scores both). `not_trained_on`: indices of the
+    bundle's training images the fine-tuning leaves out (the held-out calibration images, so that the ship rule
+    scores it on images it has not trained on)."""
     from sddcompress_export.ort_quantization import held_out_score, predict_cpu, quantize_with_weights, \
         wins_back_accuracy
 
@@ -191,8 +193,13 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     scales = fitting_scales(net, make_method(QAT_METHOD, **method_options).scales, bundle.input_size, echo)
     method_options["scales"] = scales
     teacher = load_teacher(path, bundle.num_classes, bundle.input_size, scales)
-    summary = distill_qdq(net, labels_the_run_saw(bundle, ckpt), bundle.train_transform, teacher, options,
-                          method_options, int(config.get("seed") or 0), echo)
+    images = labels_the_run_saw(bundle, ckpt)
+    if len(not_trained_on):
+        left_out = set(not_trained_on)
+        images = Subset(images, [i for i in range(len(images)) if i not in left_out])
+    summary = distill_qdq(net, images, bundle.train_transform, teacher, options, method_options,
+                          int(config.get("seed") or 0), echo)
+    summary["held_out_left_out"] = len(not_trained_on)
     trained = int8_path.with_name(f".{int8_path.stem}.quantization-aware.onnx")
     try:
         quantize_with_weights(fp32_path, int8_path, net.float_weights(), result.ranges, result.method,

@@ -26,12 +26,25 @@ def preprocess(base, transform, indices: Iterable[int], batch_size: int = 128) -
     return np.concatenate(images).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
+def calibration_indices(bundle: DataBundle, calib_size: int, seed: int = 0) -> list[int]:
+    """The indices into `bundle.train` of the `calib_size` calibration images, drawn with a fixed seed."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(bundle.train), generator=g)[: max(calib_size, 0)].tolist()
+
+
+def held_out_calibration_indices(bundle: DataBundle, calib_size: int, seed: int = 0) -> list[int]:
+    """The indices into `bundle.train` of the calibration images the INT8 stage holds out to score its choices
+    on (the last quarter of the draw, as `split_calibration` cuts it)."""
+    from sddcompress_export.ort_quantization import HELD_OUT_FRACTION, split_calibration
+
+    drawn = np.asarray(calibration_indices(bundle, calib_size, seed), dtype=np.int64)
+    return split_calibration(drawn, None, HELD_OUT_FRACTION)[1].tolist()
+
+
 def calibration_split(bundle: DataBundle, calib_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of `calib_size` training images drawn with a fixed seed, preprocessed like validation
     images (no augmentation): the images INT8 is calibrated on, wherever the chain is run from."""
-    g = torch.Generator().manual_seed(seed)
-    calib_idx = torch.randperm(len(bundle.train), generator=g)[: max(calib_size, 0)].tolist()
-    return preprocess(bundle.train, bundle.val_transform, calib_idx)
+    return preprocess(bundle.train, bundle.val_transform, calibration_indices(bundle, calib_size, seed))
 
 
 def write_tensor_file(bundle: DataBundle, path: str | Path, calib_size: int, val_size: int | None,
