@@ -172,9 +172,12 @@ def dead_weights(model, maxima: dict[str, np.ndarray]) -> dict[str, list[int]]:
     from onnx import numpy_helper
 
     inits = _initializers(model)
+    readers = _readers(model)
     found = {}
     for node in model.graph.node:
         if node.op_type != "Conv" or node.input[0] not in maxima or node.input[1] not in inits:
+            continue
+        if len(readers[node.input[1]]) != 1:  # weights another node also reads, on inputs of its own
             continue
         dead = np.flatnonzero(maxima[node.input[0]] == 0)
         if not len(dead):

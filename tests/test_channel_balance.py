@@ -166,3 +166,5 @@ def test_dead_channels_are_zeroed_only_where_they_set_the_weight_scale():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     assert dead_weights(model, {"x": np.array([1.0, 0.0, 0.0, 2.0])}) == {"dense": [2]}
     assert dead_weights(model, {"x": np.array([1.0, 0.1, 0.1, 2.0])}) == {}
+    model.graph.node.append(helper.make_node("Conv", ["z", "w"], ["v"], name="shared"))  # the weights read twice
+    assert dead_weights(model, {"x": np.array([1.0, 0.0, 0.0, 2.0])}) == {}
