@@ -153,7 +153,7 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
     fp32, int8 = OrtClassifier(onnx_path), OrtClassifier(result.path)
     fp32_top1 = score(fp32, data.val_images, data.val_labels)["top1"]
     int8_top1 = score(int8, data.val_images, data.val_labels)["top1"]
-    as_written = OrtClassifier(result.path, providers=["CPUExecutionProvider"], use_cpu_plan=False)
+    as_written = int8.as_written() or int8
     plan = result.plan or {}
     row = {"family": name, "epochs": epochs, "distilled": distil, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
            "drop": fp32_top1 - int8_top1, "as_written_top1": score(as_written, data.val_images, data.val_labels)["top1"],

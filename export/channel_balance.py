@@ -98,16 +98,16 @@ def find_pairs(model, spatial: dict[str, tuple[int, int]]) -> list[Pair]:
     """Every Conv -> Relu [-> Reshape/Transpose ...] -> Conv path whose tensors each have one reader and whose
     weights belong to one node; `spatial` gives each ReLU output's (H, W) (for the shuffle's constant shapes)."""
     inits, readers = _initializers(model), _readers(model)
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+
+    def uses(name: str) -> int:
+        return len(readers.get(name, []))
+
     graph_outputs = {o.name for o in model.graph.output}
     pairs = []
     for producer in model.graph.node:
-        if producer.op_type != "Conv" or producer.input[1] not in inits or uses[producer.input[1]] != 1:
+        if producer.op_type != "Conv" or producer.input[1] not in inits or uses(producer.input[1]) != 1:
             continue
-        if len(producer.input) > 2 and producer.input[2] and uses.get(producer.input[2], 0) != 1:
+        if len(producer.input) > 2 and producer.input[2] and uses(producer.input[2]) != 1:
             continue
         follow = readers.get(producer.output[0], [])
         if len(follow) != 1 or follow[0].op_type != "Relu" or producer.output[0] in graph_outputs:
@@ -119,13 +119,12 @@ def find_pairs(model, spatial: dict[str, tuple[int, int]]) -> list[Pair]:
             found = readers.get(name, [])
             return found[0] if len(found) == 1 and name not in graph_outputs and found[0].input[0] == name else None
 
-        while only_reader(tensor) is not None and only_reader(tensor).op_type in SHUFFLE_OPS:
-            chain.append(only_reader(tensor))
-            tensor = chain[-1].output[0]
-        consumer = only_reader(tensor)
+        while (consumer := only_reader(tensor)) is not None and consumer.op_type in SHUFFLE_OPS:
+            chain.append(consumer)
+            tensor = consumer.output[0]
         if consumer is None or consumer.op_type != "Conv":
             continue
-        if consumer.input[1] not in inits or uses[consumer.input[1]] != 1 or relu.output[0] not in spatial:
+        if consumer.input[1] not in inits or uses(consumer.input[1]) != 1 or relu.output[0] not in spatial:
             continue
         channels = inits[producer.input[1]].dims[0]
         permutation = _permutation(chain, channels, inits, spatial[relu.output[0]]) if chain \
@@ -307,8 +306,8 @@ def rewrite_for_int8(model, images: np.ndarray) -> ChannelRewrite:
     maxima, spatial = channel_maxima(model, images)
     rewrite = ChannelRewrite(dead_weights(model, maxima), spatial=spatial)
     zero_dead_weights(model, rewrite.dead)
-    rewrite.scales = choose_scales(model, find_pairs(model, spatial), maxima)
+    pairs = find_pairs(model, spatial)
+    rewrite.scales = choose_scales(model, pairs, maxima)
     apply_scales(model, rewrite.scales, spatial)
-    rewrite.spatial = {name: spatial[name] for name in
-                       {p.relu_output for p in find_pairs(model, spatial) if p.producer in rewrite.scales}}
+    rewrite.spatial = {p.relu_output: spatial[p.relu_output] for p in pairs if p.producer in rewrite.scales}
     return rewrite

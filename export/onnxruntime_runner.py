@@ -127,6 +127,13 @@ class OrtClassifier:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images, np.float32)})[0]
 
+    def as_written(self) -> "OrtClassifier | None":
+        """The same file on the same providers without the CPU plan, its Q/DQ rounding and clipping as written
+        (TensorRT's); None where the plan changed nothing, so both run the same graph."""
+        if not any(self.cpu_plan.values()):
+            return None
+        return OrtClassifier(self.path, providers=self.providers, use_cpu_plan=False)
+
     def end_profiling(self) -> str:
         """Stop ONNX Runtime's profiler; returns the path of the JSON file it wrote."""
         return self.session.end_profiling()

@@ -28,7 +28,7 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +114,11 @@ def held_out_score(path: str, images: np.ndarray, ref: np.ndarray, labels: np.nd
     that the one file holds on both."""
     plan = OrtClassifier(path, providers=["CPUExecutionProvider"])
     score = score_against(predict_all(plan, images, batch_size), ref, labels)
-    if any(plan.cpu_plan.values()):
-        written = OrtClassifier(path, providers=["CPUExecutionProvider"], use_cpu_plan=False)
+    written = plan.as_written()
+    if written is not None:
         plain = score_against(predict_all(written, images, batch_size), ref, labels)
         if plain.key() < score.key():
-            score = HeldOutScore(plain.top1, plain.agreement, plain.logit_mse, as_written=True)
+            score = replace(plain, as_written=True)
     return score
 
 

@@ -235,11 +235,8 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
 
     data = load_tensor_file(exported["tensor_file"]["path"])
     seen: list[tuple[str, np.ndarray]] = []
-    quantising = []
-    real_run, real_quantize = ort.InferenceSession.run, ort_quantization.quantize_int8
-
-    probing = []  # the channel rewrite measures the float graph on the calibration images
-    real_probe = channel_balance.channel_maxima
+    quantising, probing = [], []  # set while quantize_int8 runs; while the channel rewrite probes the float graph
+    real_run = ort.InferenceSession.run
 
     def recording_run(self, output_names, feed, *args, **kwargs):
         if quantising:
@@ -247,23 +244,18 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
             seen.extend((kind, x) for x in feed.values())
         return real_run(self, output_names, feed, *args, **kwargs)
 
-    def recording_probe(*args, **kwargs):
-        probing.append(True)
-        try:
-            return real_probe(*args, **kwargs)
-        finally:
-            probing.clear()
-
-    def recording_quantize(*args, **kwargs):
-        quantising.append(True)
-        try:
-            return real_quantize(*args, **kwargs)
-        finally:
-            quantising.clear()
+    def flagged(real, flag: list):
+        def call(*args, **kwargs):
+            flag.append(True)
+            try:
+                return real(*args, **kwargs)
+            finally:
+                flag.clear()
+        return call
 
     monkeypatch.setattr(ort.InferenceSession, "run", recording_run)
-    monkeypatch.setattr(ort_quantization, "quantize_int8", recording_quantize)
-    monkeypatch.setattr(channel_balance, "channel_maxima", recording_probe)
+    monkeypatch.setattr(ort_quantization, "quantize_int8", flagged(ort_quantization.quantize_int8, quantising))
+    monkeypatch.setattr(channel_balance, "channel_maxima", flagged(channel_balance.channel_maxima, probing))
     report = run_export(ExportOptions(ckpt=exported["checkpoint"], out=str(tmp_path), ort_int8=True,
                                       calib_file=exported["tensor_file"]["path"]), echo=lambda s: None)
     info = report["artifacts"]["ort_int8"]

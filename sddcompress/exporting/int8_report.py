@@ -90,9 +90,9 @@ def as_written_section(int8_model: OrtClassifier, images: np.ndarray, labels: np
 
     The plan's uint8 ReLU outputs reach twice the calibrated range, so where calibration clips activations the
     file scores lower on other runtimes than on this CPU; then one line says so."""
-    if not any(int8_model.cpu_plan.values()):
+    model = int8_model.as_written()
+    if model is None:
         return None
-    model = OrtClassifier(int8_model.path, providers=int8_model.providers, use_cpu_plan=False)
     top1 = logits_metrics(predict_all(model, images, batch), labels)["top1"]
     if plan_top1 - top1 > max_drop:
         echo(f"warning: INT8 with its Q/DQ as written (as TensorRT runs it) scores top-1 {top1:.2f} (drop "
