@@ -191,6 +191,43 @@ def test_fused_sdd_losses_equal_the_per_region_composition(seed):
             assert g_got.abs().max() > 0
 
 
+def test_fused_sdd_dkd_keeps_float32_precision_for_a_confident_teacher():
+    """1 - p_y is summed over the other classes, not taken as a difference: with the teacher at p_y ~ 1 - 1e-6
+    in every region the float32 fused loss and gradient follow the float64 composition (a difference
+    1 - p_y would have no correct digit left there)."""
+    from sddcompress.losses import sdd_dkd_loss
+
+    ls, lt, y = four_category_case(4)
+    lt = lt.detach().clone()
+    for i in range(lt.shape[0]):
+        lt[i, int(y[i]), :] = lt[i].max() + 4.0 * 16.0  # a margin of 16 at T=4
+    ls = (lt * 0.6).requires_grad_()
+    want = sdd_loss(ls, lt, y, lambda s, t, yy: dkd_per_sample(s, t, yy, T, 1.0, 8.0), 2.0)
+    ls32 = ls.detach().float().requires_grad_()
+    got = sdd_dkd_loss(ls32, lt.float(), y, T, 1.0, 8.0, 2.0)
+    for name in want:
+        assert want[name] > 0
+        torch.testing.assert_close(got[name].double(), want[name], rtol=2e-3, atol=0.0)
+    (g_want,) = torch.autograd.grad(sum(want.values()), ls)
+    (g_got,) = torch.autograd.grad(sum(got.values()), ls32)
+    torch.testing.assert_close(g_got.double(), g_want, rtol=2e-3, atol=1e-4 * float(g_want.abs().max()))
+
+
+def test_fused_sdd_dkd_stays_finite_when_every_other_class_underflows():
+    """A teacher so sure that exp underflows for every other class in float32: the loss and its gradient
+    stay finite (1 - p_y is kept above 0 by 1e-38)."""
+    from sddcompress.losses import sdd_dkd_loss
+
+    ls, lt, y = four_category_case(5)
+    lt = lt.detach().float()
+    for i in range(lt.shape[0]):
+        lt[i, int(y[i]), :] = 500.0
+    ls32 = ls.detach().float().requires_grad_()
+    got = sdd_dkd_loss(ls32, lt, y, 1.0, 1.0, 8.0, 2.0)
+    (grad,) = torch.autograd.grad(sum(got.values()), ls32)
+    assert all(torch.isfinite(v) for v in got.values()) and torch.isfinite(grad).all()
+
+
 def test_fused_sdd_dkd_gradient_passes_gradcheck():
     from sddcompress.losses import sdd_dkd_loss, sdd_kd_loss
 

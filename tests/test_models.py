@@ -112,6 +112,28 @@ def test_local_logits_carry_gradients_to_the_head():
     assert model.fc.weight.grad is not None and model.fc.weight.grad.abs().sum() > 0
 
 
+def test_training_global_logits_are_region_zero_of_the_local_ones():
+    """In training (scale 1 first) the global logits are the local logits' region 0, so the head is
+    differentiated once; they equal the model's own logits to rounding. In eval they are the model's."""
+    model = build_model("resnet8x4", 10).train()
+    wrapped = LocalLogits(model, 32)
+    x = torch.randn(2, 3, 32, 32)
+    glob, local = wrapped(x)
+    assert torch.equal(glob, local[:, :, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(glob, model.train()(x), rtol=1e-4, atol=1e-4)  # BN train: batch statistics
+    glob.sum().backward()
+    assert model.fc.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(wrapped(x)[0], model(x))
+    # scales without 1 first: region 0 is not the global average, the model's own logits stay
+    coarse = LocalLogits(build_model("resnet8x4", 10).train(), 32, (2, 1))
+    with torch.no_grad():
+        glob, local = coarse(x)
+    assert not torch.equal(glob, local[:, :, 0])
+
+
 def test_linear_head_as_one_convolution_equals_the_head_row_by_row():
     """A Linear head runs as one 1x1 convolution over the regions; values and gradients equal the head
     applied to every region's vector (the path any other head takes), in float64."""

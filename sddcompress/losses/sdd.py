@@ -3,11 +3,13 @@
 `sdd_loss` states it: every region of every sample is one row of a (B*N, K) batch for KD's or DKD's
 per-sample loss. The methods train with `sdd_kd_loss` and `sdd_dkd_loss`, the same values as one
 expression each over the (B, K, N) local logits, with the gradient written out: few operators per step,
-whatever the number of scales.
+whatever the number of scales. Student and teacher are stacked once as (B, 2, N, K), so every softmax,
+sum and argmax runs over contiguous classes.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Callable
 
@@ -51,14 +53,37 @@ def sdd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: t
 
 @lru_cache(maxsize=16)
 def _class_index(classes: int, device: torch.device) -> torch.Tensor:
-    """(K, 1) class indices, built once per device (comparing labels with it gives the (B, K, 1) target mask)."""
+    """(K,) class indices, built once per device (comparing labels with it gives the target mask)."""
     with torch.inference_mode(False):
-        return torch.arange(classes, device=device)[:, None]
+        return torch.arange(classes, device=device)
 
 
-def _region_weights_kept(teacher: torch.Tensor, labels3: torch.Tensor, gamma: float) -> torch.Tensor:
-    """`region_weights` as (B, 1, N), from labels viewed as (B, 1, 1)."""
-    return _weights(teacher.argmax(dim=1, keepdim=True), labels3, gamma, teacher.dtype)
+# log of float32's smallest normal number: the target's entry of exp(log p) before the sum that gives
+# 1 - p_y, so that sum is never 0 (it moves by 1e-38)
+_LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+
+
+def _stacked_regions(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
+    """From (B, K, N) local logits: log-probabilities (B, 2: student, teacher; N, K) at `temperature`, one
+    region per row with the classes contiguous, and the teacher's class per region (B, N, 1)."""
+    z = torch.stack((student.transpose(1, 2), teacher.transpose(1, 2)), 1)
+    teacher_classes = z[:, 1].argmax(2, keepdim=True)
+    return torch.log_softmax(z.div_(temperature), 3), teacher_classes
+
+
+def _kept_region_weights(teacher_classes: torch.Tensor, labels3: torch.Tensor, gamma: float,
+                         dtype: torch.dtype) -> torch.Tensor:
+    """`region_weights` as (B, N, 1), from the teacher's classes (B, N, 1) and labels viewed as (B, 1, 1)."""
+    correct = teacher_classes.eq(labels3)
+    weights = correct.ne(correct[:, :1]) * (float(gamma) - 1.0) + 1.0  # float32, whatever `dtype`
+    return weights if weights.dtype == dtype else weights.to(dtype)
+
+
+def _transposed_result(like: torch.Tensor, b: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, K, N) gradient buffer and its (B, N, K) view: the last operator of a backward writes through
+    the view, so the gradient leaves in the local logits' own layout without a copy."""
+    grad = like.new_empty(b, k, n)
+    return grad, grad.transpose(1, 2)
 
 
 class _RegionKD(torch.autograd.Function):
@@ -67,66 +92,76 @@ class _RegionKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, labels, gamma, temperature):
-        b, _, n = student.shape
-        log_p = torch.log_softmax(torch.stack((student, teacher)) / temperature, 2)  # (2, B, K, N)
-        log_ps, log_pt = log_p.unbind()
-        p_t = log_pt.exp()
-        w = _region_weights_kept(teacher, labels.view(b, 1, 1), gamma)  # (B, 1, N)
-        ctx.save_for_backward(log_ps, p_t, w)
+        b, k, n = student.shape
+        log_p, teacher_classes = _stacked_regions(student, teacher, temperature)
+        log_ps, log_pt = log_p.unbind(1)
+        gap = log_pt - log_ps  # taken before the in-place exp below
+        p = log_p.exp_()
+        w = _kept_region_weights(teacher_classes, labels.view(b, 1, 1), gamma, student.dtype)  # (B, N, 1)
+        ctx.save_for_backward(p, w)
         ctx.scale = temperature / (n * b)
-        return (p_t * (log_pt - log_ps) * w).sum() * (temperature**2 / (n * b))
+        return (p[:, 1] * gap * w).sum() * (temperature**2 / (n * b))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        log_ps, p_t, w = ctx.saved_tensors
+        p, w = ctx.saved_tensors
+        b, _, n, k = p.shape
+        result, result_t = _transposed_result(p, b, k, n)
         # d/dz_s of T^2 KL = T (p_s - p_t) for logits z_s (the 1/T of the softmax input included)
-        return (log_ps.exp() - p_t) * (w * (grad * ctx.scale)), None, None, None, None
+        ps, pt = p.unbind(1)
+        torch.mul(ps - pt, w * (grad * ctx.scale), out=result_t)
+        return result, None, None, None, None
 
 
 class _RegionDKD(torch.autograd.Function):
     """(sum_i w_i T^2 alpha TCKD_i, sum_i w_i T^2 beta NCKD_i) / (N*B) over the regions of (B, K, N) local
     logits; student and teacher go through each step as one stacked tensor, the gradient is written out.
 
-    With log-probabilities l = log_softmax(z / T) over the classes, the target's y and r = log(1 - p_y)
-    (the log-sum-exp of l over the other classes): TCKD_i is the KL of the binary distributions
-    b = (exp y, exp r), and NCKD_i the KL of the non-target distributions q = exp(l - r). Each side holds
-    its K values log q and then its two log b on one (K + 2) axis, so one difference and one product give
-    both KLs' terms. With s and t the student's and the teacher's b, the gradients in the student logits
-    z_k are alpha (s_y - t_y) / T at the target and (alpha (s_r - t_r) q_s,k + beta (q_s,k - q_t,k)) / T
-    elsewhere.
+    Per region, with p = softmax(z / T) over the K classes, y the target and r = 1 - p_y, summed over the
+    other classes (exact however close p_y is to 1): TCKD is the KL of the binary distributions (p_y, r),
+    and NCKD the KL of the non-target distributions q = p / r (q_y = 0), sum_k q_t,k (log p_t,k - log p_s,k)
+    - (log r_t - log r_s). The gradient in the student logits z_k is alpha (r_t - r_s) / T at the target
+    and (alpha (r_s - r_t) q_s,k + beta (q_s,k - q_t,k)) / T elsewhere.
     """
 
     @staticmethod
     def forward(ctx, student, teacher, labels, gamma, temperature, alpha, beta):
         b, k, n = student.shape
-        log_p = torch.log_softmax(torch.stack((student, teacher)) / temperature, 2)  # (2: s, t; B, K, N)
-        labels3 = labels.view(b, 1, 1)
-        target = labels3.eq(_class_index(k, student.device))  # (B, K, 1)
-        # log(1 - p_y) and log p_y (exact: one term and zeros) of student and teacher
-        rest = torch.logsumexp(log_p.masked_fill(target, float("-inf")), 2, keepdim=True)  # (2, B, 1, N)
-        logs_s, logs_t = torch.cat((log_p - rest, (log_p * target).sum(2, keepdim=True), rest), 2).unbind()
-        # the teacher's q (0 at the target: that term is not in NCKD) and b, as the (B, K + 2, N) weights
-        teacher_p = logs_t.exp().masked_fill(labels3.eq(_class_index(k + 2, student.device)), 0.0)
-        w = _region_weights_kept(teacher, labels3, gamma)  # (B, 1, N)
-        nckd, tckd = (teacher_p * w * (logs_t - logs_s)).split((k, 2), 1)
-        per_region = temperature**2 / (n * b)  # the mean over the N*B regions
-        ctx.save_for_backward(target, logs_s, teacher_p, w)
+        log_p, teacher_classes = _stacked_regions(student, teacher, temperature)  # (B, 2, N, K)
+        labels4 = labels.view(b, 1, 1, 1)
+        log_py = log_p.gather(3, labels4.expand(b, 2, n, 1))  # (B, 2, N, 1)
+        log_ps, log_pt = log_p.unbind(1)
+        gap = log_pt - log_ps  # (B, N, K), taken before the in-place steps below
+        target = labels4.eq(_class_index(k, student.device))  # (B, 1, 1, K)
+        q = log_p.masked_fill_(target, _LOG_TINY).exp_()  # p, 0 (1e-38) at the target
+        r = q.sum(3, keepdim=True)  # (B, 2, N, 1)
+        q.div_(r)
+        lb_s, lb_t = torch.cat((log_py, r.log()), 3).unbind(1)  # (B, N, 2): log (p_y, r)
+        lb_gap = lb_t - lb_s
+        w = _kept_region_weights(teacher_classes, labels.view(b, 1, 1), gamma, student.dtype)  # (B, N, 1)
+        tckd = (lb_t.exp() * lb_gap * w).sum()
+        nckd = (((q[:, 1] * gap).sum(2, keepdim=True) - lb_gap[..., 1:]) * w).sum()
+        # the backward's value at the target, qs_y (c_b - c_a d) - qt_y c_b = c_a d, needs q_y = -1 on both sides
+        q.masked_fill_(target, -1.0)
+        ctx.save_for_backward(q, r, w)
         ctx.scales = (alpha * temperature / (n * b), beta * temperature / (n * b))
-        return tckd.sum() * (per_region * alpha), nckd.sum() * (per_region * beta)
+        per_region = temperature**2 / (n * b)
+        return tckd * (per_region * alpha), nckd * (per_region * beta)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_tckd, grad_nckd):
-        target, logs_s, teacher_p, w = ctx.saved_tensors
-        alpha_scale, beta_scale = ctx.scales
-        k = target.shape[1]
-        student_p = logs_s.exp()
-        diff_q, diff_y, diff_r = (student_p - teacher_p).split((k, 1, 1), 1)  # q_s - q_t, s_y - t_y, s_r - t_r
-        g_nckd = grad_nckd * beta_scale
-        g_tckd = grad_tckd * alpha_scale
-        rest = torch.addcmul(student_p[:, :k] * (diff_r * g_tckd), diff_q, g_nckd)
-        return torch.where(target, diff_y * g_tckd, rest) * w, None, None, None, None, None, None
+        q, r, w = ctx.saved_tensors
+        b, _, n, k = q.shape
+        c_a = w * (grad_tckd * ctx.scales[0])  # (B, N, 1)
+        c_b = w * (grad_nckd * ctx.scales[1])
+        rs, rt = r.unbind(1)
+        qs, qt = q.unbind(1)
+        result, result_t = _transposed_result(q, b, k, n)
+        # qs (c_b - c_a (rt - rs)) - qt c_b; at the target (q = -1 there) c_a (rt - rs)
+        torch.addcmul(qs * torch.addcmul(c_b, c_a, rt - rs, value=-1.0), qt, c_b, value=-1.0, out=result_t)
+        return result, None, None, None, None, None, None
 
 
 def sdd_kd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: torch.Tensor,

@@ -234,5 +234,10 @@ class LocalLogits(nn.Module):
         return logits, feature
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """In training with scale 1 first, the global logits are region 0 of the local ones (the same head on
+        the same average, to rounding), so the backward runs through the head once, not twice."""
         logits, feature = self.logits_and_feature(x)
-        return logits, self.local_logits(feature)
+        local = self.local_logits(feature)
+        if self.model.training and self.scales[0] == 1:
+            return local[:, :, 0], local
+        return logits, local
