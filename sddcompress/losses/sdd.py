@@ -9,8 +9,6 @@ sum and argmax runs over contiguous classes.
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -51,16 +49,9 @@ def sdd_loss(student_local: torch.Tensor, teacher_local: torch.Tensor, labels: t
     return {name: (w * value).sum() / (n * b) for name, value in terms.items()}
 
 
-@lru_cache(maxsize=16)
-def _class_index(classes: int, device: torch.device) -> torch.Tensor:
-    """(K,) class indices, built once per device (comparing labels with it gives the target mask)."""
-    with torch.inference_mode(False):
-        return torch.arange(classes, device=device)
-
-
-# log of float32's smallest normal number: the target's entry of exp(log p) before the sum that gives
-# 1 - p_y, so that sum is never 0 (it moves by 1e-38)
-_LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+# the target's entry of log p before the sum over the other classes that gives 1 - p_y, so that sum is never
+# 0 (it moves by exp(-80) = 2e-35, a normal float32: exp is slow where its result is subnormal)
+_LOG_FLOOR = -80.0
 
 
 def _stacked_regions(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
@@ -129,12 +120,11 @@ class _RegionDKD(torch.autograd.Function):
     def forward(ctx, student, teacher, labels, gamma, temperature, alpha, beta):
         b, k, n = student.shape
         log_p, teacher_classes = _stacked_regions(student, teacher, temperature)  # (B, 2, N, K)
-        labels4 = labels.view(b, 1, 1, 1)
-        log_py = log_p.gather(3, labels4.expand(b, 2, n, 1))  # (B, 2, N, 1)
+        target = labels.view(b, 1, 1, 1).expand(b, 2, n, 1)  # the target's index in every region
+        log_py = log_p.gather(3, target)  # (B, 2, N, 1)
         log_ps, log_pt = log_p.unbind(1)
         gap = log_pt - log_ps  # (B, N, K), taken before the in-place steps below
-        target = labels4.eq(_class_index(k, student.device))  # (B, 1, 1, K)
-        q = log_p.masked_fill_(target, _LOG_TINY).exp_()  # p, 0 (1e-38) at the target
+        q = log_p.scatter_(3, target, _LOG_FLOOR).exp_()  # p, 0 (2e-35) at the target
         r = q.sum(3, keepdim=True)  # (B, 2, N, 1)
         q.div_(r)
         lb_s, lb_t = torch.cat((log_py, r.log()), 3).unbind(1)  # (B, N, 2): log (p_y, r)
@@ -143,7 +133,7 @@ class _RegionDKD(torch.autograd.Function):
         tckd = (lb_t.exp() * lb_gap * w).sum()
         nckd = (((q[:, 1] * gap).sum(2, keepdim=True) - lb_gap[..., 1:]) * w).sum()
         # the backward's value at the target, qs_y (c_b - c_a d) - qt_y c_b = c_a d, needs q_y = -1 on both sides
-        q.masked_fill_(target, -1.0)
+        q.scatter_(3, target, -1.0)
         ctx.save_for_backward(q, r, w)
         ctx.scales = (alpha * temperature / (n * b), beta * temperature / (n * b))
         per_region = temperature**2 / (n * b)
