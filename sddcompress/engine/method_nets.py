@@ -38,7 +38,9 @@ class MSDNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         logits, feature = self.split.logits_and_feature(x)
-        local = self.split.local_logits(feature, self.local_scales) if self.sdd else None
+        local = None
+        if self.sdd:
+            logits, local = self.split.global_and_local(logits, feature, self.local_scales)
         embedding, region_logits = self.msd(feature, self.split.apply_head)
         return logits, local, {"embedding": embedding, "region_logits": region_logits}
 

@@ -233,11 +233,16 @@ class LocalLogits(nn.Module):
         feature, self._feature = self._feature, None
         return logits, feature
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """In training with scale 1 first, the global logits are region 0 of the local ones (the same head on
-        the same average, to rounding), so the backward runs through the head once, not twice."""
-        logits, feature = self.logits_and_feature(x)
-        local = self.local_logits(feature)
-        if self.model.training and self.scales[0] == 1:
+    def global_and_local(self, logits: torch.Tensor, feature: torch.Tensor,
+                         scales: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global and local logits of the model's `logits` and last `feature` map. In training with scale
+        1 first, the global logits are region 0 of the local ones (the same head on the same average, to
+        rounding), so the backward runs through the head once, not twice."""
+        scales = scales or self.scales
+        local = self.local_logits(feature, scales)
+        if self.model.training and scales[0] == 1:
             return local[:, :, 0], local
         return logits, local
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.global_and_local(*self.logits_and_feature(x))
