@@ -159,6 +159,7 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
            "drop": fp32_top1 - int8_top1, "as_written_top1": score(as_written, data.val_images, data.val_labels)["top1"],
            "rewrite": result.rewrite.summary(), "plan": plan.get("chosen"), "float_nodes": result.float_nodes,
            "why": plan.get("why", {}), "ship": plan.get("ship"), "plan_ratio": plan.get("ratio"), "plan_fastest_ratio": plan.get("fastest_ratio"),
+           "plan_retimed": plan.get("retimed", False),
            "layers": len(plan.get("layer_costs_us", {})), "train_export_seconds": train_seconds,
            "quantize_seconds": quantize_seconds,
            "candidates": {c["name"]: c["ratio"] for c in plan.get("candidates", [])}}

@@ -186,7 +186,33 @@ def test_int8_slower_in_its_fastest_calls_is_not_shipped():
     plan, _ = choose_plan(layers, [], "fp32.onnx", np.zeros((2, 3, 8, 8), np.float32), lambda nodes: "all.onnx",
                           lambda path: None, max_drop=0.5, speed=Speed())
     assert plan.ratio == pytest.approx(0.75) and plan.fastest_ratio == pytest.approx(3.0) and plan.ship == "fp32"
+    assert plan.retimed  # timed twice, the same both times
     assert "fastest calls 3.00x" in plan.recommendation
+
+
+def test_a_burst_that_splits_median_and_fastest_calls_is_timed_again():
+    """Median at 1.2x but fastest calls at 0.7x: the chosen plan and fp32 are timed once more, and that second
+    timing decides (here INT8 at 0.7x both ways is shipped); the plan records the re-timing."""
+    layers = {"stem": "Conv", "fc": "Gemm"}
+
+    class Speed:
+        calls: list = []
+
+        def layer_costs(self, *args):
+            return {}, {}
+
+        def times_ms(self, timed, images):
+            self.calls.append(sorted(timed))
+            if len(self.calls) == 1:
+                return {"fp32": [5.0, 5.0, 10.0], "accuracy": [3.5, 6.0, 6.0]}  # a burst on INT8's calls
+            return {"fp32": [5.0, 5.0, 5.0], "accuracy": [3.5, 3.5, 3.5]}
+
+    speed = Speed()
+    plan, _ = choose_plan(layers, [], "fp32.onnx", np.zeros((2, 3, 8, 8), np.float32), lambda nodes: "all.onnx",
+                          lambda path: None, max_drop=0.5, speed=speed)
+    assert speed.calls == [["accuracy", "fp32"], ["accuracy", "fp32"]]
+    assert plan.retimed and plan.ship == "int8" and plan.ratio == pytest.approx(0.7)
+    assert plan.to_dict()["retimed"] is True
 
 
 def test_recommendation_is_one_line_naming_the_model():
