@@ -132,7 +132,8 @@ class _RegionDKD(torch.autograd.Function):
         w = _kept_region_weights(teacher_classes, labels.view(b, 1, 1), gamma, student.dtype)  # (B, N, 1)
         tckd = (lb_t.exp() * lb_gap * w).sum()
         nckd = (((q[:, 1] * gap).sum(2, keepdim=True) - lb_gap[..., 1:]) * w).sum()
-        # the backward's value at the target, qs_y (c_b - c_a d) - qt_y c_b = c_a d, needs q_y = -1 on both sides
+        # the backward's one expression, q_s (c_b - c_a d) - q_t c_b with c_a, c_b the TCKD and NCKD coefficients
+        # and d = r_t - r_s, gives the target's c_a d where q_y = -1 on both sides
         q.scatter_(3, target, -1.0)
         ctx.save_for_backward(q, r, w)
         ctx.scales = (alpha * temperature / (n * b), beta * temperature / (n * b))
