@@ -17,10 +17,6 @@ decision is scored on the held-out slice, never on the validation images a repor
   float too; the fastest plan that keeps the held-out accuracy is written, and the plan with its
   recommendation (INT8, or fp32 where no INT8 plan is faster) goes into the model's metadata.
 
-Before any of this the float graph is rewritten for INT8 (`channel_balance`), and every variant is quantised
-from it with the biases of its INT8 layers corrected for the mean shift that rounding their weights causes
-(`bias_correction`; measured once per method, with every layer INT8).
-
 Each method is calibrated once (ONNX Runtime's calibration cache); later variants only re-quantise.
 """
 
@@ -37,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .bias_correction import corrected_model, measure_bias_shifts
-from .bias_correction import summary as bias_summary
 from .channel_balance import ChannelRewrite, rewrite_for_int8
 from .classifier_metrics import predict_all
 from .atomic import atomic_write
@@ -82,14 +76,6 @@ class QuantizationResult:
     plan: dict | None = None  # `PrecisionPlan.to_dict()` when the layers were chosen for speed as well
     ranges: str | None = field(default=None, repr=False)  # the chosen calibration's activation ranges (ORT's cache)
     rewrite: ChannelRewrite = field(default_factory=ChannelRewrite, repr=False)  # the float graph's changes
-    bias_correction: dict = field(default_factory=dict)  # `bias_correction.summary` under the chosen method
-    bias_shifts: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # taken out of the INT8 layers' biases
-
-    def float_graph(self, prepared):
-        """The float graph the INT8 model was quantised from: `prepared` (ONNX Runtime's pre-processing of the
-        fp32 model) with the channel rewrite (in place) and the bias correction applied; returns the result."""
-        self.rewrite.apply(prepared)
-        return corrected_model(prepared, self.bias_shifts)
 
     def held_out_drop(self) -> float | None:
         if self.held_out is None:
@@ -100,7 +86,7 @@ class QuantizationResult:
 
     def to_report(self) -> dict:
         values = asdict(self)
-        del values["ranges"], values["bias_shifts"]
+        del values["ranges"]
         values["rewrite"] = self.rewrite.summary()
         values["path"] = str(self.path)
         values["held_out_drop"] = self.held_out_drop()
@@ -172,31 +158,9 @@ class _Quantizer:
         # equal-sized batches: the histogram calibrators (percentile, entropy) stack what each batch yields
         batch_size = max(d for d in range(1, min(batch_size, len(fit_images)) + 1) if len(fit_images) % d == 0)
         self.prepared, self.fit_images, self.workdir, self.batch_size = prepared, fit_images, workdir, batch_size
-        self.graph = load_onnx(prepared)
-        self.input_name = self.graph.graph.input[0].name
+        self.input_name = load_onnx(prepared).graph.input[0].name
         self.cached = "calibration_cache_path" in inspect.signature(quantize_static).parameters
         self.count = 0
-        self.shifts: dict[str, dict[str, np.ndarray]] = {}  # per method: each layer's weight-rounding shift
-        self.shift_errors: dict[str, str] = {}
-
-    def bias_shifts(self, method: str) -> dict[str, np.ndarray]:
-        """Each quantised layer's weight-rounding output shift under `method`'s ranges (`bias_correction`),
-        measured once per method on the model with every layer INT8; {} (and the reason kept) where the
-        measurement fails, so quantisation goes on without the correction."""
-        if method not in self.shifts:
-            plain = self._quantize_file(self.prepared, method, (), None)
-            try:
-                self.shifts[method] = measure_bias_shifts(self.graph, load_onnx(plain), self.fit_images,
-                                                          self.batch_size)
-            except Exception as exc:  # noqa: BLE001 -- ONNX Runtime raises its own exception types
-                self.shifts[method] = {}
-                self.shift_errors[method] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return self.shifts[method]
-
-    def bias_correction(self, method: str) -> dict:
-        """What the correction did under `method`, for the report."""
-        return {**bias_summary(self.shifts.get(method, {})),
-                **({"error": self.shift_errors[method]} if method in self.shift_errors else {})}
 
     def _reader(self):
         from onnxruntime.quantization import CalibrationDataReader
@@ -238,19 +202,6 @@ class _Quantizer:
         return path.read_text() if self.cached and path.is_file() else None
 
     def quantize(self, method: str, float_nodes: list[str] = (), only: list[str] | None = None) -> str:
-        """An INT8 model with `float_nodes` kept float (or only the nodes `only` quantised), from the float graph
-        with the biases of its INT8 layers corrected for weight rounding."""
-        import onnx
-
-        shifts = self.bias_shifts(method)
-        int8_nodes = set(only) if only else set(shifts) - set(float_nodes)
-        source = self.prepared
-        if shifts and int8_nodes:
-            source = os.path.join(self.workdir, f"corrected-{self.count + 1}.onnx")
-            onnx.save(corrected_model(self.graph, shifts, int8_nodes), source)
-        return self._quantize_file(source, method, float_nodes, only)
-
-    def _quantize_file(self, source: str, method: str, float_nodes, only) -> str:
         self.count += 1
         out = os.path.join(self.workdir, f"int8-{self.count}.onnx")
         kwargs = {}
@@ -259,7 +210,7 @@ class _Quantizer:
             if method == "entropy" and not os.path.exists(kwargs["calibration_cache_path"]):
                 self._entropy_ranges(kwargs["calibration_cache_path"])
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            _quantize_qdq(source, out, self._reader(), method, float_nodes, only, **kwargs)
+            _quantize_qdq(self.prepared, out, self._reader(), method, float_nodes, only, **kwargs)
         return out
 
 
@@ -492,11 +443,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
                  f"{plan.recommendation}")
             plan = plan.to_dict()
         ranges = search.quantizer.cache(chosen)
-        corrected = search.quantizer.bias_correction(chosen)
-        shifts = {n: v for n, v in search.quantizer.shifts.get(chosen, {}).items() if n not in float_nodes}
-        echo(f"INT8 bias correction ({chosen}): {corrected['layers']} layers, mean weight-rounding shift "
-             f"{corrected['mean_abs_shift']:.2g} taken out of their biases"
-             + (f"; not applied: {corrected['error']}" if "error" in corrected else ""))
 
         model = onnx.load(best_path)
         del model.metadata_props[:]
@@ -506,7 +452,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
             entry.key, entry.value = INT8_PLAN_KEY, json.dumps(plan)
         atomic_write(out_path, lambda temp: onnx.save(model, str(temp)))
     return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), search.fp32_top1, best_score,
-                              candidates, sensitivity, plan, ranges, rewrite, corrected, shifts)
+                              candidates, sensitivity, plan, ranges, rewrite)
 
 
 def zero_points(model) -> dict[str, list[int]]:

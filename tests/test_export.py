@@ -235,7 +235,7 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
 
     data = load_tensor_file(exported["tensor_file"]["path"])
     seen: list[tuple[str, np.ndarray]] = []
-    quantising, probing = [], []  # set while quantize_int8 runs; while the channel rewrite or the bias correction probes
+    quantising, probing = [], []  # set while quantize_int8 runs; while the channel rewrite probes the float graph
     real_run = ort.InferenceSession.run
 
     def recording_run(self, output_names, feed, *args, **kwargs):
@@ -256,7 +256,6 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
     monkeypatch.setattr(ort.InferenceSession, "run", recording_run)
     monkeypatch.setattr(ort_quantization, "quantize_int8", flagged(ort_quantization.quantize_int8, quantising))
     monkeypatch.setattr(channel_balance, "channel_maxima", flagged(channel_balance.channel_maxima, probing))
-    monkeypatch.setattr(ort_quantization, "measure_bias_shifts", flagged(ort_quantization.measure_bias_shifts, probing))
     report = run_export(ExportOptions(ckpt=exported["checkpoint"], out=str(tmp_path), ort_int8=True,
                                       calib_file=exported["tensor_file"]["path"]), echo=lambda s: None)
     info = report["artifacts"]["ort_int8"]

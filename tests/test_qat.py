@@ -60,7 +60,7 @@ def test_fake_quantised_student_is_the_onnxruntime_int8_model(float_export, tmp_
     from sddcompress.exporting.qat import quantization_aware_net
 
     path, result, images = _ptq(float_export, tmp_path, keep_float)
-    net = quantization_aware_net(float_export / "model.onnx", path, result).eval()
+    net = quantization_aware_net(float_export / "model.onnx", path, result.rewrite).eval()
     float_layers = {n for op, ins, _, _ in net.nodes if op == "Conv" for n in ins[1:2] if n in net._param_index
                     and not any(n == w for w, _ in net.weight_of.values())}
     assert bool(float_layers) == (keep_float == "ends") and len(result.float_nodes) == (2 if keep_float == "ends" else 0)
@@ -80,7 +80,7 @@ def test_qat_export_equals_the_fine_tuned_fake_quant_model(float_export, teacher
 
     path, result, images = _ptq(float_export, tmp_path, "ends")
     before = _ort_logits(path, images)
-    net = quantization_aware_net(float_export / "model.onnx", path, result)
+    net = quantization_aware_net(float_export / "model.onnx", path, result.rewrite)
     start = {k: v.copy() for k, v in net.float_weights().items()}
     ckpt = load_checkpoint(distilled)
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
@@ -206,7 +206,7 @@ def test_qat_trains_cross_entropy_on_the_labels(float_export, teacher_ckpt, dist
     unlabelled = ScarceLabels(train, _labels(train), np.array([], dtype=np.int64))
     weights = []
     for images in (train, unlabelled):
-        net = quantization_aware_net(float_export / "model.onnx", path, result)
+        net = quantization_aware_net(float_export / "model.onnx", path, result.rewrite)
         summary = distill_qdq(net, images, bundle.train_transform, teacher, QatOptions(epochs=1, lr=0.01), {}, 0,
                               lambda s: None)
         assert summary["labelled_images"] == (128 if images is train else 0)

@@ -150,10 +150,9 @@ def distill_qdq(net, images, transform, teacher: LocalLogits, options: QatOption
     return summary
 
 
-def quantization_aware_net(fp32_path: Path, int8_path: Path, result):
+def quantization_aware_net(fp32_path: Path, int8_path: Path, rewrite):
     """The Q/DQ model at `int8_path` as a trainable `QdqNet`, its float weights from `fp32_path` changed as the
-    INT8 stage changed them before quantising (`result`, its `QuantizationResult`: the channel rewrite and the
-    bias correction)."""
+    INT8 stage changed them before calibrating (`rewrite`, the `QuantizationResult`'s `ChannelRewrite`)."""
     import tempfile
 
     import onnx
@@ -164,7 +163,8 @@ def quantization_aware_net(fp32_path: Path, int8_path: Path, result):
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         prepared_model(fp32_path, prepared)
-        float_model = result.float_graph(onnx.load(str(prepared)))
+        float_model = onnx.load(str(prepared))
+        rewrite.apply(float_model)
         return QdqNet(onnx.load(str(int8_path)), float_model)
 
 
@@ -189,7 +189,7 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     path = teacher_path(ckpt, options.teacher_ckpt)
     method_options = {k: config.get(k) for k in RUN_OPTIONS if config.get(k) is not None}
-    net = quantization_aware_net(fp32_path, int8_path, result)
+    net = quantization_aware_net(fp32_path, int8_path, result.rewrite)
     scales = fitting_scales(net, make_method(QAT_METHOD, **method_options).scales, bundle.input_size, echo)
     method_options["scales"] = scales
     teacher = load_teacher(path, bundle.num_classes, bundle.input_size, scales)
