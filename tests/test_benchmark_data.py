@@ -3,7 +3,6 @@ PIL loader, and the folder holds photograph-sized JPEGs the image-folder reader 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,15 +10,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from helpers import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "data.py"
 
 
 def test_generated_jpeg_folder_is_an_image_folder_of_large_jpegs(tmp_path):
     from sddcompress.data import load_dataset
 
-    spec = importlib.util.spec_from_file_location("bench_data", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("data")
     root = bench.write_jpeg_folder(tmp_path / "jpeg", per_class=2, classes=3)
     bundle = load_dataset(f"imagefolder:{root}", input_size=96)
     assert bundle.num_classes == 3 and len(bundle.train) == 6 and len(bundle.val) == 6

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import load_benchmark
 
-
-def _load_methods_benchmark():
-    spec = importlib.util.spec_from_file_location("methods_benchmark", ROOT / "benchmarks" / "methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-methods_benchmark = _load_methods_benchmark()
+methods_benchmark = load_benchmark("methods")
 
 
 def test_summary_pairs_gains_by_seed():

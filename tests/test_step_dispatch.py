@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import torch
 
@@ -13,18 +11,11 @@ from sddcompress.engine.method_nets import distillation_terms, method_networks
 from sddcompress.losses import Objective, make_method
 from sddcompress.models import build_model
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_train_step_benchmark():
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", ROOT / "benchmarks" / "train_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_sdd_dkd_step_dispatches_at_most_the_goal_more_than_kd():
-    bench = _load_train_step_benchmark()
+    bench = load_benchmark("train_step")
     torch.manual_seed(0)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 100, (2,))
     teacher = build_model("resnet56", 100, 32).eval().requires_grad_(False)
