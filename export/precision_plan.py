@@ -266,6 +266,12 @@ def candidate_plans(layers: dict[str, str], accuracy_float: list[str], fp32_us: 
     return plans
 
 
+def _ratios_to_fp32(times: dict[str, list[float]], name: str) -> tuple[float, float]:
+    """`name`'s median time and fastest call, each over fp32's, from one interleaved timing."""
+    return (statistics.median(times[name]) / statistics.median(times["fp32"]),
+            min(times[name]) / min(times["fp32"]))
+
+
 def choose_plan(layers: dict[str, str], accuracy_float: list[str], fp32_path: str, images: np.ndarray,
                 quantize: Callable[[list[str]], str], held_out_drop: Callable[[str], float | None],
                 max_drop: float, speed: SpeedSource, batch: int = BATCH,
@@ -293,8 +299,7 @@ def choose_plan(layers: dict[str, str], accuracy_float: list[str], fp32_path: st
     times = speed.times_ms({"fp32": fp32_path, **{p.name: paths[p.name] for p in kept}}, x)
     for plan in kept:
         plan.median_ms = statistics.median(times[plan.name])
-        plan.ratio = plan.median_ms / statistics.median(times["fp32"])
-        plan.fastest_ratio = min(times[plan.name]) / min(times["fp32"])
+        plan.ratio, plan.fastest_ratio = _ratios_to_fp32(times, plan.name)
     # the first candidate (fewest float layers) within NEAR_TIE of the fastest: a plan is not swapped for
     # one that only the noise of the timing puts ahead, and more INT8 layers are kept for the same speed
     fastest = min(p.median_ms for p in kept)
@@ -306,8 +311,7 @@ def choose_plan(layers: dict[str, str], accuracy_float: list[str], fp32_path: st
     retimed = (ratio < SHIP_BELOW) != (fastest_ratio < SHIP_BELOW)
     if retimed:
         again = speed.times_ms({"fp32": fp32_path, best.name: paths[best.name]}, x)
-        ratio = statistics.median(again[best.name]) / statistics.median(again["fp32"])
-        fastest_ratio = min(again[best.name]) / min(again["fp32"])
+        ratio, fastest_ratio = _ratios_to_fp32(again, best.name)
     ship = "int8" if max(ratio, fastest_ratio) < SHIP_BELOW else "fp32"
     costs = {n: {"kind": layers[n], "fp32_us": fp32_us.get(n), "int8_us": int8_us.get(n)} for n in layers}
     plan = PrecisionPlan(best.name, best.float_nodes, best.why, ratio, fastest_ratio, batch, ship,

@@ -32,10 +32,11 @@ def region_weights(teacher_local: torch.Tensor, labels: torch.Tensor, gamma: flo
     return _weights(teacher_local.argmax(dim=1), labels.view(-1, 1), gamma, teacher_local.dtype)
 
 
-def _weights(teacher_classes: torch.Tensor, labels: torch.Tensor, gamma: float, dtype: torch.dtype) -> torch.Tensor:
-    """1 + (gamma - 1) [correct != correct of region 0], regions on the last axis of `teacher_classes`."""
+def _weights(teacher_classes: torch.Tensor, labels: torch.Tensor, gamma: float, dtype: torch.dtype,
+             region_axis: int = -1) -> torch.Tensor:
+    """1 + (gamma - 1) [correct != correct of region 0], regions on `region_axis` of `teacher_classes`."""
     correct = teacher_classes.eq(labels)
-    weights = correct.ne(correct[..., :1]) * (float(gamma) - 1.0) + 1.0  # float32, whatever `dtype`
+    weights = correct.ne(correct.narrow(region_axis, 0, 1)) * (float(gamma) - 1.0) + 1.0  # float32, whatever `dtype`
     return weights if weights.dtype == dtype else weights.to(dtype)
 
 
@@ -62,14 +63,6 @@ def _stacked_regions(student: torch.Tensor, teacher: torch.Tensor, temperature: 
     return torch.log_softmax(z.div_(temperature), 3), teacher_classes
 
 
-def _kept_region_weights(teacher_classes: torch.Tensor, labels3: torch.Tensor, gamma: float,
-                         dtype: torch.dtype) -> torch.Tensor:
-    """`region_weights` as (B, N, 1), from the teacher's classes (B, N, 1) and labels viewed as (B, 1, 1)."""
-    correct = teacher_classes.eq(labels3)
-    weights = correct.ne(correct[:, :1]) * (float(gamma) - 1.0) + 1.0  # float32, whatever `dtype`
-    return weights if weights.dtype == dtype else weights.to(dtype)
-
-
 def _transposed_result(like: torch.Tensor, b: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A (B, K, N) gradient buffer and its (B, N, K) view: the last operator of a backward writes through
     the view, so the gradient leaves in the local logits' own layout without a copy."""
@@ -88,7 +81,7 @@ class _RegionKD(torch.autograd.Function):
         log_ps, log_pt = log_p.unbind(1)
         gap = log_pt - log_ps  # taken before the in-place exp below
         p = log_p.exp_()
-        w = _kept_region_weights(teacher_classes, labels.view(b, 1, 1), gamma, student.dtype)  # (B, N, 1)
+        w = _weights(teacher_classes, labels.view(b, 1, 1), gamma, student.dtype, region_axis=1)  # (B, N, 1)
         ctx.save_for_backward(p, w)
         ctx.scale = temperature / (n * b)
         return (p[:, 1] * gap * w).sum() * (temperature**2 / (n * b))
@@ -129,7 +122,7 @@ class _RegionDKD(torch.autograd.Function):
         q.div_(r)
         lb_s, lb_t = torch.cat((log_py, r.log()), 3).unbind(1)  # (B, N, 2): log (p_y, r)
         lb_gap = lb_t - lb_s
-        w = _kept_region_weights(teacher_classes, labels.view(b, 1, 1), gamma, student.dtype)  # (B, N, 1)
+        w = _weights(teacher_classes, labels.view(b, 1, 1), gamma, student.dtype, region_axis=1)  # (B, N, 1)
         tckd = (lb_t.exp() * lb_gap * w).sum()
         nckd = (((q[:, 1] * gap).sum(2, keepdim=True) - lb_gap[..., 1:]) * w).sum()
         # the backward's one expression, q_s (c_b - c_a d) - q_t c_b with c_a, c_b the TCKD and NCKD coefficients
