@@ -352,6 +352,39 @@ def test_keep_float_ends_leaves_first_conv_and_classifier_unquantised(exported, 
                       keep_float="nope")
 
 
+def test_expected_margin_hits_counts_every_pair():
+    from sddcompress_export.ort_quantization import expected_margin_hits
+
+    rng = np.random.default_rng(3)
+    margins = rng.integers(-40, 80, 97) / 8.0  # eighths: every sum below is exact
+    changes = rng.integers(-120, 40, 97) / 8.0
+    pairs = (margins[:, None] + changes[None, :]) > 0
+    assert expected_margin_hits(margins, changes) == pytest.approx(100.0 * pairs.mean(), abs=1e-12)
+    assert expected_margin_hits(margins, np.zeros(97)) == pytest.approx(100.0 * (margins > 0).mean(), abs=1e-12)
+
+
+def test_a_drop_too_rare_to_count_on_the_held_out_slice_is_expected():
+    """INT8 cuts 2 margins of 64 by 10, on the two images confident enough to stay right: counted on these
+    64 images nothing is lost, but the same cut on any of the other 62 (margin 2) would flip it, so the expected
+    top-1 is 100 x (1 - 2 x 62 / 64^2) and that drop decides."""
+    from sddcompress_export.ort_quantization import score_against
+
+    labels = np.arange(64) % 10
+    ref = np.zeros((64, 10), np.float32)
+    ref[np.arange(64), labels] = 2.0
+    ref[[5, 40], labels[[5, 40]]] = 20.0
+    quantized = ref.copy()
+    quantized[[5, 40], labels[[5, 40]]] -= 10.0
+    score = score_against(quantized, ref, labels)
+    assert score.top1 == score.fp32_top1 == score.agreement == 100.0
+    assert score.expected_top1 == pytest.approx(100.0 * (1 - 2 * 62 / 64 ** 2))
+    assert score.drop() == pytest.approx(100.0 - score.expected_top1) and score.drop() > 0.5  # default max drop
+    unlabelled = score_against(quantized, ref, None)
+    assert unlabelled.top1 is None and unlabelled.drop() == pytest.approx(2 * 62 / 64 ** 2 * 100.0)
+    gentle = score_against(ref + np.float32(0.5), ref, labels)  # every logit moved alike: no margin changes
+    assert gentle.drop() == 0.0 and gentle.expected_top1 == 100.0
+
+
 def test_a_float_layer_must_win_back_accuracy_not_just_logit_error():
     from sddcompress_export.ort_quantization import HeldOutScore, wins_back_accuracy
 
