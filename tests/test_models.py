@@ -96,6 +96,28 @@ def test_model_with_ops_between_features_and_head_is_refused():
         LocalLogits(ExtraOpModel(), 8, (1, 2))
 
 
+class DropoutHeadModel(QuadrantModel):
+    """A trained-looking head behind dropout, as torchvision's MobileNetV2 and EfficientNet have."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(3, 3))
+        with torch.no_grad():
+            self.fc[1].weight.copy_(10.0 * torch.eye(3))
+
+
+def test_a_head_with_dropout_splits_while_the_model_is_in_training_mode():
+    """The split check compares the head with the model's logits in eval mode; in training mode the dropout
+    would make them differ whenever the weights give logits far from 0 (a resumed or pretrained student)."""
+    model = DropoutHeadModel().train()
+    net = LocalLogits(model, 8, (1, 2))
+    assert model.training and all(m.training for m in model.modules())
+    x = torch.randn(2, 3, 8, 8)
+    model.eval()
+    logits, local = net(x)
+    assert torch.allclose(local[:, :, 0], logits, atol=1e-5)
+
+
 def test_densenet_functional_tail_still_splits_exactly():
     _check_global_and_local("densenet121", 128)
 

@@ -186,9 +186,13 @@ class LocalLogits(nn.Module):
             param = next(self.model.parameters())
             x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
             out = self.model(x.to(param.device, param.dtype))
+            self._check_split(out, seen, input_size, label)  # in eval mode: a head with dropout is deterministic
         finally:
             handle.remove()
             self.model.train(was_training)
+            self._feature = None
+
+    def _check_split(self, out: torch.Tensor, seen: dict[str, torch.Tensor], input_size: int, label: str) -> None:
         feat = self._feature
         if feat is None or feat.dim() != 4:
             raise UserError(f"{label}: could not capture a 4-D feature map before the classifier")
@@ -212,7 +216,6 @@ class LocalLogits(nn.Module):
                 f"{label}: its classifier applied to the pooled last feature map does not reproduce "
                 "its logits (extra ops between features and head); SDD cannot split this model"
             )
-        self._feature = None
 
     def apply_head(self, regions: torch.Tensor) -> torch.Tensor:
         """The model's own classifier on pooled region vectors: (B, C, N) -> (B, K, N)."""
