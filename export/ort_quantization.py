@@ -54,7 +54,7 @@ class HeldOutScore:
     """An INT8 variant on the held-out calibration images, against the fp32 model on the same images.
 
     Counted on a slice of 64 images, one image is 1.56 points: a model that changes 1% of its predictions
-    counts as lossless most of the time. So each score also holds the *expected* top-1 (`expected_margin_hits`):
+    counts as lossless most of the time. So each score also holds the *expected* top-1 (`expected_drop`):
     every image's fp32 margin paired with every image's INT8 change of margin, n x n pairs. The score that
     decides is the lower of the counted and the expected one (`accuracy`)."""
 
@@ -124,26 +124,30 @@ def label_margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return logits[rows, labels] - others.max(1)
 
 
-def expected_margin_hits(ref_margins: np.ndarray, changes: np.ndarray) -> float:
-    """% of the pairs (i, j) with ref_margins[i] + changes[j] > 0: how often an image stays right if the change
-    quantisation made to image j's margin hits image i's. It is the counted rate's expectation when that change
-    does not depend on the image, and resolves rates far below one image in n."""
+def expected_drop(ref_margins: np.ndarray, changes: np.ndarray) -> float:
+    """Points lost, expected over the pairs (i, j): image i, right when its fp32 margin is > 0, takes the change
+    quantisation made to image j's margin. That is the counted drop's expectation when the change does not
+    depend on the image, and it resolves drops far below one image in n. No change: exactly 0."""
     ordered = np.sort(ref_margins)
     staying = len(ordered) - np.searchsorted(ordered, -np.asarray(changes), side="right")
-    return float(100.0 * staying.mean() / len(ordered))
+    return float(100.0 * ((ordered > 0).mean() - staying.mean() / len(ordered)))
 
 
 def score_against(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> HeldOutScore:
     pred, ref_pred = logits.argmax(1), ref.argmax(1)
     mse, agreement = float(((logits - ref) ** 2).mean()), float(100.0 * (pred == ref_pred).mean())
-    ref_margins = label_margins(ref, ref_pred)
-    expected_agreement = expected_margin_hits(ref_margins, label_margins(logits, ref_pred) - ref_margins)
+
+    def expected_loss(truth: np.ndarray) -> float:
+        ref_margins = label_margins(ref, truth)
+        return expected_drop(ref_margins, label_margins(logits, truth) - ref_margins)
+
+    expected_agreement = 100.0 - expected_loss(ref_pred)
     if labels is None:
         return HeldOutScore(None, agreement, mse, expected_agreement=expected_agreement)
-    ref_margins = label_margins(ref, labels)
+    fp32_top1 = float(100.0 * (ref_pred == labels).mean())
     return HeldOutScore(float(100.0 * (pred == labels).mean()), agreement, mse,
-                        expected_top1=expected_margin_hits(ref_margins, label_margins(logits, labels) - ref_margins),
-                        expected_agreement=expected_agreement, fp32_top1=float(100.0 * (ref_pred == labels).mean()))
+                        expected_top1=fp32_top1 - expected_loss(labels), expected_agreement=expected_agreement,
+                        fp32_top1=fp32_top1)
 
 
 def held_out_score(path: str, images: np.ndarray, ref: np.ndarray, labels: np.ndarray | None,

@@ -352,15 +352,16 @@ def test_keep_float_ends_leaves_first_conv_and_classifier_unquantised(exported, 
                       keep_float="nope")
 
 
-def test_expected_margin_hits_counts_every_pair():
-    from sddcompress_export.ort_quantization import expected_margin_hits
+def test_expected_drop_counts_every_pair():
+    from sddcompress_export.ort_quantization import expected_drop
 
     rng = np.random.default_rng(3)
     margins = rng.integers(-40, 80, 97) / 8.0  # eighths: every sum below is exact
     changes = rng.integers(-120, 40, 97) / 8.0
     pairs = (margins[:, None] + changes[None, :]) > 0
-    assert expected_margin_hits(margins, changes) == pytest.approx(100.0 * pairs.mean(), abs=1e-12)
-    assert expected_margin_hits(margins, np.zeros(97)) == pytest.approx(100.0 * (margins > 0).mean(), abs=1e-12)
+    assert expected_drop(margins, changes) == pytest.approx(100.0 * ((margins > 0).mean() - pairs.mean()), abs=1e-12)
+    assert expected_drop(margins, np.zeros(97)) == 0.0
+    assert expected_drop(np.zeros(8), np.zeros(8)) == 0.0  # tied logits: no change, no drop
 
 
 def test_a_drop_too_rare_to_count_on_the_held_out_slice_is_expected():
