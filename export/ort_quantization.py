@@ -116,8 +116,10 @@ def predict_cpu(path: str, images: np.ndarray, batch_size: int = 64) -> np.ndarr
 
 
 def label_margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each row's logit of its label minus its largest other logit (> 0: predicted right)."""
-    logits = np.asarray(logits, np.float64)
+    """Each prediction's logit of its label minus its largest other logit (> 0: predicted right); classes on axis
+    1, as `argmax(1)` reads them, any further axes (a dense output) flattened with the batch."""
+    logits = np.moveaxis(np.asarray(logits, np.float64), 1, -1).reshape(-1, np.shape(logits)[1])
+    labels = np.asarray(labels).reshape(-1)
     rows = np.arange(len(logits))
     others = logits.copy()
     others[rows, labels] = -np.inf
