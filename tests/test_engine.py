@@ -52,6 +52,16 @@ def test_rerunning_a_finished_run_continues_to_more_epochs(tmp_path, teacher_ckp
     assert_same_weights(full.latest, resumed.latest)
 
 
+def test_a_student_with_a_dropout_head_continues_to_more_epochs(tmp_path, teacher_ckpt):
+    """torchvision's MobileNetV2 ends in Dropout + Linear: once its weights are trained, the SDD split check
+    must still hold when the run is picked up again."""
+    over = dict(model="mobilenetv2", scales=(1, 2), lr=0.2)
+    full = run(sdd_config(tmp_path / "full", teacher_ckpt, epochs=2, **over), **QUIET)
+    run(sdd_config(tmp_path / "split", teacher_ckpt, epochs=1, **over), **QUIET)
+    resumed = run(sdd_config(tmp_path / "split", teacher_ckpt, epochs=2, **over), **QUIET)
+    assert_same_weights(full.latest, resumed.latest)
+
+
 def test_resume_refuses_a_different_run(tmp_path, teacher_ckpt):
     run(sdd_config(tmp_path / "r", teacher_ckpt), **QUIET)
     with pytest.raises(UserError, match="holds a run with method='sdd-dkd'"):
