@@ -8,7 +8,7 @@ lower of the top-1 counted and the top-1 expected from every pairing of one imag
 image's change of margin under INT8 (`HeldOutScore`), which sees a drop of a fraction of one image:
 
 - the calibration method (`minmax`, `percentile`, `entropy`, or `auto`: each is tried, the best held-out
-  top-1 wins, ties go to agreement with fp32 and then to the smaller logit error);
+  score wins, ties go to agreement with fp32 and then to the smaller logit error);
 - which layers stay in float (`keep_float`): `auto` keeps all layers quantised if that already meets
   `max_drop` on the held-out slice, else tries keeping the first conv and the classifier in float, else runs
   a per-layer sensitivity pass (quantise one layer at a time, rank by logit error) and keeps the most
