@@ -344,8 +344,6 @@ class _HeldOutSearch:
         self.quantizer = _Quantizer(rewritten, fit, tmp, batch_size)
         self.held, self.held_labels = held, held_labels
         self.ref = predict_cpu(prepared, held) if len(held) else None  # the float model as exported
-        self.fp32_top1 = (None if self.ref is None or held_labels is None
-                          else float(100.0 * (self.ref.argmax(1) == held_labels).mean()))
 
     def evaluate(self, path: str) -> HeldOutScore | None:
         return None if self.ref is None else held_out_score(path, self.held, self.ref, self.held_labels)
@@ -498,7 +496,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
             entry = model.metadata_props.add()
             entry.key, entry.value = INT8_PLAN_KEY, json.dumps(plan)
         atomic_write(out_path, lambda temp: onnx.save(model, str(temp)))
-    return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), search.fp32_top1, best_score,
+    fp32_top1 = None if best_score is None else best_score.fp32_top1  # the fp32 model on the held-out images
+    return QuantizationResult(out_path, chosen, float_nodes, reason, len(fit), len(held), fp32_top1, best_score,
                               candidates, sensitivity, plan, ranges, rewrite)
 
 
