@@ -11,9 +11,11 @@ image's change of margin under INT8 (`HeldOutScore`), which sees a drop of a fra
   score wins, ties go to agreement with fp32 and then to the smaller logit error);
 - which layers stay in float (`keep_float`): `auto` keeps all layers quantised if that already meets
   `max_drop` on the held-out slice, else tries keeping the first conv and the classifier in float, else runs
-  a per-layer sensitivity pass (quantise one layer at a time, rank by logit error) and keeps the most
-  sensitive layers in float one by one until the held-out drop is within `max_drop` or a quarter of the
-  layers are float; a set with more float layers is kept only if it wins back held-out top-1 or agreement.
+  a sensitivity pass over units (`float_regions`: each node ONNX Runtime quantises, with its ReLU; quantise
+  one unit at a time, rank by logit error) and keeps the float regions of the most sensitive units (the unit
+  and every unit writing or reading its tensors) in float one region more at a time, until the held-out drop
+  is within `max_drop` or a quarter of the units have been tried; a set with more float nodes is kept only if
+  it wins back held-out top-1 or agreement.
   Then, for speed on this machine's CPU (`precision_plan`), layers that are slower in INT8 here (depthwise
   and grouped convolutions, kinds or single layers that ONNX Runtime's profiler finds slower) are tried in
   float too; the fastest plan that keeps the held-out accuracy is written, and the plan with its
@@ -384,9 +386,11 @@ def _choose_calibration(search: _HeldOutSearch, method: str, start_float: list[s
 
 def _keep_float_for_accuracy(search: _HeldOutSearch, graph, chosen: str, best_path: str, best_score, max_drop: float,
                              echo):
-    """Step 2: layers kept in float while the held-out drop is above `max_drop`: the first conv and the
-    classifier, then the most sensitive layers one by one. Returns (path, score, float nodes, reason or None,
-    sensitivity)."""
+    """Step 2: nodes kept in float while the held-out drop is above `max_drop`: the first conv and the
+    classifier, then the float regions (`float_regions`) of the most sensitive units, one region more at a
+    time. Returns (path, score, float nodes, reason or None, sensitivity)."""
+    from .float_regions import FloatRegions
+
     float_nodes: list[str] = []
     reason, sensitivity = None, []
     ends = end_nodes(graph)
@@ -396,22 +400,22 @@ def _keep_float_for_accuracy(search: _HeldOutSearch, graph, chosen: str, best_pa
     if score.key() > best_score.key():
         best_path, best_score, float_nodes, reason = path, score, ends, "first conv and classifier"
     if search.drop(best_score) > max_drop:
-        names = weighted_nodes(graph)
-        for name in names:
-            s = search.evaluate(search.quantizer.quantize(chosen, only=[name]))
-            sensitivity.append({"node": name, "logit_mse": s.logit_mse, "agreement": s.agreement})
-        ranked = [r["node"] for r in sorted(sensitivity, key=lambda r: -r["logit_mse"])]
+        regions = FloatRegions(graph)
+        for unit in regions.units:
+            s = search.evaluate(search.quantizer.quantize(chosen, only=unit))
+            sensitivity.append({"node": unit[0], "nodes": unit, "logit_mse": s.logit_mse, "agreement": s.agreement})
+        ranked = sorted(range(len(regions.units)), key=lambda k: -sensitivity[k]["logit_mse"])
         kept: list[str] = []
-        for name in ranked[: max(1, len(names) // 4)]:
-            kept.append(name)
+        for k in ranked[: max(1, len(ranked) // 4)]:
+            kept += [name for name in regions.region(k) if name not in kept]
             path = search.quantizer.quantize(chosen, kept)
             score = search.evaluate(path)
             if wins_back_accuracy(score, best_score):
                 best_path, best_score, float_nodes = path, score, list(kept)
-                reason = "per-layer sensitivity"
+                reason = "float regions of the most sensitive units"
             if search.drop(score) <= max_drop:
                 break
-        echo(f"INT8 {chosen}: sensitivity pass keeps {float_nodes} in float "
+        echo(f"INT8 {chosen}: sensitivity pass keeps {len(float_nodes)} nodes in float "
              f"(held-out drop {search.drop(best_score):+.2f})")
     return best_path, best_score, float_nodes, reason, sensitivity
 
@@ -484,7 +488,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_images: np.
                 best_path, best_score = plan_path, search.evaluate(plan_path)
                 reason = f"{reason}; for speed: {plan.chosen}" if float_nodes else f"for speed: {plan.chosen}"
                 float_nodes = list(plan.float_nodes)
-            echo(f"INT8 plan for this CPU: {plan.chosen} ({len(float_nodes)} layers in float); "
+            echo(f"INT8 plan for this CPU: {plan.chosen} ({len(float_nodes)} nodes in float); "
                  f"{plan.recommendation}")
             plan = plan.to_dict()
         ranges = search.quantizer.cache(chosen)

@@ -257,9 +257,10 @@ def candidate_plans(layers: dict[str, str], accuracy_float: list[str], fp32_us: 
     plans = [Candidate("accuracy", list(accuracy_float), dict(base_why))]
     seen = {frozenset(accuracy_float)}
     for name in CANDIDATES[1:]:
-        why = {**base_why, **{n: r for n, r in extra[name].items() if n not in base_why}}
-        nodes = [n for n in layers if n in why]
-        if frozenset(nodes) in seen or len(nodes) == len(layers):
+        added = {n: r for n, r in extra[name].items() if n not in base_why}
+        why = {**base_why, **added}
+        nodes = list(accuracy_float) + [n for n in layers if n in added]
+        if frozenset(nodes) in seen or all(n in why for n in layers):
             continue  # the same plan, or no layer left in INT8
         seen.add(frozenset(nodes))
         plans.append(Candidate(name, nodes, why))
