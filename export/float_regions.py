@@ -30,11 +30,12 @@ def quantised_op_types() -> set[str]:
 
 
 class FloatRegions:
-    """The units of `model` (an ONNX ModelProto as the quantiser sees it) and each unit's float region."""
+    """The units of `model` (an ONNX ModelProto as the quantiser sees it) and each unit's float region; a node
+    without a name cannot be excluded, so it belongs to none."""
 
     def __init__(self, model, op_types: set[str] | None = None) -> None:
         op_types = quantised_op_types() if op_types is None else op_types
-        nodes = list(model.graph.node)
+        nodes = [n for n in model.graph.node if n.name]  # the quantiser excludes nodes by name
         weights = {init.name for init in model.graph.initializer}
         self._readers: dict[str, list[str]] = defaultdict(list)
         self._writer: dict[str, str] = {}

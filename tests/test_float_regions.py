@@ -92,6 +92,17 @@ def test_units_pair_a_layer_with_its_activation_and_regions_cover_every_tensor(c
     assert regions.region(cat) == ["small", "small_relu", "pool", "cat", "cat_relu", "mix", "mix_relu"]
 
 
+def test_a_node_without_a_name_is_in_no_unit(concat_model):
+    model = onnx.load(str(concat_model[0]))
+    for node in model.graph.node:
+        if node.name in ("gap", "flatten"):
+            node.name = ""
+    regions = FloatRegions(model)
+    assert all(name for unit in regions.units for name in unit)
+    assert ["fc"] in regions.units and ["gap"] not in regions.units
+    assert "" not in regions.region(regions.units.index(["mix", "mix_relu"]))
+
+
 def test_a_float_region_leaves_every_tensor_of_its_unit_unquantised(concat_model, tmp_path):
     path, images = concat_model
     regions = FloatRegions(onnx.load(str(path)))
