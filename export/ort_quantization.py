@@ -280,10 +280,26 @@ def _quantize_qdq(prepared: str, out: str, reader, method: str, float_nodes, onl
 
 def prepared_model(fp32_path: str | Path, out_path: str | Path) -> None:
     """The float graph as the quantiser sees it (ONNX Runtime's pre-processing: BatchNorm folded, shapes
-    inferred); its node and initializer names are those of the INT8 model made from it."""
+    inferred); its node and initializer names are those of the INT8 model made from it.
+
+    Pre-processing inlines functions (torch exports HardSwish as one) into nodes without names, and the
+    quantiser keeps nodes float by name: each such node is named after its op type and first output,
+    which is unique in the graph."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    model = onnx.load(str(out_path))
+    taken = {n.name for n in model.graph.node}
+    unnamed = [n for n in model.graph.node if not n.name]
+    for node in unnamed:
+        name = f"{node.op_type}_{node.output[0]}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+    if unnamed:
+        onnx.save(model, str(out_path))
 
 
 def quantize_with_weights(fp32_path: str | Path, int8_path: str | Path, weights: dict[str, np.ndarray],

@@ -103,6 +103,23 @@ def test_a_node_without_a_name_is_in_no_unit(concat_model):
     assert "" not in regions.region(regions.units.index(["mix", "mix_relu"]))
 
 
+def test_the_quantisers_graph_names_every_node(concat_model, tmp_path):
+    """ONNX Runtime's pre-processing inlines functions (HardSwish) into nodes without names; the prepared
+    graph names them, so they can be measured and kept float like any other node."""
+    from sddcompress_export.ort_quantization import prepared_model
+
+    model = onnx.load(str(concat_model[0]))
+    for node in model.graph.node:
+        if node.name in ("gap", "flatten"):
+            node.name = ""
+    onnx.save(model, str(tmp_path / "unnamed.onnx"))
+    prepared_model(tmp_path / "unnamed.onnx", tmp_path / "prepared.onnx")
+    names = [n.name for n in onnx.load(str(tmp_path / "prepared.onnx")).graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert {"GlobalAveragePool_pooled", "Flatten_flat"} <= set(names)
+    assert ["Flatten_flat"] in FloatRegions(onnx.load(str(tmp_path / "prepared.onnx"))).units
+
+
 def test_a_float_region_leaves_every_tensor_of_its_unit_unquantised(concat_model, tmp_path):
     path, images = concat_model
     regions = FloatRegions(onnx.load(str(path)))
