@@ -256,6 +256,33 @@ def test_two_cpu_processes_give_the_gradients_of_one_process(tmp_path, teacher_c
     assert_same_weights(one, two, atol=3e-5)  # float32 sum-order noise, x128 (beta T^2)
 
 
+def test_the_prepared_student_is_freed_before_the_process_group_is_destroyed(tmp_path, monkeypatch):
+    """In a multi-process run the prepared (DDP) student holds the process group; destroyed inside the
+    student's deallocation, gloo's group can hang the process (its worker thread waits for the GIL the
+    deallocation holds). So the run frees the prepared modules before `end_training` destroys the group."""
+    import weakref
+
+    from accelerate import Accelerator
+
+    from sddcompress.engine import trainer
+
+    prepared, alive_at_end = [], []
+    real_setup = trainer.setup
+
+    def recording_setup(*args, **kwargs):
+        session = real_setup(*args, **kwargs)
+        prepared.append(weakref.ref(session.student_p))
+        return session
+
+    def recording_end(self):
+        alive_at_end.append(prepared[0]() is not None)
+
+    monkeypatch.setattr(trainer, "setup", recording_setup)
+    monkeypatch.setattr(Accelerator, "end_training", recording_end)
+    run(TrainConfig(**TINY, model="resnet20", out=str(tmp_path / "r")), **QUIET)
+    assert alive_at_end == [False]
+
+
 def test_two_cpu_processes_match_one_process_over_tame_steps(tmp_path):
     # Four steps over an epoch boundary (scheduler, sampler re-seeding) with a tame loss (CE, lr 0.01),
     # in float64. In float32 the comparison measures chaos, not errors: summation-order rounding

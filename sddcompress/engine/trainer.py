@@ -12,6 +12,7 @@ checkpoint, and batch norm whose statistics are summed across processes.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import math
 import os
@@ -679,8 +680,16 @@ def _run_locked(cfg: TrainConfig, echo: Callable[[str], None], data: DataBundle 
     # Trackers closed and the process group destroyed here rather than at the interpreter's exit,
     # where gloo's worker threads can abort the process. After a barrier, and only after a run that
     # finished: destroying a group while another process is still in a collective can hang.
-    s.acc.wait_for_everyone()
-    s.acc.end_training()
+    acc = s.acc
+    acc.wait_for_everyone()
+    # The DDP-wrapped student holds the process group. Freed after `end_training`, it would destroy the
+    # group inside its own deallocation, which holds the GIL while joining gloo's worker thread, and that
+    # thread may need the GIL to free the tensors of the last collective: the process hangs. Freed first,
+    # the group outlives it, and `end_training` destroys the group with the GIL released.
+    del s
+    acc.free_memory()
+    gc.collect()
+    acc.end_training()
     return result
 
 
