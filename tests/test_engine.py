@@ -229,6 +229,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# a two-process run that hangs (a process group that cannot be torn down) fails its test, not the suite
+TWO_PROCESS_TIMEOUT_S = 300
+
+
 def _train_two_ways(tmp_path, args: list[str], float64: bool = False) -> tuple[Path, Path]:
     """The same run as one process and as two CPU processes (same global batch); returns both latest.pt.
     With `float64`, both run with float64 models. tests/checked_cli.py fails a run that returns with
@@ -239,7 +243,8 @@ def _train_two_ways(tmp_path, args: list[str], float64: bool = False) -> tuple[P
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", str(_free_port()), *entry, *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=TWO_PROCESS_TIMEOUT_S)
     assert two.returncode == 0, two.stderr[-3000:]
     latest_two = tmp_path / "two" / "checkpoints" / "latest.pt"
     assert len(load_checkpoint(latest_two)["rng"]) == 2  # really ran as two processes
@@ -403,7 +408,8 @@ def test_a_run_resumed_with_another_process_count_continues(tmp_path):
             "--out", str(tmp_path / "switched")]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", str(_free_port()), "-m", "sddcompress.cli.main", *args],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=TWO_PROCESS_TIMEOUT_S)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "resuming" in two.stdout
     latest = tmp_path / "switched" / "checkpoints" / "latest.pt"
