@@ -423,7 +423,10 @@ def _keep_float_for_accuracy(search: _HeldOutSearch, graph, chosen: str, best_pa
         ranked = sorted(range(len(regions.units)), key=lambda k: -sensitivity[k]["logit_mse"])
         kept: list[str] = []
         for k in ranked[: max(1, len(ranked) // 4)]:
-            kept += [name for name in regions.region(k) if name not in kept]
+            added = [name for name in regions.region(k) if name not in kept]
+            if not added:  # already float with an earlier region
+                continue
+            kept += added
             path = search.quantizer.quantize(chosen, kept)
             score = search.evaluate(path)
             if wins_back_accuracy(score, best_score):
