@@ -11,10 +11,10 @@ image's change of margin under INT8 (`HeldOutScore`), which sees a drop of a fra
   score wins, ties go to agreement with fp32 and then to the smaller logit error);
 - which layers stay in float (`keep_float`): `auto` keeps all layers quantised if that already meets
   `max_drop` on the held-out slice, else tries keeping the first conv and the classifier in float, else runs
-  a sensitivity pass over units (`float_regions`: each node ONNX Runtime quantises, with its ReLU; quantise
-  one unit at a time, rank by logit error) and keeps the float regions of the most sensitive units (the unit
-  and every unit writing or reading its tensors) in float one region more at a time, until the held-out drop
-  is within `max_drop` or a quarter of the units have been tried; a set with more float nodes is kept only if
+  a sensitivity pass over units (`float_regions`: each node ONNX Runtime quantises on its own, with its ReLU;
+  quantise one unit at a time, rank by logit error) and keeps the float regions of the most sensitive units
+  (the unit and every unit writing or reading its tensors) in float one region more at a time, until the
+  held-out drop is within `max_drop` or a quarter of the measured units have been tried; a set with more float nodes is kept only if
   it wins back held-out top-1 or agreement.
   Then, for speed on this machine's CPU (`precision_plan`), layers that are slower in INT8 here (depthwise
   and grouped convolutions, kinds or single layers that ONNX Runtime's profiler finds slower) are tried in
@@ -283,22 +283,28 @@ def prepared_model(fp32_path: str | Path, out_path: str | Path) -> None:
     inferred); its node and initializer names are those of the INT8 model made from it.
 
     Pre-processing inlines functions (torch exports HardSwish as one) into nodes without names, and the
-    quantiser keeps nodes float by name: each such node is named after its op type and first output,
-    which is unique in the graph."""
+    quantiser keeps nodes float by name: a node without a name, or with one an earlier node has, is named
+    after its op type and first output (with underscores added until the name is free)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
     model = onnx.load(str(out_path))
+    seen: set[str] = set()
+    renamed = []
+    for node in model.graph.node:
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+        else:
+            renamed.append(node)
     taken = {n.name for n in model.graph.node}
-    unnamed = [n for n in model.graph.node if not n.name]
-    for node in unnamed:
-        name = f"{node.op_type}_{node.output[0]}"
+    for index, node in enumerate(renamed):
+        name = f"{node.op_type}_{node.output[0] if node.output else index}"
         while name in taken:
             name += "_"
         node.name = name
         taken.add(name)
-    if unnamed:
+    if renamed:
         onnx.save(model, str(out_path))
 
 
@@ -417,13 +423,15 @@ def _keep_float_for_accuracy(search: _HeldOutSearch, graph, chosen: str, best_pa
         best_path, best_score, float_nodes, reason = path, score, ends, "first conv and classifier"
     if search.drop(best_score) > max_drop:
         regions = FloatRegions(graph)
-        for unit in regions.units:
+        for k in regions.measured:
+            unit = regions.units[k]
             s = search.evaluate(search.quantizer.quantize(chosen, only=unit))
-            sensitivity.append({"node": unit[0], "nodes": unit, "logit_mse": s.logit_mse, "agreement": s.agreement})
-        ranked = sorted(range(len(regions.units)), key=lambda k: -sensitivity[k]["logit_mse"])
+            sensitivity.append({"node": unit[0], "nodes": unit, "region": regions.region(k),
+                                "logit_mse": s.logit_mse, "agreement": s.agreement})
+        ranked = sorted(range(len(sensitivity)), key=lambda i: -sensitivity[i]["logit_mse"])
         kept: list[str] = []
-        for k in ranked[: max(1, len(ranked) // 4)]:
-            added = [name for name in regions.region(k) if name not in kept]
+        for i in ranked[: max(1, len(ranked) // 4)]:
+            added = [name for name in sensitivity[i]["region"] if name not in kept]
             if not added:  # already float with an earlier region
                 continue
             kept += added

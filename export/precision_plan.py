@@ -1,7 +1,8 @@
 """Which layers of the INT8 model stay float, chosen by what runs fastest on this machine's CPU.
 
-Post-training quantisation (`ort_quantization`) first decides the layers that must stay float to keep
-accuracy. Whether the rest are worth running in INT8 depends on the CPU and on ONNX Runtime's kernels:
+Post-training quantisation (`ort_quantization`) first decides the nodes that must stay float to keep
+accuracy (layers, and the activations, sums and concatenations of its float regions); every candidate
+keeps those. Whether the rest are worth running in INT8 depends on the CPU and on ONNX Runtime's kernels:
 depthwise and grouped convolutions, layers whose signed int8 input or output ONNX Runtime cannot fuse into
 `QLinearConv`, and the layout transposes around them can make an INT8 layer (or the whole model) slower
 than its float counterpart. So a few candidate plans are built from the accuracy plan, each with more
@@ -279,7 +280,7 @@ def choose_plan(layers: dict[str, str], accuracy_float: list[str], fp32_path: st
                 names: dict[str, dict[str, set[str]]] | None = None) -> tuple[PrecisionPlan, str]:
     """Build, score and time the candidate plans; returns (the plan, the path of the chosen INT8 model).
 
-    `quantize(float_nodes)` writes an INT8 model with those layers in float and returns its path;
+    `quantize(float_nodes)` writes an INT8 model with those nodes in float and returns its path;
     `held_out_drop(path)` scores it on the held-out calibration images (None when there are none). A
     candidate keeps accuracy when its drop is within `max_drop`, or no worse than the accuracy plan's
     when that one could not meet it.

@@ -233,6 +233,26 @@ def _free_port() -> int:
 TWO_PROCESS_TIMEOUT_S = 300
 
 
+def _run_two_processes(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --nproc_per_node 2 ARGS` with one thread each. Past the timeout the
+    launcher is terminated, which stops its workers (they run in sessions of their own, so killing the
+    launcher alone would leave them behind), and the test fails."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        out, err = proc.communicate(timeout=TWO_PROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"two-process run still running after {TWO_PROCESS_TIMEOUT_S} s: {err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _train_two_ways(tmp_path, args: list[str], float64: bool = False) -> tuple[Path, Path]:
     """The same run as one process and as two CPU processes (same global batch); returns both latest.pt.
     With `float64`, both run with float64 models. tests/checked_cli.py fails a run that returns with
@@ -241,10 +261,7 @@ def _train_two_ways(tmp_path, args: list[str], float64: bool = False) -> tuple[P
     one = subprocess.run([sys.executable, *entry, *args, "--out", str(tmp_path / "one")], capture_output=True,
                          text=True)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(_free_port()), *entry, *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         timeout=TWO_PROCESS_TIMEOUT_S)
+    two = _run_two_processes(["--master_port", str(_free_port()), *entry, *args, "--out", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     latest_two = tmp_path / "two" / "checkpoints" / "latest.pt"
     assert len(load_checkpoint(latest_two)["rng"]) == 2  # really ran as two processes
@@ -406,10 +423,7 @@ def test_a_run_resumed_with_another_process_count_continues(tmp_path):
     run(TrainConfig(**common, out=str(tmp_path / "switched")), **QUIET)
     args = ["train", "--model", "resnet20", *tiny_args(epochs=2, max_train_batches=2, batch_size=16, lr=0.01),
             "--out", str(tmp_path / "switched")]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(_free_port()), "-m", "sddcompress.cli.main", *args],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         timeout=TWO_PROCESS_TIMEOUT_S)
+    two = _run_two_processes(["--master_port", str(_free_port()), "-m", "sddcompress.cli.main", *args])
     assert two.returncode == 0, two.stderr[-3000:]
     assert "resuming" in two.stdout
     latest = tmp_path / "switched" / "checkpoints" / "latest.pt"

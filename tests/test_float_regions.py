@@ -90,6 +90,8 @@ def test_units_pair_a_layer_with_its_activation_and_regions_cover_every_tensor(c
     cat = regions.units.index(["cat", "cat_relu"])
     # the concatenation's inputs come from the small branch and the pool; its ReLU's output goes to mix
     assert regions.region(cat) == ["small", "small_relu", "pool", "cat", "cat_relu", "mix", "mix_relu"]
+    # the pools and the flatten pass 8-bit values through: quantised alone they would get no Q/DQ
+    assert [regions.units[k][0] for k in regions.measured] == ["small", "big", "cat", "mix", "gap", "fc"]
 
 
 def test_a_node_without_a_name_is_in_no_unit(concat_model):
@@ -112,12 +114,18 @@ def test_the_quantisers_graph_names_every_node(concat_model, tmp_path):
     for node in model.graph.node:
         if node.name in ("gap", "flatten"):
             node.name = ""
+        if node.name == "fc":
+            node.name = "Flatten_flat"  # the name the unnamed flatten would get
+        if node.name == "mix_relu":
+            node.name = "mix"  # a name an earlier node has
     onnx.save(model, str(tmp_path / "unnamed.onnx"))
+    with pytest.raises(ValueError, match="node names repeat"):
+        FloatRegions(model)
     prepared_model(tmp_path / "unnamed.onnx", tmp_path / "prepared.onnx")
     names = [n.name for n in onnx.load(str(tmp_path / "prepared.onnx")).graph.node]
     assert all(names) and len(set(names)) == len(names)
-    assert {"GlobalAveragePool_pooled", "Flatten_flat"} <= set(names)
-    assert ["Flatten_flat"] in FloatRegions(onnx.load(str(tmp_path / "prepared.onnx"))).units
+    assert {"GlobalAveragePool_pooled", "Flatten_flat_", "Relu_m_act", "mix", "Flatten_flat"} <= set(names)
+    assert ["Flatten_flat_"] in FloatRegions(onnx.load(str(tmp_path / "prepared.onnx"))).units
 
 
 def test_a_float_region_leaves_every_tensor_of_its_unit_unquantised(concat_model, tmp_path):

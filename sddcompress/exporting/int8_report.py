@@ -23,7 +23,7 @@ def verdict(drop: float, max_drop: float, float_nodes: list[str]) -> str:
         return f"met: top-1 drop {drop:+.2f} <= {max_drop} points"
     return (f"NOT met: post-training quantisation loses {drop:.2f} top-1 points here "
             f"({len(float_nodes)} nodes in float); fix: keep more nodes float (--int8-keep-float with the "
-            "most sensitive units listed under 'sensitivity'), calibrate on more images (--calib-size), or "
+            "'region' of a sensitive unit listed under 'sensitivity'), calibrate on more images (--calib-size), or "
             "fine-tune the quantised student against its teacher (--qat-epochs 1)")
 
 
@@ -62,7 +62,7 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
              f"{qat_summary['ptq_top1_drop']:+.2f})")
     line = verdict(drop, o.int8_max_drop, result.float_nodes)
     echo(f"INT8: {int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s), calibration "
-         f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float layers: "
+         f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float nodes: "
          f"{', '.join(result.float_nodes) or 'none'}; top-1 {metrics['top1']:.2f} vs fp32 "
          f"{fp32_metrics['top1']:.2f}; goal {line}")
     written = as_written_section(int8_model, tensors.val_images, tensors.val_labels, fp32_metrics["top1"],
