@@ -109,7 +109,7 @@ def fitting_sdd_scales(name: str) -> str:
 
 
 def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, qat_epochs: float = 0.0,
-               teacher: str | None = None, distil: bool = False) -> dict:
+               teacher: str | None = None, distil: bool = False, seed: int = 0) -> dict:
     """Train `name` on digits at 32 px (alone, or distilled from `teacher` with SDD-DKD when `distil`; or not at
     all), export, quantise with the default chain (accuracy, then the precision plan for this CPU) and time
     the chosen INT8 model against fp32."""
@@ -129,7 +129,8 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
         how = (dict(method="sdd-dkd", teacher="resnet56", teacher_ckpt=teacher, scales=fitting_sdd_scales(name))
                if distil else {})
         result = run(TrainConfig(model=name, data="digits", input_size=32, epochs=epochs, batch_size=64, lr=0.05,
-                                 schedule="cosine", out=str(folder / "train"), cpu=True, log_every=10**6, **how),
+                                 schedule="cosine", out=str(folder / "train"), cpu=True, log_every=10**6, seed=seed,
+                                 **how),
                      echo=lambda s: None)
         # parity within 1e-2: a briefly trained model's logits are large
         report = run_export(ExportOptions(ckpt=str(result.best), out=str(folder), calib_size=calib_size, atol=1e-2),
@@ -199,7 +200,7 @@ def families_main(args) -> None:
     for name in names:
         try:
             row = family_row(name, out, args.epochs, args.calib_size, args.calls, args.qat_epochs, teacher,
-                             args.distil)
+                             args.distil, args.seed)
         except (UserError, DeployError) as exc:  # one family's failure is a row, not the end of the table
             rows.append({"family": name, "failed": str(exc)})
             print(f"{name:<20}failed: {exc}", flush=True)
@@ -233,6 +234,8 @@ def main() -> None:
     ap.add_argument("--distil", action="store_true",
                     help="with --families: distil each family from the resnet56 teacher (SDD-DKD) instead of training it "
                          "alone, as `sddcompress distill` would")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="with --families: the students' training seed (the teacher is trained with seed 0)")
     ap.add_argument("--qat-epochs", type=float, default=0.0,
                     help="with --families: also quantization-aware distillation, this many epochs, per trained family")
     args = ap.parse_args()
