@@ -71,6 +71,34 @@ def test_fake_quantised_student_is_the_onnxruntime_int8_model(float_export, tmp_
     assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.99
 
 
+def test_fake_quantised_student_with_a_float_region_is_the_onnxruntime_int8_model(float_export, tmp_path):
+    """A residual sum's float region (the sum, its ReLU, the layers writing and reading its tensors) kept
+    float: the torch model still runs what ONNX Runtime runs, float sum and all."""
+    import onnx
+
+    from sddcompress.exporting.qat import quantization_aware_net
+    from sddcompress_export.float_regions import FloatRegions
+    from sddcompress_export.ort_quantization import prepared_model
+
+    prepared_model(float_export / "model.onnx", tmp_path / "prepared.onnx")
+    prepared = onnx.load(str(tmp_path / "prepared.onnx"))
+    kind = {n.name: n.op_type for n in prepared.graph.node}
+    regions = FloatRegions(prepared)
+    region = regions.region(next(k for k, unit in enumerate(regions.units) if kind[unit[0]] == "Add"))
+    path, result, images = _ptq(float_export, tmp_path, ",".join(region))
+    assert result.float_nodes == region
+    written = onnx.load(str(path))
+    quantised = {n.input[0] for n in written.graph.node if n.op_type == "QuantizeLinear"}
+    summed = next(n for n in written.graph.node if n.name == region[[kind[r] for r in region].index("Add")])
+    assert not quantised & set(summed.input) and summed.output[0] not in quantised
+    net = quantization_aware_net(float_export / "model.onnx", path, result.rewrite).eval()
+    with torch.no_grad():
+        ours = net(torch.from_numpy(images)).numpy()
+    theirs = _ort_logits(path, images)
+    assert np.abs(ours - theirs).max() <= _logit_step(net) * 1.001
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.99
+
+
 def test_qat_export_equals_the_fine_tuned_fake_quant_model(float_export, teacher_ckpt, distilled, tmp_path):
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
