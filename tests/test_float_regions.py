@@ -12,7 +12,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from sddcompress_export.float_regions import FloatRegions
-from sddcompress_export.ort_quantization import _quantize_qdq, quantize_int8, weighted_nodes
+from sddcompress_export.ort_quantization import _Quantizer, quantize_int8, weighted_nodes
 from sddcompress_export.precision_plan import candidate_plans
 from helpers import random_initializers, save_constructed_classifier
 
@@ -63,23 +63,10 @@ def _quantised_tensors(path) -> set[str]:
     return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights}
 
 
-def _quantise(model_path, images, out, float_nodes=(), only=None) -> None:
-    batches = iter([{"input": images[i:i + 32]} for i in range(0, len(images), 32)])
-
-    class Reader:
-        def get_next(self):
-            return next(batches, None)
-
-        def __iter__(self):  # quantize_static may iterate the reader itself
-            return self
-
-        def __next__(self):
-            item = self.get_next()
-            if item is None:
-                raise StopIteration
-            return item
-
-    _quantize_qdq(str(model_path), str(out), Reader(), "minmax", float_nodes, only)
+def _quantiser(model_path, images, workdir):
+    """The INT8 stage's own quantiser (min-max over every image): `.quantize("minmax", float_nodes, only)`
+    writes a variant and returns its path."""
+    return _Quantizer(str(model_path), images, str(workdir), 32)
 
 
 def test_units_pair_a_layer_with_its_activation_and_regions_cover_every_tensor(concat_model):
@@ -133,10 +120,9 @@ def test_a_float_region_leaves_every_tensor_of_its_unit_unquantised(concat_model
     regions = FloatRegions(onnx.load(str(path)))
     cat = regions.units.index(["cat", "cat_relu"])
     touched = {"s_act", "b_pool", "cat", "cat_act"}
-    _quantise(path, images, tmp_path / "unit.onnx", float_nodes=regions.units[cat])
-    assert _quantised_tensors(tmp_path / "unit.onnx") & touched  # its neighbours still quantise them
-    _quantise(path, images, tmp_path / "region.onnx", float_nodes=regions.region(cat))
-    quantised = _quantised_tensors(tmp_path / "region.onnx")
+    quantiser = _quantiser(path, images, tmp_path)
+    assert _quantised_tensors(quantiser.quantize("minmax", regions.units[cat])) & touched  # neighbours quantise them
+    quantised = _quantised_tensors(quantiser.quantize("minmax", regions.region(cat)))
     assert not quantised & touched
     assert "m_act" in quantised or "pooled" in quantised  # the rest of the model is still INT8
 
@@ -146,11 +132,10 @@ def test_a_layer_is_measured_with_its_relu(concat_model, tmp_path):
     ReLU, on the ReLU's (the same here: all positive). The small conv's pre-activation reaches far below 0
     (a channel that never fires): alone it is quantised on that range, with its ReLU on the ReLU's."""
     path, images = concat_model
+    quantiser = _quantiser(path, images, tmp_path)
 
     def conv_output_scale(only) -> float:
-        out = tmp_path / f"{'-'.join(only)}.onnx"
-        _quantise(path, images, out, only=only)
-        model = onnx.load(str(out))
+        model = onnx.load(quantiser.quantize("minmax", only=only))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "s")
         return float(inits[q.input[1]])
@@ -189,8 +174,8 @@ def test_accuracy_pass_keeps_the_concatenation_float(concat_model, tmp_path):
     assert not _quantised_tensors(result.path) & {"cat", "cat_act"}
     assert "float regions" in result.float_reason
     weighted = set(weighted_nodes(onnx.load(str(path))))
-    _quantise(path, images, tmp_path / "layers.onnx", float_nodes=sorted(weighted))
-    assert "cat" in _quantised_tensors(tmp_path / "layers.onnx")  # every layer float still quantises it
+    layers_float = _quantiser(path, images, tmp_path).quantize("minmax", sorted(weighted))
+    assert "cat" in _quantised_tensors(layers_float)  # every layer float still quantises it
 
 
 def test_speed_candidates_keep_the_accuracy_plans_non_layer_nodes():

@@ -84,12 +84,13 @@ def test_fake_quantised_student_with_a_float_region_is_the_onnxruntime_int8_mode
     prepared = onnx.load(str(tmp_path / "prepared.onnx"))
     kind = {n.name: n.op_type for n in prepared.graph.node}
     regions = FloatRegions(prepared)
-    region = regions.region(next(k for k, unit in enumerate(regions.units) if kind[unit[0]] == "Add"))
+    add = next(k for k, unit in enumerate(regions.units) if kind[unit[0]] == "Add")
+    region = regions.region(add)
     path, result, images = _ptq(float_export, tmp_path, ",".join(region))
     assert result.float_nodes == region
     written = onnx.load(str(path))
     quantised = {n.input[0] for n in written.graph.node if n.op_type == "QuantizeLinear"}
-    summed = next(n for n in written.graph.node if n.name == region[[kind[r] for r in region].index("Add")])
+    summed = next(n for n in written.graph.node if n.name == regions.units[add][0])
     assert not quantised & set(summed.input) and summed.output[0] not in quantised
     net = quantization_aware_net(float_export / "model.onnx", path, result.rewrite).eval()
     with torch.no_grad():
