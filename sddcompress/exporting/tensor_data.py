@@ -32,15 +32,6 @@ def calibration_indices(bundle: DataBundle, calib_size: int, seed: int = 0) -> l
     return torch.randperm(len(bundle.train), generator=g)[: max(calib_size, 0)].tolist()
 
 
-def held_out_calibration_indices(bundle: DataBundle, calib_size: int, seed: int = 0) -> list[int]:
-    """The indices into `bundle.train` of the calibration images the INT8 stage holds out to score its choices
-    on (the last quarter of the draw, as `split_calibration` cuts it)."""
-    from sddcompress_export.ort_quantization import HELD_OUT_FRACTION, split_calibration
-
-    drawn = np.asarray(calibration_indices(bundle, calib_size, seed), dtype=np.int64)
-    return split_calibration(drawn, None, HELD_OUT_FRACTION)[1].tolist()
-
-
 def calibration_split(bundle: DataBundle, calib_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of `calib_size` training images drawn with a fixed seed, preprocessed like validation
     images (no augmentation): the images INT8 is calibrated on, wherever the chain is run from."""
