@@ -339,3 +339,26 @@ def test_qat_does_not_train_on_the_images_its_ship_rule_scores(float_export, tea
     images = trained_on[0]
     assert len(images) == len(bundle.train) - len(held)
     assert not set(images.indices) & set(held) and set(images.indices) | set(held) == set(range(len(bundle.train)))
+
+
+def test_qat_benchmark_finds_a_sweeps_students_and_scores_each_model(distilled, tmp_path):
+    """benchmarks/qat.py: every student of the asked methods in a methods sweep, and per student the shipped
+    model's top-1 is the fine-tuned or the post-training one, as the rule said."""
+    from helpers import load_benchmark
+
+    bench = load_benchmark("qat")
+    sweep = tmp_path / "sweep"
+    for name in ("resnet20-sdd-dkd-seed0", "resnet20-sdd-dkd+msdcrd-label-scarce-seed2", "resnet20-kd-seed1"):
+        (sweep / name / "checkpoints").mkdir(parents=True)
+        (sweep / name / "checkpoints" / "best.pt").symlink_to(distilled)
+    (sweep / "resnet20-sdd-dkd-seed1" / "checkpoints").mkdir(parents=True)  # unfinished: no best.pt
+    (sweep / "teacher-resnet56" / "checkpoints").mkdir(parents=True)
+    found = bench.students(sweep, ["sdd-dkd", "sdd-dkd+msdcrd"])
+    assert [names for _, names in found] == [
+        {"run": "resnet20-sdd-dkd+msdcrd-label-scarce-seed2", "method": "sdd-dkd+msdcrd", "seed": 2,
+         "scenario": "label-scarce"},
+        {"run": "resnet20-sdd-dkd-seed0", "method": "sdd-dkd", "seed": 0, "scenario": "full-label"}]
+    row = bench.student_row(found[1][0], tmp_path / "out", None, bench.QatOptions(0.05), 0.5)
+    shipped = "fine_tuned" if row["shipped_model"] == "quantization-aware" else "post_training"
+    assert row["shipped_top1"] == row[f"{shipped}_top1"] and row["rule_images"] > 0 and row["qat_steps"] >= 1
+    assert all(row[f"{m}_drop"] == row["fp32_top1"] - row[f"{m}_top1"] for m in bench.MODELS)
