@@ -172,8 +172,8 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
         shipped_top1 = row["qat_top1"] if summary["shipped"] == "quantization-aware" else int8_top1
         row.update(qat_drop=fp32_top1 - row["qat_top1"], qat_steps=summary["steps"], qat_seconds=summary["seconds"],
                    qat_shipped=summary["shipped"], shipped_drop=fp32_top1 - shipped_top1,
-                   qat_held_out={k: summary.get(k) for k in ("held_out_images", "held_out_fp32", "held_out_post_training",
-                                                              "held_out_quantization_aware")})
+                   qat_rule={k: summary.get(k) for k in ("rule_images", "rule_fp32_top1", "rule_post_training_top1",
+                                                          "rule_quantization_aware_top1")})
     for batch, rounds in zip(BATCHES, (calls * 4, calls)):
         ms = median_ms_side_by_side(models, batch_of(data.val_images, batch), rounds=rounds)
         row[f"x_fp32_b{batch}"] = ms["int8"] / ms["fp32"]

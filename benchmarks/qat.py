@@ -74,8 +74,8 @@ def student_row(checkpoint: Path, folder: Path, data: str | None, options: QatOp
     return {"val_images": len(tensors.val_labels), **{f"{k}_top1": v for k, v in top1.items()},
             **{f"{k}_drop": top1["fp32"] - top1[k] for k in MODELS}, "ptq_float_nodes": len(ptq.float_nodes),
             "ptq_seconds": ptq_seconds, "shipped_model": summary["shipped"], "qat_steps": summary["steps"],
-            "qat_seconds": summary["seconds"], "rule_images": summary["held_out_images"],
-            **{f"rule_{k}": summary.get(f"held_out_{k}") for k in ("fp32", "post_training", "quantization_aware")}}
+            "qat_seconds": summary["seconds"], "rule_images": summary["rule_images"],
+            **{f"rule_{k}": summary.get(f"rule_{k}_top1") for k in ("fp32", "post_training", "quantization_aware")}}
 
 
 def main() -> None:

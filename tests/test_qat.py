@@ -142,8 +142,8 @@ def test_export_with_qat_reports_both_and_keeps_the_plan(distilled, cli, tmp_pat
     from sddcompress.exporting.qat import ship_rule_indices
 
     left_out = ship_rule_indices(_labels(load_dataset("digits", input_size=16).train), 0)
-    assert qat["held_out_images"] == len(left_out) > 0  # the tenth of each class the ship rule scores on
-    assert {"held_out_fp32", "held_out_post_training", "held_out_quantization_aware"} <= set(qat)
+    assert qat["rule_images"] == len(left_out) > 0  # the tenth of each class the ship rule scores on
+    assert {"rule_fp32_top1", "rule_post_training_top1", "rule_quantization_aware_top1"} <= set(qat)
     assert qat["top1_drop"] == int8["top1_drop"] and "ptq_top1_drop" in qat
     assert int8["float_nodes"] == int8["quantization"]["float_nodes"] and len(int8["float_nodes"]) == 2
     kept = "" if qat["shipped"] == "quantization-aware" else " (post-training model kept)"
@@ -158,9 +158,11 @@ def test_export_with_qat_reports_both_and_keeps_the_plan(distilled, cli, tmp_pat
 def test_qat_ships_the_fine_tuned_model_unless_the_left_out_images_show_a_loss(
         float_export, teacher_ckpt, distilled, tmp_path, monkeypatch, post_training, fine_tuned, shipped):
     import sddcompress.exporting.qat as qat
+    from sddcompress.data.fraction import _labels, take_train_fraction
     from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
     from sddcompress.exporting.qat_options import QatOptions
+    from sddcompress.exporting.tensor_data import preprocess
     from sddcompress_export import ort_quantization
     from sddcompress_export.ort_quantization import HeldOutScore
 
@@ -169,21 +171,27 @@ def test_qat_ships_the_fine_tuned_model_unless_the_left_out_images_show_a_loss(
     scored = []
 
     def score(p, images, ref, labels):
-        scored.append(len(images))
+        scored.append((images, labels))
         top1 = post_training if Path(p).name == path.name else fine_tuned
         return HeldOutScore(top1, 90.0, 0.0, fp32_top1=96.0)
 
     monkeypatch.setattr(ort_quantization, "held_out_score", score)
     ckpt = load_checkpoint(distilled)
+    ckpt["config"] = {**ckpt["config"], "train_fraction": 0.5}
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
     said: list[str] = []
     copy = tmp_path / "fine-tuned.onnx"
     summary = qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
                            QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), said.append, max_drop=0.5,
                            fine_tuned_copy=copy)
-    assert scored == [summary["held_out_images"]] * 2 and summary["held_out_images"] > 0
-    assert summary["shipped"] == shipped and summary["held_out_post_training"] == post_training
-    assert summary["held_out_quantization_aware"] == fine_tuned and summary["held_out_fp32"] == 96.0
+    assert summary["rule_images"] > 0 and len(scored) == 2
+    assert all(np.array_equal(images, scored[0][0]) and np.array_equal(labels, scored[0][1]) for images, labels in scored)
+    left_out = qat.ship_rule_indices(_labels(qat.labels_the_run_saw(bundle, ckpt)), int(ckpt["config"]["seed"]))
+    expected_images, expected_labels = preprocess(take_train_fraction(bundle, 0.5).train, bundle.val_transform,
+                                                  left_out)
+    assert np.array_equal(scored[0][0], expected_images) and np.array_equal(scored[0][1], expected_labels)
+    assert summary["shipped"] == shipped and summary["rule_post_training_top1"] == post_training
+    assert summary["rule_quantization_aware_top1"] == fine_tuned and summary["rule_fp32_top1"] == 96.0
     assert (path.read_bytes() == before) == (shipped == "post-training")
     assert (copy.read_bytes() == path.read_bytes()) == (shipped == "quantization-aware")  # kept either way
     assert not list(tmp_path.glob(".*quantization-aware*"))  # no temporary file left behind
@@ -259,10 +267,12 @@ def test_qat_sees_the_labels_the_run_saw(fraction):
     assert (len(kept) == len(every)) == (fraction == 1.0)
 
 
-@pytest.mark.parametrize("train_fraction, labelled_fraction", [(0.2, 1.0), (0.2, 0.5), (1.0, 1.0)])
-def test_qat_trains_on_the_images_and_labels_the_trainer_did(teacher_ckpt, tmp_path, train_fraction,
+@pytest.mark.parametrize("method, train_fraction, labelled_fraction", [
+    ("sdd-dkd", 0.2, 1.0), ("sdd-dkd", 0.2, 0.5), ("sdd-dkd", 1.0, 1.0), ("ce", 0.5, 0.5)])
+def test_qat_trains_on_the_images_and_labels_the_trainer_did(teacher_ckpt, tmp_path, method, train_fraction,
                                                               labelled_fraction):
-    """--train-fraction and --labelled-fraction: QAT's training set is the trainer's, image for image."""
+    """--train-fraction and --labelled-fraction: QAT's training set is the trainer's, image for image (a run
+    trained alone saw the labelled images only; a distillation run saw the others without labels)."""
     from dataclasses import asdict
 
     from sddcompress.data.datasets import load_dataset
@@ -271,7 +281,7 @@ def test_qat_trains_on_the_images_and_labels_the_trainer_did(teacher_ckpt, tmp_p
     from sddcompress.exporting.qat import labels_the_run_saw
 
     cfg = sdd_config(tmp_path, teacher_ckpt, train_fraction=train_fraction, labelled_fraction=labelled_fraction,
-                     seed=3)
+                     seed=3, method=method)
     bundle = load_dataset("digits", input_size=16)
     trained, _ = _training_data(cfg, None, method_from_config(cfg), bundle, None, lambda s: None)
     seen = labels_the_run_saw(bundle, {"config": asdict(cfg)})
@@ -307,9 +317,9 @@ def test_qat_trains_cross_entropy_on_the_labels(float_export, teacher_ckpt, dist
     assert any(not np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-@pytest.mark.parametrize("fraction", [1.0, 0.2])
+@pytest.mark.parametrize("train_fraction, labelled_fraction", [(1.0, 1.0), (1.0, 0.2), (0.5, 1.0)])
 def test_qat_does_not_train_on_the_images_its_ship_rule_scores(float_export, teacher_ckpt, distilled, tmp_path,
-                                                               monkeypatch, fraction):
+                                                               monkeypatch, train_fraction, labelled_fraction):
     """The images that decide whether the fine-tuned model ships are left out of its training set: a tenth of
     each class's labelled images (of the labels the run saw), by index into the run's training images."""
     import sddcompress.exporting.qat as qat
@@ -320,7 +330,7 @@ def test_qat_does_not_train_on_the_images_its_ship_rule_scores(float_export, tea
 
     path, result, _ = _ptq(float_export, tmp_path, "none")
     ckpt = load_checkpoint(distilled)
-    ckpt["config"] = {**ckpt["config"], "labelled_fraction": fraction}
+    ckpt["config"] = {**ckpt["config"], "train_fraction": train_fraction, "labelled_fraction": labelled_fraction}
     bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
     seen = _labels(qat.labels_the_run_saw(bundle, ckpt))
     held = qat.ship_rule_indices(seen, int(ckpt["config"].get("seed") or 0))
@@ -337,8 +347,8 @@ def test_qat_does_not_train_on_the_images_its_ship_rule_scores(float_export, tea
         qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
                      QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), lambda s: None)
     images = trained_on[0]
-    assert len(images) == len(bundle.train) - len(held)
-    assert not set(images.indices) & set(held) and set(images.indices) | set(held) == set(range(len(bundle.train)))
+    assert (len(seen) < len(bundle.train)) == (train_fraction < 1) and len(images) == len(seen) - len(held)
+    assert not set(images.indices) & set(held) and set(images.indices) | set(held) == set(range(len(seen)))
 
 
 def test_qat_benchmark_finds_a_sweeps_students_and_scores_each_model(distilled, tmp_path):

@@ -99,22 +99,26 @@ def student_local_logits(net, images: torch.Tensor, scales: tuple[int, ...]):
 
 def labels_the_run_saw(bundle, ckpt: dict):
     """The training images the run trained on (its --train-fraction of each class) with the labels it trained
-    on: all of them, or its --labelled-fraction subset (from its --seed) with the others unlabelled."""
+    on: all of them, or its --labelled-fraction subset (from its --seed), the others unlabelled in a
+    distillation run and absent in a run trained alone (which saw the labelled ones only). The images of an
+    --unlabelled folder are not among them."""
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     bundle = take_train_fraction(bundle, float(config.get("train_fraction") or 1.0))
     fraction = float(config.get("labelled_fraction") or 1.0)
-    return split_labels(bundle, fraction, None, int(config.get("seed") or 0), uses_teacher=True)[0].train
+    method = config.get("method")
+    distilled = method is None or make_method(str(method)).uses_teacher
+    return split_labels(bundle, fraction, None, int(config.get("seed") or 0), uses_teacher=distilled)[0].train
 
 
 def ship_rule_indices(labels: np.ndarray, seed: int) -> list[int]:
     """Indices of the images the ship rule scores on and the fine-tuning leaves out: one in RULE_SHARE of each
     class's labelled images (rounded down, so a class with fewer than RULE_SHARE labels keeps them all for
-    training), at most RULE_MAX_IMAGES / classes per class, drawn with `seed`."""
+    training), at most RULE_MAX_IMAGES // classes per class, drawn with `seed`."""
     labels = np.asarray(labels)
     classes = np.unique(labels[labels >= 0])
     if not len(classes):
         return []
-    per_class = max(1, RULE_MAX_IMAGES // len(classes))
+    per_class = RULE_MAX_IMAGES // len(classes)
     rng = np.random.default_rng([_RULE_SEED_TAG, seed])
     picked = [rng.permutation(members)[:min(len(members) // RULE_SHARE, per_class)]
               for members in (np.flatnonzero(labels == c) for c in classes)]
@@ -231,7 +235,7 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     leave = set(left_out)
     images = Subset(seen, [i for i in range(len(seen)) if i not in leave]) if leave else seen
     summary = distill_qdq(net, images, bundle.train_transform, teacher, options, method_options, seed, echo)
-    summary.update(teacher_ckpt=path, held_out_images=len(left_out))
+    summary.update(teacher_ckpt=path, rule_images=len(left_out))
     trained = int8_path.with_name(f".{int8_path.stem}.quantization-aware.onnx")
     try:
         quantize_with_weights(fp32_path, int8_path, net.float_weights(), result.ranges, result.method,
@@ -248,8 +252,8 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
             before = held_out_score(str(int8_path), held, fp32, labels)
             after = held_out_score(str(trained), held, fp32, labels)
             ships = ships_fine_tuned(before.fp32_top1, before.top1, after.top1, max_drop)
-            summary.update(shipped="quantization-aware" if ships else "post-training", held_out_fp32=before.fp32_top1,
-                           held_out_post_training=before.top1, held_out_quantization_aware=after.top1)
+            summary.update(shipped="quantization-aware" if ships else "post-training", rule_fp32_top1=before.fp32_top1,
+                           rule_post_training_top1=before.top1, rule_quantization_aware_top1=after.top1)
             said = (f"top-1 {after.top1:.2f} on the {len(held)} labelled training images it left out (post-training "
                     f"{before.top1:.2f}, fp32 {before.fp32_top1:.2f})")
             if not ships:
