@@ -12,7 +12,8 @@ Goals on a CPU: ORT fp32 <= 0.5 x eager at batch 1; INT8 <= 0.7 x fp32 at batch 
     python benchmarks/export.py                 # the quickstart's SDD student
     python benchmarks/export.py --ckpt runs/quickstart/teacher/checkpoints/best.pt --out /tmp/export-bench
 
-With `--families`, one row per student family instead, each trained briefly on `digits` at 32 px (or left
+With `--families`, one row per student family instead, each trained briefly on `digits` at 32 px (or on
+`--data` at `--input-size`, distilled from `--teacher-ckpt`; or left
 untrained with `--epochs 0`: timing-only rows, top-1 meaningless): fp32 and INT8 top-1, the precision plan
 chosen for this CPU (its candidate, the layers kept float), what to ship, and the chosen INT8 model's time
 as a ratio to fp32 at batch 1 and 32 (interleaved call by call):
@@ -61,17 +62,18 @@ FAMILIES = ("resnet20", "resnet8x4", "wrn_16_2", "vgg8", "mobile_half", "shuffle
             "mobilenetv2", "shufflenetv2", "mobilenet_v3_small")
 
 
-def train_teacher(out: Path, epochs: int) -> str:
-    """The resnet56 teacher the QAT rows distil from (digits, 32 px, every label)."""
+def train_teacher(out: Path, epochs: int, data: str, input_size: int) -> str:
+    """The resnet56 teacher the QAT rows distil from (every label)."""
     from sddcompress.engine.config import TrainConfig
     from sddcompress.engine.trainer import run
 
-    return str(run(TrainConfig(model="resnet56", data="digits", input_size=32, epochs=epochs, batch_size=64, lr=0.05,
+    return str(run(TrainConfig(model="resnet56", data=data, input_size=input_size, epochs=epochs, batch_size=64, lr=0.05,
                                schedule="cosine", out=str(out / "teacher-resnet56"), cpu=True, log_every=10**6),
                    echo=lambda s: None).best)
 
 
-def qat_model(checkpoint: str, onnx_path: str, ptq, folder: Path, epochs: float, teacher: str) -> tuple[Path, dict]:
+def qat_model(checkpoint: str, onnx_path: str, ptq, folder: Path, epochs: float, teacher: str, dataset: str,
+              input_size: int) -> tuple[Path, dict]:
     """The post-training INT8 model `ptq` fine-tuned by quantization-aware distillation, beside it whatever it
     scores, and the summary of `export --qat-epochs` on a copy of `ptq` (`shipped`: which model export keeps,
     by its rule on the training images the fine-tuning leaves out)."""
@@ -85,20 +87,20 @@ def qat_model(checkpoint: str, onnx_path: str, ptq, folder: Path, epochs: float,
     shipped, fine_tuned = folder / "model.shipped.int8.onnx", folder / "model.qat.int8.onnx"
     shutil.copyfile(ptq.path, shipped)
     ckpt = load_checkpoint(checkpoint)
-    bundle = dataset_for_checkpoint(ckpt, "digits", None, 32)
+    bundle = dataset_for_checkpoint(ckpt, dataset, None, input_size)
     summary = qat_int8(ckpt, bundle, Path(onnx_path), shipped, ptq, QatOptions(epochs, teacher_ckpt=teacher),
                        echo=lambda s: None, fine_tuned_copy=fine_tuned)
     return fine_tuned, summary
 
 
-def fitting_sdd_scales(name: str) -> str:
-    """The SDD scales (of 1,2,4) that `name`'s last feature map can serve at 32 px, as --scales takes them."""
+def fitting_sdd_scales(name: str, input_size: int = 32) -> str:
+    """The SDD scales (of 1,2,4) that `name`'s last feature map can serve at `input_size`, as --scales takes them."""
     from sddcompress.models import LocalLogits
     from sddcompress.models.registry import build_model
 
     for scales in ((1, 2, 4), (1, 2)):
         try:
-            LocalLogits(build_model(name, 10, 32), 32, scales)
+            LocalLogits(build_model(name, 10, input_size), input_size, scales)
             return ",".join(map(str, scales))
         except UserError:
             continue
@@ -106,12 +108,14 @@ def fitting_sdd_scales(name: str) -> str:
 
 
 def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, qat_epochs: float = 0.0,
-               teacher: str | None = None, distil: bool = False, seed: int = 0) -> dict:
-    """Train `name` on digits at 32 px (alone, or distilled from `teacher` with SDD-DKD when `distil`; or not at
-    all), export, quantise with the default chain (accuracy, then the precision plan for this CPU) and time
-    the chosen INT8 model against fp32."""
+               teacher: str | None = None, distil: bool = False, seed: int = 0, dataset: str = "digits",
+               input_size: int = 32) -> dict:
+    """Train `name` on `dataset` (digits at 32 px by default; alone, or distilled from `teacher` with SDD-DKD when
+    `distil`; or not at all), export, quantise with the default chain (accuracy, then the precision plan for this
+    CPU) and time the chosen INT8 model against fp32."""
     import numpy as np
 
+    from sddcompress.engine.checkpoint import load_checkpoint
     from sddcompress.engine.config import TrainConfig
     from sddcompress.engine.trainer import run
     from sddcompress.exporting.onnx_writer import write_onnx
@@ -123,9 +127,9 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
     started = time.perf_counter()
     checkpoint = None
     if epochs > 0:
-        how = (dict(method="sdd-dkd", teacher="resnet56", teacher_ckpt=teacher, scales=fitting_sdd_scales(name))
-               if distil else {})
-        result = run(TrainConfig(model=name, data="digits", input_size=32, epochs=epochs, batch_size=64, lr=0.05,
+        how = (dict(method="sdd-dkd", teacher=load_checkpoint(teacher)["model"]["name"], teacher_ckpt=teacher,
+                    scales=fitting_sdd_scales(name, input_size)) if distil else {})
+        result = run(TrainConfig(model=name, data=dataset, input_size=input_size, epochs=epochs, batch_size=64, lr=0.05,
                                  schedule="cosine", out=str(folder / "train"), cpu=True, log_every=10**6, seed=seed,
                                  **how),
                      echo=lambda s: None)
@@ -136,12 +140,12 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
         checkpoint = str(result.best)
     else:  # untrained weights: the graph and its timing only
         torch.manual_seed(0)
-        net = build_model(name, 10, 32).eval()
+        net = build_model(name, 10, input_size).eval()
         onnx_path = str(folder / "model.onnx")
-        write_onnx(net, onnx_path, ModelMetadata([str(k) for k in range(10)], 32, [0.5] * 3, [0.5] * 3,
+        write_onnx(net, onnx_path, ModelMetadata([str(k) for k in range(10)], input_size, [0.5] * 3, [0.5] * 3,
                                                  model_name=name))
         rng = np.random.default_rng(0)
-        images = rng.standard_normal((calib_size + 256, 3, 32, 32)).astype(np.float32)
+        images = rng.standard_normal((calib_size + 256, 3, input_size, input_size)).astype(np.float32)
         data = type("Data", (), {"calib_images": images[:calib_size], "calib_labels": None,
                                  "val_images": images[calib_size:], "val_labels": np.zeros(256, np.int64)})
     train_seconds = time.perf_counter() - started
@@ -166,7 +170,8 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
            "candidates": {c["name"]: c["ratio"] for c in plan.get("candidates", [])}}
     models = {"fp32": fp32, "int8": int8}
     if qat_epochs and checkpoint:
-        qat_path, summary = qat_model(checkpoint, onnx_path, result, folder, qat_epochs, teacher)
+        qat_path, summary = qat_model(checkpoint, onnx_path, result, folder, qat_epochs, teacher, dataset,
+                                      input_size)
         models["qat"] = OrtClassifier(qat_path)
         row["qat_top1"] = score(models["qat"], data.val_images, data.val_labels)["top1"]
         shipped_top1 = row["qat_top1"] if summary["shipped"] == "quantization-aware" else int8_top1
@@ -188,14 +193,16 @@ def families_main(args) -> None:
     rows = []
     names = FAMILIES if args.families == "all" else args.families.split(",")
     needs_teacher = (args.qat_epochs or args.distil) and args.epochs > 0
-    teacher = train_teacher(out, max(2 * args.epochs, 4)) if needs_teacher else None
+    dataset, input_size = args.data or "digits", args.input_size or 32
+    teacher = (args.teacher_ckpt or train_teacher(out, max(2 * args.epochs, 4), dataset, input_size)) \
+        if needs_teacher else None
     qat_head = f"{'qat':>7}{'drop':>7}{'b=1 x':>7}{'b=32 x':>8}  {'export ships':<19}{'drop':>6}" if teacher else ""
     print(f"{'family':<20}{'fp32':>7}{'int8':>7}{'drop':>7}  {'plan':<20}{'float':>8}{'ship':>6}"
           f"{'b=1 x':>7}{'b=32 x':>8}{qat_head}", flush=True)
     for name in names:
         try:
             row = family_row(name, out, args.epochs, args.calib_size, args.calls, args.qat_epochs, teacher,
-                             args.distil, args.seed)
+                             args.distil, args.seed, dataset, input_size)
         except (UserError, DeployError) as exc:  # one family's failure is a row, not the end of the table
             rows.append({"family": name, "failed": str(exc)})
             print(f"{name:<20}failed: {exc}", flush=True)
@@ -215,7 +222,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default=None)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--data", default=None, help="dataset, if the checkpoint's is not the one to score on")
+    ap.add_argument("--data", default=None, help="dataset, if the checkpoint's is not the one to score on; with "
+                    "--families: the one the students train on [default: digits]")
+    ap.add_argument("--input-size", type=int, default=None, help="with --families: image size [default: 32]")
+    ap.add_argument("--teacher-ckpt", default=None,
+                    help="with --families: the teacher to distil from, instead of a resnet56 trained here")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--calib-size", type=int, default=DEFAULTS.calib_size)
     ap.add_argument("--val-size", type=int, default=None)
@@ -225,7 +236,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30, help="eager vs ORT fp32: calls per block")
     ap.add_argument("--families", default=None,
                     help=f"comma-separated student families, or all ({', '.join(FAMILIES)}): one row each")
-    ap.add_argument("--epochs", type=int, default=3, help="with --families: training epochs on digits (0: untrained)")
+    ap.add_argument("--epochs", type=int, default=3, help="with --families: training epochs (0: untrained)")
     ap.add_argument("--distil", action="store_true",
                     help="with --families: distil each family from the resnet56 teacher (SDD-DKD) instead of training it "
                          "alone, as `sddcompress distill` would")

@@ -372,3 +372,20 @@ def test_qat_benchmark_finds_a_sweeps_students_and_scores_each_model(distilled, 
     shipped = "fine_tuned" if row["shipped_model"] == "quantization-aware" else "post_training"
     assert row["shipped_top1"] == row[f"{shipped}_top1"] and row["rule_images"] > 0 and row["qat_steps"] >= 1
     assert all(row[f"{m}_drop"] == row["fp32_top1"] - row[f"{m}_top1"] for m in bench.MODELS)
+
+
+def test_families_benchmark_distils_on_the_given_data_from_the_given_teacher(teacher_ckpt, tmp_path):
+    """benchmarks/export.py --families with --data, --input-size and --teacher-ckpt: the student is distilled on
+    that data at that size from that teacher, and its row carries fp32, INT8 and QAT figures."""
+    from helpers import load_benchmark
+
+    from sddcompress.engine.checkpoint import load_checkpoint
+
+    bench = load_benchmark("export")
+    row = bench.family_row("resnet8x4", tmp_path, 1, 64, 2, qat_epochs=0.05, teacher=teacher_ckpt, distil=True,
+                           dataset="digits", input_size=16)
+    config = load_checkpoint(str(tmp_path / "resnet8x4" / "train" / "checkpoints" / "best.pt"))["config"]
+    assert (config["data"], config["input_size"], config["teacher_ckpt"], config["teacher"]) == \
+        ("digits", 16, teacher_ckpt, "resnet20")
+    assert row["distilled"] and 0 <= row["fp32_top1"] <= 100 and "qat_top1" in row and row["qat_rule"]["rule_images"] > 0
+    assert row["drop"] == row["fp32_top1"] - row["int8_top1"]
