@@ -198,6 +198,27 @@ def test_qat_ships_the_fine_tuned_model_unless_the_left_out_images_show_a_loss(
     assert ("post-training model is kept" in said[-1]) == (shipped == "post-training")
 
 
+def test_qat_ships_unchecked_where_no_class_has_labels_to_spare(float_export, teacher_ckpt, distilled, tmp_path):
+    """A run with fewer than ten labels per class leaves nothing out: the fine-tuned model ships, and says it
+    was not checked."""
+    import sddcompress.exporting.qat as qat
+    from sddcompress.engine.checkpoint import load_checkpoint
+    from sddcompress.engine.checkpoint_eval import dataset_for_checkpoint
+    from sddcompress.exporting.qat_options import QatOptions
+
+    path, result, _ = _ptq(float_export, tmp_path, "none")
+    before = path.read_bytes()
+    ckpt = load_checkpoint(distilled)
+    ckpt["config"] = {**ckpt["config"], "labelled_fraction": 0.05}  # about 7 labels per class of the digits
+    bundle = dataset_for_checkpoint(ckpt, "digits", None, 16)
+    said: list[str] = []
+    summary = qat.qat_int8(ckpt, bundle, float_export / "model.onnx", path, result,
+                           QatOptions(epochs=0.05, teacher_ckpt=teacher_ckpt), said.append)
+    assert summary["rule_images"] == 0 and summary["shipped"] == "quantization-aware"
+    assert "rule_post_training_top1" not in summary and path.read_bytes() != before
+    assert "shipped unchecked" in said[-1]
+
+
 @pytest.mark.parametrize("fp32, post_training, fine_tuned, max_drop, ships", [
     (50.0, 49.0, 48.9, 0.5, False),
     (50.0, 49.0, 49.0, 0.5, True),

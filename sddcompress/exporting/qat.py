@@ -244,8 +244,8 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
             shutil.copyfile(trained, fine_tuned_copy)
         if not left_out:
             summary["shipped"] = "quantization-aware"
-            echo(f"QAT: no class has {RULE_SHARE} labelled training images to leave out for a check: "
-                 "the fine-tuned model is shipped unchecked")
+            echo(f"QAT: no labelled training image was left out to check it on (a class needs {RULE_SHARE} labels, "
+                 f"at most {RULE_MAX_IMAGES} are left out in all): the fine-tuned model is shipped unchecked")
         else:
             held, labels = preprocess(seen, bundle.val_transform, left_out)
             fp32 = predict_cpu(str(fp32_path), held)
