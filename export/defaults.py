@@ -15,7 +15,8 @@ class ChainDefaults:
     opset: int = 18  # what torch.onnx's exporter emits natively; TensorRT 10 and ONNX Runtime >= 1.14 run it
     atol: float = 1e-3  # largest |ONNX - PyTorch| logit difference the ONNX file may show
     min_agreement: float = 99.0  # smallest top-1 agreement (percent) between ONNX Runtime and PyTorch
-    calib_size: int = 256  # training images that calibrate INT8 (the first N of a tensor file's)
+    calib_size: int = 1024  # training images for INT8 (the first N of a tensor file's): 256 calibrate, the rest
+    #                        score each INT8 choice (ort_quantization.split_calibration)
     calib_method: str = "auto"  # minmax, percentile, entropy, or auto: each tried, the best held-out one kept
     keep_float: str = "auto"  # layers left in float: auto, none, ends, or comma-separated node names
     max_drop: float = 0.5  # held-out top-1 points INT8 may lose before layers are kept in float

@@ -364,6 +364,17 @@ def test_expected_drop_counts_every_pair():
     assert expected_drop(np.zeros(8), np.zeros(8)) == 0.0  # tied logits: no change, no drop
 
 
+@pytest.mark.parametrize("images, calibrate", [(7, 7), (32, 24), (256, 192), (341, 256), (1024, 256), (3000, 256)])
+def test_training_images_beyond_what_calibration_needs_are_held_out(images, calibrate):
+    """Three quarters calibrate, at most 256; the rest, in order, score the INT8 choices (none below 8 images)."""
+    from sddcompress_export.ort_quantization import split_calibration
+
+    x, labels = np.arange(images, dtype=np.float32).reshape(images, 1), np.arange(images) % 10
+    fit, held, held_labels = split_calibration(x, labels)
+    assert len(fit) == calibrate and np.array_equal(np.concatenate([fit, held]), x)
+    assert np.array_equal(held_labels, labels[calibrate:])
+
+
 def test_a_drop_too_rare_to_count_on_the_held_out_slice_is_expected():
     """INT8 cuts 2 margins of 64 by 10, on the two images confident enough to stay right: counted on these
     64 images nothing is lost, but the same cut on any of the other 62 (margin 2) would flip it, so the expected

@@ -153,19 +153,21 @@ def test_a_layer_is_measured_with_its_relu(concat_model, tmp_path):
     assert alone == pytest.approx(max(pre.max(), -pre.min()) / 127, rel=1e-5) and alone > unit
 
 
+class EqualSpeed:
+    """Every plan as fast as fp32: the speed step keeps what the accuracy pass chose."""
+
+    def layer_costs(self, fp32_path, int8_path, images, names):
+        return {}, {}
+
+    def times_ms(self, paths, images):
+        return {name: [1.0] for name in paths}
+
+
 def test_accuracy_pass_keeps_the_concatenation_float(concat_model, tmp_path):
     """Every layer INT8 loses most of the held-out agreement; the first conv and classifier in float do not
     help; the float region of the most sensitive unit (the concatenation) does. Layers alone could not:
     the Concat quantises its own output."""
     path, images = concat_model
-
-    class EqualSpeed:
-        def layer_costs(self, fp32_path, int8_path, images, names):
-            return {}, {}
-
-        def times_ms(self, paths, images):
-            return {name: [1.0] for name in paths}
-
     result = quantize_int8(path, tmp_path / "model.int8.onnx", images, None, method="minmax", speed=EqualSpeed())
     all_int8 = result.candidates["minmax"]["held_out_drop"]
     assert all_int8 > 10.0
@@ -176,6 +178,31 @@ def test_accuracy_pass_keeps_the_concatenation_float(concat_model, tmp_path):
     weighted = set(weighted_nodes(onnx.load(str(path))))
     layers_float = _quantiser(path, images, tmp_path).quantize("minmax", sorted(weighted))
     assert "cat" in _quantised_tensors(layers_float)  # every layer float still quantises it
+
+
+def test_units_are_ranked_on_a_slice_and_every_choice_is_scored_on_all_held_out_images(concat_model, tmp_path,
+                                                                                          monkeypatch):
+    """400 training images: 256 calibrate, 144 are held out. The sensitivity pass ranks units by logit error on
+    the first SENSITIVITY_IMAGES of them (one score per unit); the calibration, the float regions and the
+    plans are scored on all 144."""
+    import sddcompress_export.ort_quantization as quantization
+
+    path, _ = concat_model
+    rng = np.random.default_rng(5)
+    images = (rng.standard_normal((400, 3, 8, 8)) + 2.0 * rng.standard_normal((400, 3, 1, 1))).astype(np.float32)
+    scored = []
+    real = quantization.held_out_score
+
+    def recording(model_path, held, *args, **kwargs):
+        scored.append(len(held))
+        return real(model_path, held, *args, **kwargs)
+
+    monkeypatch.setattr(quantization, "held_out_score", recording)
+    result = quantize_int8(path, tmp_path / "model.int8.onnx", images, None, method="minmax", speed=EqualSpeed())
+    assert (result.calibration_images, result.held_out_images) == (256, 144)
+    assert len(result.sensitivity) == scored.count(quantization.SENSITIVITY_IMAGES) > 0
+    assert set(scored) == {quantization.SENSITIVITY_IMAGES, 144}
+    assert {"cat", "cat_relu"} <= set(result.float_nodes)
 
 
 def test_speed_candidates_keep_the_accuracy_plans_non_layer_nodes():

@@ -33,8 +33,8 @@ from ..exporting.qat_options import QatOptions
 @click.option("--batch", default="dynamic", show_default=True, type=click.Choice(["1", "dynamic"]),
               help="Batch axis of the ONNX input.")
 @click.option("--calib-size", type=int, default=DEFAULTS.calib_size, show_default=True,
-              help="Training images used to calibrate INT8 (the Q/DQ model ORT and TensorRT both run); with "
-                   "--calib-file, the first N of the file's.")
+              help="Training images for INT8 (the Q/DQ model ORT and TensorRT both run): the first 3/4, at most "
+                   "256, calibrate; the rest score each INT8 choice. With --calib-file, the first N of the file's.")
 @click.option("--int8-calibration", "--calib-method", "calib_method", default=DEFAULTS.calib_method,
               show_default=True, type=click.Choice(CALIBRATION_CHOICES),
               help="INT8 calibration method; auto tries each and keeps the best on held-out calibration images.")
