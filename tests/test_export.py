@@ -436,3 +436,24 @@ def test_a_calibration_method_that_fails_is_skipped_under_auto(exported, tmp_pat
         ort_quantization.quantize_int8(exported["artifacts"]["onnx"]["path"], tmp_path / "p.onnx",
                                        data.calib_images[:32], data.calib_labels[:32], method="percentile",
                                        keep_float="none")
+
+
+def test_calibration_benchmark_quantises_one_export_with_each_size(teacher_ckpt, tmp_path):
+    """benchmarks/calibration.py: one export holding the largest size's training images; each size splits them
+    as the INT8 stage does and is scored on the same validation images."""
+    from helpers import load_benchmark
+
+    bench = load_benchmark("calibration")
+    rows = bench.checkpoint_rows(Path(teacher_ckpt), tmp_path / "out", [32, 400], None)
+    assert [(r["calib_size"], r["calibrated"], r["held_out"]) for r in rows] == [(32, 24, 8), (400, 256, 144)]
+    data = load_tensor_file(tmp_path / "out" / "data.npz")
+    assert len(data.calib_images) == 400 and len({r["fp32_top1"] for r in rows}) == 1
+    fp32 = OrtClassifier(tmp_path / "out" / "model.onnx")(data.val_images).argmax(1)
+    for r in rows:
+        int8 = OrtClassifier(tmp_path / "out" / f"model.int8-{r['calib_size']}.onnx")(data.val_images).argmax(1)
+        assert r["fp32_top1"] == pytest.approx(100.0 * (fp32 == data.val_labels).mean())
+        assert r["drop"] == pytest.approx(r["fp32_top1"] - 100.0 * (int8 == data.val_labels).mean())
+        assert r["agreement"] == pytest.approx(100.0 * (int8 == fp32).mean())
+        assert r["ship"] in ("int8", "fp32") and r["held_out_drop"] is not None
+    text = bench.table(rows, [32, 400])
+    assert text.count("\n| resnet20 |") == 2 and "| 400 | 1 |" in text
