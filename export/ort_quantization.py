@@ -60,8 +60,9 @@ class HeldOutScore:
     """An INT8 variant on the held-out calibration images, against the fp32 model on the same images.
 
     Counted on 768 held-out images (the default), one image is 0.13 points; on 64, 1.56 points, and a model
-    that changes 1% of its predictions counts as lossless most of the time. So each score also holds the *expected* top-1 (`expected_drop`):
-    every image's fp32 margin paired with every image's INT8 change of margin, n x n pairs. The score that
+    that changes 1% of its predictions counts as lossless most of the time. So each score also holds the
+    *expected* top-1 (`expected_drop`): every image's fp32 margin paired with every image's INT8 change of
+    margin, n x n pairs. The score that
     decides is the lower of the counted and the expected one (`accuracy`)."""
 
     top1: float | None  # None when the tensor file has no calibration labels
@@ -201,8 +202,8 @@ def split_calibration(images: np.ndarray, labels: np.ndarray | None
     """(images to calibrate on, held-out images, held-out labels).
 
     The first images calibrate: three quarters of them, at most `CALIBRATE_AT_MOST`; every later one is held
-    out. Ranges stop changing after a few hundred images, while a decision scored on n held-out images is
-    only as good as n allows, so images beyond the calibration's go to scoring (1024: 256 and 768)."""
+    out. Calibration needs a few hundred images, while a decision scored on n held-out images is only as good
+    as n allows, so images beyond the calibration's go to scoring (1024: 256 and 768)."""
     if len(images) < 8:
         return images, images[:0], (None if labels is None else labels[:0])
     cut = min(len(images) - int(round(len(images) * HELD_OUT_FRACTION)), CALIBRATE_AT_MOST)
