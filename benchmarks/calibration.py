@@ -27,7 +27,7 @@ from sddcompress_export.atomic import atomic_write_text
 from sddcompress_export.chain import int8_model
 from sddcompress_export.classifier_metrics import predict_all
 from sddcompress_export.onnxruntime_runner import OrtClassifier
-from sddcompress_export.ort_quantization import predict_cpu, score_against, split_calibration
+from sddcompress_export.ort_quantization import predict_cpu, score_against
 from sddcompress_export.tensor_file import load_tensor_file
 
 DROPS = ("drop", "drop_as_written", "expected_drop")
@@ -41,7 +41,6 @@ def checkpoint_rows(checkpoint: Path, folder: Path, sizes: list[int], data: str 
     fp32 = predict_cpu(onnx_path, tensors.val_images)
     rows = []
     for size in sizes:
-        fit, held, _ = split_calibration(tensors.calib_images[:size], None)
         started = time.perf_counter()
         result = int8_model(onnx_path, folder / f"model.int8-{size}.onnx", tensors.calib_images,
                             tensors.calib_labels, size)
@@ -53,7 +52,8 @@ def checkpoint_rows(checkpoint: Path, folder: Path, sizes: list[int], data: str 
             score_against(predict_all(written_runner, tensors.val_images, 64), fp32, tensors.val_labels)
         plan = result.plan or {}
         rows.append({"model": report["model"], "checkpoint": str(checkpoint), "calib_size": size,
-                     "calibrated": len(fit), "held_out": len(held), "seconds": seconds,
+                     "calibrated": result.calibration_images, "held_out": result.held_out_images,
+                     "seconds": seconds,
                      "fp32_top1": cpu.fp32_top1, "drop": cpu.fp32_top1 - cpu.top1,
                      "drop_as_written": written.fp32_top1 - written.top1,
                      "expected_drop": cpu.fp32_top1 - cpu.expected_top1, "agreement": cpu.agreement,
@@ -63,6 +63,11 @@ def checkpoint_rows(checkpoint: Path, folder: Path, sizes: list[int], data: str 
     return rows
 
 
+def signed(value: float | None, spec: str = "+.2f") -> str:
+    """A figure, or '-' where the stage had none (no held-out images below 8 training images, no plan)."""
+    return "-" if value is None else format(value, spec)
+
+
 def table(rows: list[dict], sizes: list[int]) -> str:
     """Markdown: a row per checkpoint and size, then the mean of each drop per size."""
     lines = ["| model | calib size (calibrate + held out) | s | fp32 | drop | as written | expected | agreement | "
@@ -70,8 +75,8 @@ def table(rows: list[dict], sizes: list[int]) -> str:
     for r in rows:
         lines.append(f"| {r['model']} | {r['calib_size']} ({r['calibrated']} + {r['held_out']}) | {r['seconds']:.0f} | "
                      f"{r['fp32_top1']:.2f} | {r['drop']:+.2f} | {r['drop_as_written']:+.2f} | "
-                     f"{r['expected_drop']:+.2f} | {r['agreement']:.2f} | {r['held_out_drop']:+.2f} | "
-                     f"{r['float_nodes']} | {r['plan']}, {r['ship']} ({r['int8_x_fp32']:.2f}) |")
+                     f"{r['expected_drop']:+.2f} | {r['agreement']:.2f} | {signed(r['held_out_drop'])} | "
+                     f"{r['float_nodes']} | {r['plan']}, {r['ship']} ({signed(r['int8_x_fp32'], '.2f')}) |")
     lines += ["", "| calib size | models | mean drop | mean as written | mean expected | drop <= 0.5 (as written) |",
               "|---|---|---|---|---|---|"]
     for size in sizes:

@@ -364,7 +364,8 @@ def test_expected_drop_counts_every_pair():
     assert expected_drop(np.zeros(8), np.zeros(8)) == 0.0  # tied logits: no change, no drop
 
 
-@pytest.mark.parametrize("images, calibrate", [(7, 7), (32, 24), (256, 192), (341, 256), (1024, 256), (3000, 256)])
+@pytest.mark.parametrize("images, calibrate", [(7, 7), (8, 6), (32, 24), (256, 192), (341, 256), (1024, 256),
+                                               (3000, 256)])
 def test_training_images_beyond_what_calibration_needs_are_held_out(images, calibrate):
     """Three quarters calibrate, at most 256; the rest, in order, score the INT8 choices (none below 8 images)."""
     from sddcompress_export.ort_quantization import split_calibration
@@ -444,8 +445,9 @@ def test_calibration_benchmark_quantises_one_export_with_each_size(teacher_ckpt,
     from helpers import load_benchmark
 
     bench = load_benchmark("calibration")
-    rows = bench.checkpoint_rows(Path(teacher_ckpt), tmp_path / "out", [32, 400], None)
-    assert [(r["calib_size"], r["calibrated"], r["held_out"]) for r in rows] == [(32, 24, 8), (400, 256, 144)]
+    rows = bench.checkpoint_rows(Path(teacher_ckpt), tmp_path / "out", [4, 32, 400], None)
+    assert [(r["calib_size"], r["calibrated"], r["held_out"]) for r in rows] == \
+        [(4, 4, 0), (32, 24, 8), (400, 256, 144)]
     data = load_tensor_file(tmp_path / "out" / "data.npz")
     assert len(data.calib_images) == 400 and len({r["fp32_top1"] for r in rows}) == 1
     fp32 = OrtClassifier(tmp_path / "out" / "model.onnx")(data.val_images).argmax(1)
@@ -454,6 +456,6 @@ def test_calibration_benchmark_quantises_one_export_with_each_size(teacher_ckpt,
         assert r["fp32_top1"] == pytest.approx(100.0 * (fp32 == data.val_labels).mean())
         assert r["drop"] == pytest.approx(r["fp32_top1"] - 100.0 * (int8 == data.val_labels).mean())
         assert r["agreement"] == pytest.approx(100.0 * (int8 == fp32).mean())
-        assert r["ship"] in ("int8", "fp32") and r["held_out_drop"] is not None
-    text = bench.table(rows, [32, 400])
-    assert text.count("\n| resnet20 |") == 2 and "| 400 | 1 |" in text
+        assert r["ship"] in ("int8", "fp32") and (r["held_out_drop"] is None) == (r["held_out"] == 0)
+    text = bench.table(rows, [4, 32, 400])  # four images: nothing held out, no held-out drop to print
+    assert text.count("\n| resnet20 |") == 3 and "| 400 | 1 |" in text

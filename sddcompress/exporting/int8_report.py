@@ -22,7 +22,8 @@ def verdict(drop: float, max_drop: float, float_nodes: list[str]) -> str:
         return f"met: top-1 drop {drop:+.2f} <= {max_drop} points"
     return (f"NOT met: post-training quantisation loses {drop:.2f} top-1 points here "
             f"({len(float_nodes)} nodes in float); fix: keep more nodes float (--int8-keep-float with the "
-            "'region' of a sensitive unit listed under 'sensitivity'), calibrate on more images (--calib-size), or "
+            "'region' of a sensitive unit listed under 'sensitivity'), score the choices on more training "
+            "images (--calib-size), or "
             "fine-tune the quantised student against its teacher (--qat-epochs 1)")
 
 
