@@ -110,9 +110,10 @@ def main() -> None:
                                 args.data)
         print(f"{checkpoint}: done", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    text = table(rows, sizes)
     atomic_write_text(args.out / "calibration.json", json.dumps(rows, indent=1))
-    atomic_write_text(args.out / "calibration.md", table(rows, sizes))
-    print(table(rows, sizes))
+    atomic_write_text(args.out / "calibration.md", text)
+    print(text)
 
 
 if __name__ == "__main__":

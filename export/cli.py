@@ -150,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(run=_eval)
     q = sub.add_parser("quantize", help="static INT8 (symmetric QDQ, per-channel) for ONNX Runtime and TensorRT")
     q.add_argument("model")
-    q.add_argument("--data", required=True, help="tensor file whose calib_images (training images) calibrate and score the INT8 choices")
+    q.add_argument("--data", required=True,
+                   help="tensor file whose calib_images (training images) calibrate and score the INT8 choices")
     q.add_argument("--out", required=True)
     q.add_argument("--calib-size", type=_count(1), default=DEFAULTS.calib_size,
                    help="the first N calibration images of the tensor file: 3/4 of them, at most 256, calibrate, the "

@@ -203,10 +203,9 @@ def split_calibration(images: np.ndarray, labels: np.ndarray | None
 
     The first images calibrate: three quarters of them, at most `CALIBRATE_AT_MOST`; every later one is held
     out. Calibration needs a few hundred images, while a decision scored on n held-out images is only as good
-    as n allows, so images beyond the calibration's go to scoring (1024: 256 and 768)."""
-    if len(images) < 8:
-        return images, images[:0], (None if labels is None else labels[:0])
-    cut = min(len(images) - int(round(len(images) * HELD_OUT_FRACTION)), CALIBRATE_AT_MOST)
+    as n allows, so images beyond the calibration's go to scoring (1024: 256 and 768). Below 8, all calibrate."""
+    n = len(images)
+    cut = n if n < 8 else min(n - int(round(n * HELD_OUT_FRACTION)), CALIBRATE_AT_MOST)
     return images[:cut], images[cut:], (None if labels is None else labels[cut:])
 
 
@@ -383,9 +382,8 @@ class _HeldOutSearch:
         """`path` scored on the held-out images (the first `at_most` of them, if given)."""
         if self.ref is None:
             return None
-        n = len(self.held) if at_most is None else at_most
-        return held_out_score(path, self.held[:n], self.ref[:n],
-                              None if self.held_labels is None else self.held_labels[:n])
+        return held_out_score(path, self.held[:at_most], self.ref[:at_most],
+                              None if self.held_labels is None else self.held_labels[:at_most])
 
     def drop(self, score: HeldOutScore | None) -> float:
         return 0.0 if score is None else score.drop()
