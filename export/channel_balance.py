@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .calibration_chunks import activation_bytes_per_image, images_fitting
+
 SHUFFLE_OPS = ("Reshape", "Transpose")
 MAX_RATIO = 1e6  # bound on a scale, against float overflow from a channel that barely fires
 
@@ -138,10 +140,12 @@ def find_pairs(model, spatial: dict[str, tuple[int, int]]) -> list[Pair]:
 def channel_maxima(model, images: np.ndarray, batch: int = 64) -> tuple[dict[str, np.ndarray],
                                                                          dict[str, tuple[int, int]]]:
     """Per-channel maxima of |x| over `images` in the float model (ONNX Runtime, CPU) for every ReLU output and
-    every convolution's input, and each one's (H, W)."""
+    every convolution's input, and each one's (H, W); `batch` images at a time, fewer where their activations
+    would pass the calibration's memory budget (`calibration_chunks`)."""
     import onnx
     import onnxruntime as ort
 
+    batch = min(batch, images_fitting(activation_bytes_per_image(model)))
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     feed = probe.graph.input[0].name

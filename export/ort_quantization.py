@@ -23,7 +23,8 @@ from every pairing of one image's fp32 margin with another image's change of mar
   float too; the fastest plan that keeps the held-out accuracy is written, and the plan with its
   recommendation (INT8, or fp32 where no INT8 plan is faster) goes into the model's metadata.
 
-Each method is calibrated once (ONNX Runtime's calibration cache); later variants only re-quantise.
+Each method is calibrated once (ONNX Runtime's calibration cache), on as many images at a time as fit a
+memory budget (`calibration_chunks`); later variants only re-quantise.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration_chunks import activation_bytes_per_image, calibration_batches, chunked_reader
 from .channel_balance import ChannelRewrite, rewrite_for_int8
 from .classifier_metrics import predict_all
 from .atomic import atomic_write
@@ -215,27 +217,16 @@ class _Quantizer:
     def __init__(self, prepared: str, fit_images: np.ndarray, workdir: str, batch_size: int) -> None:
         from onnxruntime.quantization import quantize_static
 
-        # equal-sized batches: the histogram calibrators (percentile, entropy) stack what each batch yields
-        batch_size = max(d for d in range(1, min(batch_size, len(fit_images)) + 1) if len(fit_images) % d == 0)
+        graph = load_onnx(prepared)
+        batch_size, self.chunk = calibration_batches(len(fit_images), batch_size, activation_bytes_per_image(graph))
         self.prepared, self.fit_images, self.workdir, self.batch_size = prepared, fit_images, workdir, batch_size
-        self.input_name = load_onnx(prepared).graph.input[0].name
+        self.input_name = graph.graph.input[0].name
+        self.chunks = len(fit_images) // batch_size // self.chunk  # calibration passes, each over `chunk` batches
         self.cached = "calibration_cache_path" in inspect.signature(quantize_static).parameters
         self.count = 0
 
     def _reader(self):
-        from onnxruntime.quantization import CalibrationDataReader
-
-        images, batch, name = self.fit_images, self.batch_size, self.input_name
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.batches = iter([images[s:s + batch] for s in range(0, len(images), batch)])
-
-            def get_next(self):
-                chunk = next(self.batches, None)
-                return None if chunk is None else {name: chunk}
-
-        return Reader()
+        return chunked_reader(self.fit_images, self.batch_size, self.input_name)
 
     def _entropy_ranges(self, cache: str) -> None:
         """Entropy (KL) ranges over a 512-bin histogram (TensorRT uses 2048; 512 keeps the search fast).
@@ -253,7 +244,10 @@ class _Quantizer:
                 augmented_model_path=os.path.join(self.workdir, "augmented_model.onnx"),
                 calibrate_method=CalibrationMethod.Entropy,
                 extra_options={"num_bins": 512, "num_quantized_bins": 128, "symmetric": True})
-            calibrator.collect_data(self._reader())
+            reader = self._reader()
+            for start in range(0, len(reader), self.chunk):
+                reader.set_range(start, start + self.chunk)
+                calibrator.collect_data(reader)
             save_tensors_data(calibrator.compute_data(), cache)
 
     def cache(self, method: str) -> str | None:
@@ -270,13 +264,16 @@ class _Quantizer:
             if method == "entropy" and not os.path.exists(kwargs["calibration_cache_path"]):
                 self._entropy_ranges(kwargs["calibration_cache_path"])
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            _quantize_qdq(self.prepared, out, self._reader(), method, float_nodes, only, **kwargs)
+            _quantize_qdq(self.prepared, out, self._reader(), method, float_nodes, only,
+                          chunk=self.chunk if self.chunks > 1 else None, **kwargs)
         return out
 
 
-def _quantize_qdq(prepared: str, out: str, reader, method: str, float_nodes, only=None, **kwargs) -> None:
+def _quantize_qdq(prepared: str, out: str, reader, method: str, float_nodes, only=None, chunk: int | None = None,
+                  **kwargs) -> None:
     """ONNX Runtime's static quantisation with this project's settings: QDQ, symmetric int8 activations and
-    per-channel weights (every zero point 0), calibrated by `method` (one of METHODS)."""
+    per-channel weights (every zero point 0), calibrated by `method` (one of METHODS), `chunk` batches of the
+    reader at a time if given (`calibration_chunks`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -284,7 +281,8 @@ def _quantize_qdq(prepared: str, out: str, reader, method: str, float_nodes, onl
     quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
                     nodes_to_exclude=list(float_nodes), nodes_to_quantize=list(only) if only else None,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, **kwargs)
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   **({"CalibStridedMinMax": chunk} if chunk else {})}, **kwargs)
 
 
 def prepared_model(fp32_path: str | Path, out_path: str | Path) -> None:
