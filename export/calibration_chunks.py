@@ -1,7 +1,7 @@
 """Calibration in chunks of images, so that its memory does not grow with the number of images.
 
 ONNX Runtime's histogram calibrators (percentile, entropy) keep every activation tensor of every image they
-are given until they build their histograms: about 31 MB an image for a MobileNetV2 at 224 px, so 8 GB for
+are given until they build their histograms: about 60 MB an image for a MobileNetV2 at 224 px, so 16 GB for
 256 images. Given the images a chunk at a time, they build the histograms of the first chunk and add each
 later chunk to them (`HistogramCollector` widens its bins where a chunk reaches past them), and the min-max
 calibrator merges each chunk's ranges into the ones before (the same ranges as all at once). ONNX Runtime's
@@ -10,8 +10,8 @@ range of batches (`ChunkedReader`).
 
 A chunk is as many whole batches as keep its activations under `CHUNK_BYTES`, estimated from the float
 tensors' shapes in the graph; a batch is smaller than asked where one batch alone would pass it (the min-max
-calibrator's session holds about a batch's activations). Where every image fits in one chunk (small inputs:
-16 px or 32 px students), calibration is one pass, in the batches asked for, as without chunks.
+calibrator's session holds about a batch's activations). Where every image fits in one chunk (every CIFAR
+family at 16 px), calibration is one pass, in the batches asked for, as without chunks.
 """
 
 from __future__ import annotations
