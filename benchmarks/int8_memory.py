@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +42,8 @@ def _status_mb(field: str) -> float:
     return int(line.split()[1]) / 1024  # kB
 
 
-def calibrate(prepared: str, images_path: str, method: str, budget: int | None, out: dict) -> None:
-    """In a child process: calibrate `method` on the saved images under `budget` (None: the stage's)."""
+def calibrate(prepared: str, images_path: str, method: str, budget: int | None) -> dict:
+    """Calibrate `method` on the saved images under `budget` (None: the stage's), in this process."""
     import sddcompress_export.calibration_chunks as calibration_chunks
     from sddcompress_export.ort_quantization import _Quantizer
 
@@ -54,19 +55,18 @@ def calibrate(prepared: str, images_path: str, method: str, budget: int | None, 
         _reset_peak()
         before, started = _status_mb("VmRSS"), time.perf_counter()
         quantizer.quantize(method)
-        out.update(seconds=time.perf_counter() - started, peak_mb=_status_mb("VmHWM") - before, chunks=quantizer.chunks,
-                   ranges=json.loads(quantizer.cache(method))["data"])
+        return {"seconds": time.perf_counter() - started, "peak_mb": _status_mb("VmHWM") - before,
+                "chunks": quantizer.chunks, "ranges": json.loads(quantizer.cache(method))["data"]}
 
 
-def run_child(*args) -> dict:
-    with multiprocessing.Manager() as manager:
-        out = manager.dict()
-        child = multiprocessing.get_context("spawn").Process(target=calibrate, args=(*args, out))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            return {"error": f"exit code {child.exitcode}"}
-        return dict(out)
+def run_child(prepared: str, images_path: str, method: str, budget: int | None) -> dict:
+    """`calibrate` in a fresh Python process (this script with --child), so that its peak is its own."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child",
+               json.dumps([prepared, images_path, method, budget])]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": f"exit code {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1][:200]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _value(end):
@@ -92,7 +92,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256, help="calibration images (the stage calibrates on 256)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default="runs/int8-memory")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # JSON arguments of `calibrate`, run in this process
     args = ap.parse_args()
+    if args.child:
+        print(json.dumps(calibrate(*json.loads(args.child))))
+        return
 
     import onnx
 

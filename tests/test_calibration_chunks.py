@@ -135,3 +135,19 @@ def test_channel_maxima_in_batches_the_budget_allows_are_those_of_full_batches(p
     assert runs == [1] * len(images)
     assert small_spatial == spatial and small.keys() == full.keys()
     assert all(np.array_equal(small[name], full[name]) for name in full)
+
+
+def test_memory_benchmark_calibrates_each_way_in_its_own_process(prepared, tmp_path):
+    from helpers import load_benchmark
+
+    bench = load_benchmark("int8_memory")
+    path, images = prepared
+    np.save(tmp_path / "images.npy", images)
+    one_batch = 32 * activation_bytes_per_image(onnx.load(path))
+    chunked = bench.run_child(path, str(tmp_path / "images.npy"), "minmax", one_batch)
+    one_pass = bench.run_child(path, str(tmp_path / "images.npy"), "minmax", 1 << 62)
+
+    assert (chunked["chunks"], one_pass["chunks"]) == (3, 1)
+    assert chunked["peak_mb"] >= 0 and one_pass["seconds"] > 0
+    assert bench.range_gaps(chunked["ranges"], one_pass["ranges"]) == (0.0, 0.0)
+    assert "error" in bench.run_child(path, str(tmp_path / "missing.npy"), "minmax", None)
