@@ -55,6 +55,9 @@ CALIBRATE_AT_MOST = 256  # training images ONNX Runtime calibrates on; the rest 
 HELD_OUT_FRACTION = 0.25  # of the training images, held out however few there are
 SENSITIVITY_IMAGES = 128  # held-out images the sensitivity pass ranks units on (by logit error, not top-1)
 CALIBRATION_CHOICES = ("auto",) + METHODS
+# The channel axis of a quantised weight where ONNX Runtime's default (axis 1) does not fit: a BatchNorm that
+# follows no conv (a pre-activation block's) keeps its scale, one value per channel (rank 1).
+PER_CHANNEL_AXES = {"BatchNormalization": 0}
 
 
 @dataclass
@@ -282,6 +285,7 @@ def _quantize_qdq(prepared: str, out: str, reader, method: str, float_nodes, onl
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
                     nodes_to_exclude=list(float_nodes), nodes_to_quantize=list(only) if only else None,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "QDQOpTypePerChannelSupportToAxis": PER_CHANNEL_AXES,
                                    **({"CalibStridedMinMax": chunk} if chunk else {})}, **kwargs)
 
 

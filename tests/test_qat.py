@@ -410,3 +410,60 @@ def test_families_benchmark_distils_on_the_given_data_from_the_given_teacher(tea
         ("digits", 16, teacher_ckpt, "resnet20")
     assert row["distilled"] and 0 <= row["fp32_top1"] <= 100 and "qat_top1" in row and row["qat_rule"]["rule_images"] > 0
     assert row["drop"] == row["fp32_top1"] - row["int8_top1"]
+
+
+def _preactivation_model(path) -> None:
+    """conv -> ReLU -> BatchNorm -> ReLU -> conv -> global pool -> classifier: the BatchNorm follows no conv (a
+    pre-activation block's), so it is not folded and its scale is a quantised weight of rank 1."""
+    from onnx import helper, numpy_helper
+
+    from helpers import random_initializers, save_constructed_classifier
+
+    weight = random_initializers(0.5, seed=7)
+    rng = np.random.default_rng(8)
+    scale = np.array([0.02, 0.5, 3.0, 40.0], np.float32)  # per-tensor int8 would round the first to 0
+    inits = [weight("c1.w", 4, 3, 3, 3), weight("c1.b", 4), numpy_helper.from_array(scale, "bn.scale"),
+             weight("bn.bias", 4), numpy_helper.from_array(rng.random(4).astype(np.float32), "bn.mean"),
+             numpy_helper.from_array(1.0 + rng.random(4).astype(np.float32), "bn.var"),
+             weight("c2.w", 4, 4, 3, 3), weight("c2.b", 4), weight("fc.w", 4, 4), weight("fc.b", 4)]
+    nodes = [
+        helper.make_node("Conv", ["input", "c1.w", "c1.b"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("BatchNormalization", ["r1", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["bn"],
+                         name="bn"),
+        helper.make_node("Relu", ["bn"], ["r2"], name="r2"),
+        helper.make_node("Conv", ["r2", "c2.w", "c2.b"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["pooled"], name="gap"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+    ]
+    save_constructed_classifier(path, nodes, inits, 3, "preactivation")
+
+
+def test_a_batchnorm_scale_is_quantised_per_channel_and_the_torch_model_runs_it(tmp_path, caplog):
+    import onnx
+    from onnx import numpy_helper
+
+    from sddcompress.exporting.qat import quantization_aware_net
+    from sddcompress_export.ort_quantization import quantize_int8
+
+    _preactivation_model(tmp_path / "model.onnx")
+    images = np.random.default_rng(9).standard_normal((64, 3, 8, 8)).astype(np.float32)
+    path = tmp_path / "model.int8.onnx"
+    with caplog.at_level("WARNING"):
+        result = quantize_int8(tmp_path / "model.onnx", path, images, method="minmax", keep_float="none")
+    assert "out-of-range" not in caplog.text
+
+    written = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in written.graph.initializer}
+    bn = next(n for n in written.graph.node if n.op_type == "BatchNormalization")
+    dequantize = next(n for n in written.graph.node if n.output[0] == bn.input[1])
+    assert dequantize.op_type == "DequantizeLinear" and inits[dequantize.input[1]].shape == (4,)
+    restored = inits[dequantize.input[0]].astype(np.float32) * inits[dequantize.input[1]]
+    assert np.all(np.abs(restored / np.array([0.02, 0.5, 3.0, 40.0]) - 1) < 0.01)  # each channel on its own step
+
+    net = quantization_aware_net(tmp_path / "model.onnx", path, result.rewrite).eval()
+    with torch.no_grad():
+        ours = net(torch.from_numpy(images)).numpy()
+    theirs = _ort_logits(path, images)
+    assert np.abs(ours - theirs).max() <= _logit_step(net) * 1.001
