@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-METHODS = ("minmax", "percentile", "entropy")
+from sddcompress_export.ort_quantization import METHODS
 
 
 def _reset_peak() -> None:
