@@ -267,8 +267,7 @@ class _Quantizer:
             if method == "entropy" and not os.path.exists(kwargs["calibration_cache_path"]):
                 self._entropy_ranges(kwargs["calibration_cache_path"])
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            _quantize_qdq(self.prepared, out, self._reader(), method, float_nodes, only,
-                          chunk=self.chunk if self.chunks > 1 else None, **kwargs)
+            _quantize_qdq(self.prepared, out, self._reader(), method, float_nodes, only, self.chunk, **kwargs)
         return out
 
 

@@ -101,7 +101,7 @@ def test_min_max_in_chunks_gives_the_ranges_of_one_pass(prepared, monkeypatch):
     chunked, read_chunked = _calibrate(prepared, monkeypatch, 1, "minmax")
 
     assert read_chunked == [(0, 1), (1, 2), (2, 3)]
-    assert read_once == []
+    assert read_once == [(0, 3)]  # one chunk: every batch in one range
     assert chunked == one_pass and len(one_pass) > 5
 
 
