@@ -14,6 +14,13 @@ over the tensors; min-max: equal).
 
 The one-pass run at 224 px needs about 16 GB for percentile and entropy with 256 images of MobileNetV2;
 `--images` lowers that.
+
+With `--stage` it runs the whole INT8 stage instead (`quantize_int8` with its defaults, the export's 1024 images
+unless `--images` says otherwise), once, in a fresh process, and reports each step's seconds and peak memory.
+The weights are untrained, so on random images every INT8 variant disagrees with fp32 and the stage runs every
+step, the sensitivity pass included: its worst case.
+
+    python benchmarks/int8_memory.py --stage --images 1024
 """
 
 from __future__ import annotations
@@ -58,10 +65,33 @@ def calibrate(prepared: str, images_path: str, method: str, budget: int | None) 
                 "chunks": quantizer.chunks, "ranges": json.loads(quantizer.cache(method))["data"]}
 
 
-def run_child(prepared: str, images_path: str, method: str, budget: int | None) -> dict:
-    """`calibrate` in a fresh Python process (this script with --child), so that its peak is its own."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child",
-               json.dumps([prepared, images_path, method, budget])]
+def stage(fp32: str, images_path: str) -> dict:
+    """The whole INT8 stage on the saved images, in this process: each step's seconds and peak resident memory
+    above the start (the peak is reset after every step the stage reports)."""
+    from sddcompress_export.ort_quantization import quantize_int8
+
+    images = np.load(images_path)
+    steps, before, started = [], _status_mb("VmRSS"), time.perf_counter()
+    _reset_peak()
+
+    def step(line: str) -> None:
+        steps.append({"seconds": time.perf_counter() - started, "peak_mb": _status_mb("VmHWM") - before,
+                      "step": line})
+        _reset_peak()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        quantize_int8(fp32, Path(workdir) / "model.int8.onnx", images, echo=step)
+    step("written")
+    return {"seconds": steps[-1]["seconds"], "peak_mb": max(s["peak_mb"] for s in steps), "steps": steps}
+
+
+CHILDREN = {"calibrate": calibrate, "stage": stage}
+
+
+def run_child(function: str, *args) -> dict:
+    """`calibrate` or `stage` in a fresh Python process (this script with --child), so that its peak is its
+    own."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps([function, *args])]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": f"exit code {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1][:200]}"}
@@ -91,10 +121,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256, help="calibration images (the stage calibrates on 256)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default="runs/int8-memory")
-    ap.add_argument("--child", help=argparse.SUPPRESS)  # JSON arguments of `calibrate`, run in this process
+    ap.add_argument("--stage", action="store_true", help="run the whole INT8 stage instead, step by step")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # JSON [function in CHILDREN, its arguments], run here
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(calibrate(*json.loads(args.child))))
+        function, *arguments = json.loads(args.child)
+        print(json.dumps(CHILDREN[function](*arguments)))
         return
 
     import onnx
@@ -115,11 +147,14 @@ def main() -> None:
     per_image = activation_bytes_per_image(onnx.load(str(prepared)))
     rng = np.random.default_rng(0)
     np.save(images_path, rng.standard_normal((args.images, 3, args.input_size, args.input_size)).astype(np.float32))
+    if args.stage:
+        stage_main(args, out, str(fp32), str(images_path))
+        return
 
     rows = []
     for method in args.methods.split(","):
-        chunked = run_child(str(prepared), str(images_path), method, None)
-        one_pass = run_child(str(prepared), str(images_path), method, 1 << 62)
+        chunked = run_child("calibrate", str(prepared), str(images_path), method, None)
+        one_pass = run_child("calibrate", str(prepared), str(images_path), method, 1 << 62)
         row = {"method": method, "chunked": {k: v for k, v in chunked.items() if k != "ranges"},
                "one_pass": {k: v for k, v in one_pass.items() if k != "ranges"}}
         if "ranges" in chunked and "ranges" in one_pass:
@@ -143,6 +178,19 @@ def main() -> None:
                      f"{r['range_gap_median']:.2%}, {r['range_gap_max']:.2%} |")
     (out / "int8_memory.json").write_text(json.dumps(rows, indent=1))
     (out / "int8_memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def stage_main(args, out: Path, fp32: str, images_path: str) -> None:
+    result = run_child("stage", fp32, images_path)
+    if "error" in result:
+        raise SystemExit(f"the INT8 stage failed: {result['error']}")
+    lines = [f"the whole INT8 stage: {args.model} at {args.input_size} px, {args.images} images, untrained; "
+             f"os.cpu_count() {os.cpu_count()}", "", "| after (s) | peak MB in the step | step |", "|---|---|---|"]
+    lines += [f"| {s['seconds']:.1f} | {s['peak_mb']:.0f} | {s['step']} |" for s in result["steps"]]
+    lines += ["", f"{result['seconds']:.1f} s in all, peak {result['peak_mb']:.0f} MB above the start"]
+    (out / "int8_stage.json").write_text(json.dumps(result, indent=1))
+    (out / "int8_stage.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

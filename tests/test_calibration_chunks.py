@@ -144,10 +144,25 @@ def test_memory_benchmark_calibrates_each_way_in_its_own_process(prepared, tmp_p
     path, images = prepared
     np.save(tmp_path / "images.npy", images)
     one_batch = 32 * activation_bytes_per_image(onnx.load(path))
-    chunked = bench.run_child(path, str(tmp_path / "images.npy"), "minmax", one_batch)
-    one_pass = bench.run_child(path, str(tmp_path / "images.npy"), "minmax", 1 << 62)
+    chunked = bench.run_child("calibrate", path, str(tmp_path / "images.npy"), "minmax", one_batch)
+    one_pass = bench.run_child("calibrate", path, str(tmp_path / "images.npy"), "minmax", 1 << 62)
 
     assert (chunked["chunks"], one_pass["chunks"]) == (3, 1)
     assert chunked["peak_mb"] >= 0 and one_pass["seconds"] > 0
     assert bench.range_gaps(chunked["ranges"], one_pass["ranges"]) == (0.0, 0.0)
-    assert "error" in bench.run_child(path, str(tmp_path / "missing.npy"), "minmax", None)
+    assert "error" in bench.run_child("calibrate", path, str(tmp_path / "missing.npy"), "minmax", None)
+
+
+def test_memory_benchmark_runs_the_whole_stage_step_by_step(tmp_path):
+    from helpers import load_benchmark
+
+    bench = load_benchmark("int8_memory")
+    _concat_model(tmp_path / "model.onnx")
+    np.save(tmp_path / "images.npy", np.random.default_rng(5).standard_normal((40, 3, 8, 8)).astype(np.float32))
+    result = bench.run_child("stage", str(tmp_path / "model.onnx"), str(tmp_path / "images.npy"))
+
+    steps = [s["step"] for s in result["steps"]]
+    assert steps[0].startswith("INT8 channel rewrite") and steps[-1] == "written"
+    assert any(s.startswith("INT8 plan for this CPU") for s in steps)
+    assert [s["seconds"] for s in result["steps"]] == sorted(s["seconds"] for s in result["steps"])
+    assert result["peak_mb"] == max(s["peak_mb"] for s in result["steps"]) >= 0
