@@ -27,6 +27,13 @@ the two export ships (its rule on the training images the fine-tuning leaves out
 
     python benchmarks/export.py --families all --epochs 3 --qat-epochs 2 --out /tmp/families
 
+Each drop is printed with its standard error over the validation images (in brackets): only images whose
+prediction changed move a drop, so the more predictions an INT8 model changes, the less its drop on a given
+number of images says. `--rescore DIR` computes the drops of a finished run again from the
+models and images it left in DIR, with their standard errors:
+
+    python benchmarks/export.py --rescore /tmp/families
+
 `--distil` distils each family from that teacher (SDD-DKD, the scales its 32-px feature map serves) instead of
 training it alone: the flow `sddcompress distill` then `export --qat-epochs` (QAT then starts from local logits
 already near the teacher's).
@@ -49,7 +56,7 @@ from sddcompress.engine.checkpoint_eval import model_from_checkpoint
 from sddcompress.errors import UserError
 from sddcompress.exporting.pipeline import ExportOptions, default_checkpoint, run_export
 from sddcompress_export.chain import int8_model
-from sddcompress_export.classifier_metrics import score
+from sddcompress_export.classifier_metrics import logits_metrics, paired_drop, predict_all, score
 from sddcompress_export.defaults import DEFAULTS
 from sddcompress_export.errors import DeployError
 from sddcompress_export.latency_ratio import GOAL_RATIO, batch_of, median_ms_side_by_side
@@ -107,6 +114,22 @@ def fitting_sdd_scales(name: str, input_size: int = 32) -> str:
     return "1"
 
 
+def paired_scores(models: dict, images, labels) -> dict:
+    """Top-1 of each model on the same images, and for every model after the first (the fp32 reference) its
+    drop against it with the drop's standard error and how many predictions changed: `<name>_top1`,
+    `<name>_drop`, `<name>_drop_se`, `<name>_changed` (the first INT8 model's drop is plain `drop`)."""
+    logits = {name: predict_all(model, images) for name, model in models.items()}
+    (reference_name, reference), *others = logits.items()
+    scores = {f"{name}_top1": logits_metrics(values, labels)["top1"] for name, values in logits.items()}
+    for name, values in others:
+        change = paired_drop(reference, values, labels)
+        key = "drop" if name == "int8" else f"{name}_drop"
+        scores.update({key: scores[f"{reference_name}_top1"] - scores[f"{name}_top1"],
+                       f"{key}_se": change["standard_error"],
+                       f"{name}_changed": change["changed"]})
+    return scores
+
+
 def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, qat_epochs: float = 0.0,
                teacher: str | None = None, distil: bool = False, seed: int = 0, dataset: str = "digits",
                input_size: int = 32) -> dict:
@@ -153,12 +176,12 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
     result = int8_model(onnx_path, folder / "model.int8.onnx", data.calib_images, data.calib_labels, calib_size)
     quantize_seconds = time.perf_counter() - started
     fp32, int8 = OrtClassifier(onnx_path), OrtClassifier(result.path)
-    fp32_top1 = score(fp32, data.val_images, data.val_labels)["top1"]
-    int8_top1 = score(int8, data.val_images, data.val_labels)["top1"]
+    scores = paired_scores({"fp32": fp32, "int8": int8}, data.val_images, data.val_labels)
+    fp32_top1, int8_top1 = scores["fp32_top1"], scores["int8_top1"]
     as_written = int8.as_written() or int8
     plan = result.plan or {}
-    row = {"family": name, "epochs": epochs, "distilled": distil, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
-           "drop": fp32_top1 - int8_top1, "as_written_top1": score(as_written, data.val_images, data.val_labels)["top1"],
+    row = {"family": name, "epochs": epochs, "distilled": distil, **scores,
+           "as_written_top1": score(as_written, data.val_images, data.val_labels)["top1"],
            "rewrite": result.rewrite.summary(), "plan": plan.get("chosen"), "float_nodes": result.float_nodes,
            "why": plan.get("why", {}), "ship": plan.get("ship"), "plan_ratio": plan.get("ratio"), "plan_fastest_ratio": plan.get("fastest_ratio"),
            "plan_retimed": plan.get("retimed", False),
@@ -173,9 +196,9 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
         qat_path, summary = qat_model(checkpoint, onnx_path, result, folder, qat_epochs, teacher, dataset,
                                       input_size)
         models["qat"] = OrtClassifier(qat_path)
-        row["qat_top1"] = score(models["qat"], data.val_images, data.val_labels)["top1"]
+        row.update(paired_scores({"fp32": fp32, "qat": models["qat"]}, data.val_images, data.val_labels))
         shipped_top1 = row["qat_top1"] if summary["shipped"] == "quantization-aware" else int8_top1
-        row.update(qat_drop=fp32_top1 - row["qat_top1"], qat_steps=summary["steps"], qat_seconds=summary["seconds"],
+        row.update(qat_steps=summary["steps"], qat_seconds=summary["seconds"],
                    qat_shipped=summary["shipped"], shipped_drop=fp32_top1 - shipped_top1,
                    qat_rule={k: summary.get(k) for k in ("rule_images", "rule_fp32_top1", "rule_post_training_top1",
                                                           "rule_quantization_aware_top1")})
@@ -188,6 +211,40 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
     return row
 
 
+def _with_se(row: dict, key: str) -> str:
+    return f"{row[key]:+.2f} ({row[key + '_se']:.2f})"
+
+
+def rescore_main(folder: Path) -> None:
+    """The drops of a finished `--families` run again, from the models and images it left in `folder`, with their
+    standard errors: whether a drop above a goal is more than the validation images can resolve."""
+    listed = json.loads((folder / "families.json").read_text())
+    rows = []
+    print(f"{'family':<20}{'fp32':>7}{'int8 drop (se)':>16}{'changed':>8}{'qat drop (se)':>16}{'changed':>8}"
+          f"{'shipped drop (se)':>19}")
+    for listed_row in listed:
+        if "failed" in listed_row:
+            continue
+        name = listed_row["family"]
+        data = load_tensor_file(folder / name / "data.npz")
+        models = {"fp32": OrtClassifier(str(folder / name / "model.onnx")),
+                  "int8": OrtClassifier(str(folder / name / "model.int8.onnx"))}
+        if (folder / name / "model.qat.int8.onnx").is_file():
+            models["qat"] = OrtClassifier(str(folder / name / "model.qat.int8.onnx"))
+        row = {"family": name, **paired_scores(models, data.val_images, data.val_labels)}
+        qat = ""
+        if "qat" in models:
+            shipped = "qat" if listed_row.get("qat_shipped") == "quantization-aware" else "int8"
+            row.update(shipped=shipped, shipped_drop=row["qat_drop" if shipped == "qat" else "drop"],
+                       shipped_drop_se=row["qat_drop_se" if shipped == "qat" else "drop_se"])
+            qat = f"{_with_se(row, 'qat_drop'):>16}{row['qat_changed']:>8}{_with_se(row, 'shipped_drop'):>19}"
+        rows.append(row)
+        print(f"{name:<20}{row['fp32_top1']:>7.2f}{_with_se(row, 'drop'):>16}{row['int8_changed']:>8}{qat}",
+              flush=True)
+    (folder / "families-paired.json").write_text(json.dumps(rows, indent=2))
+    print(f"rows: {folder / 'families-paired.json'}")
+
+
 def families_main(args) -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="sddcompress-families-"))
     rows = []
@@ -196,8 +253,9 @@ def families_main(args) -> None:
     dataset, input_size = args.data or "digits", args.input_size or 32
     teacher = (args.teacher_ckpt or train_teacher(out, max(2 * args.epochs, 4), dataset, input_size)) \
         if needs_teacher else None
-    qat_head = f"{'qat':>7}{'drop':>7}{'b=1 x':>7}{'b=32 x':>8}  {'export ships':<19}{'drop':>6}" if teacher else ""
-    print(f"{'family':<20}{'fp32':>7}{'int8':>7}{'drop':>7}  {'plan':<20}{'float':>8}{'ship':>6}"
+    qat_head = f"{'qat':>7}{'drop (se)':>14}{'b=1 x':>7}{'b=32 x':>8}  {'export ships':<19}{'drop':>6}" \
+        if teacher else ""
+    print(f"{'family':<20}{'fp32':>7}{'int8':>7}{'drop (se)':>14}  {'plan':<20}{'float':>8}{'ship':>6}"
           f"{'b=1 x':>7}{'b=32 x':>8}{qat_head}", flush=True)
     for name in names:
         try:
@@ -208,10 +266,10 @@ def families_main(args) -> None:
             print(f"{name:<20}failed: {exc}", flush=True)
             continue
         rows.append(row)
-        qat = (f"{row['qat_top1']:>7.2f}{row['qat_drop']:>+7.2f}{row['qat_x_fp32_b1']:>7.2f}"
+        qat = (f"{row['qat_top1']:>7.2f}{_with_se(row, 'qat_drop'):>14}{row['qat_x_fp32_b1']:>7.2f}"
                f"{row['qat_x_fp32_b32']:>8.2f}  {row['qat_shipped']:<19}{row['shipped_drop']:>+6.2f}") \
             if "qat_top1" in row else ""
-        print(f"{name:<20}{row['fp32_top1']:>7.2f}{row['int8_top1']:>7.2f}{row['drop']:>+7.2f}  {row['plan']:<20}"
+        print(f"{name:<20}{row['fp32_top1']:>7.2f}{row['int8_top1']:>7.2f}{_with_se(row, 'drop'):>14}  {row['plan']:<20}"
               f"{row['float_layers']:>4}/{row['layers']:<3}{row['ship']:>6}{row['x_fp32_b1']:>7.2f}"
               f"{row['x_fp32_b32']:>8.2f}{qat}", flush=True)
         (out / "families.json").write_text(json.dumps(rows, indent=2))
@@ -244,7 +302,11 @@ def main() -> None:
                     help="with --families: the students' training seed (the teacher is trained with seed 0)")
     ap.add_argument("--qat-epochs", type=float, default=0.0,
                     help="with --families: also quantization-aware distillation, this many epochs, per trained family")
+    ap.add_argument("--rescore", default=None, metavar="DIR",
+                    help="the drops of a finished --families run in DIR again, with their standard errors")
     args = ap.parse_args()
+    if args.rescore:
+        return rescore_main(Path(args.rescore))
     if args.families:
         return families_main(args)
     ckpt = args.ckpt or default_checkpoint()

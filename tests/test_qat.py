@@ -410,6 +410,15 @@ def test_families_benchmark_distils_on_the_given_data_from_the_given_teacher(tea
         ("digits", 16, teacher_ckpt, "resnet20")
     assert row["distilled"] and 0 <= row["fp32_top1"] <= 100 and "qat_top1" in row and row["qat_rule"]["rule_images"] > 0
     assert row["drop"] == row["fp32_top1"] - row["int8_top1"]
+    assert row["qat_drop"] == row["fp32_top1"] - row["qat_top1"] and row["drop_se"] >= 0
+
+    (tmp_path / "families.json").write_text(json.dumps([row]))
+    bench.rescore_main(tmp_path)  # the drops again, from the files the row left
+    again, = json.loads((tmp_path / "families-paired.json").read_text())
+    assert {k: again[k] for k in ("drop", "drop_se", "qat_drop", "int8_changed")} == \
+        {k: row[k] for k in ("drop", "drop_se", "qat_drop", "int8_changed")}
+    shipped = "qat" if row["qat_shipped"] == "quantization-aware" else "int8"
+    assert again["shipped"] == shipped and again["shipped_drop"] == row["shipped_drop"]
 
 
 def _preactivation_model(path) -> None:
