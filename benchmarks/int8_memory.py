@@ -142,6 +142,9 @@ def main() -> None:
     fp32, prepared, images_path = out / "model.onnx", out / "prepared.onnx", out / "images.npy"
     meta = ModelMetadata([f"class{i}" for i in range(1000)], args.input_size, [0.0] * 3, [1.0] * 3,
                          model_name=args.model)
+    import torch
+
+    torch.manual_seed(0)  # the same untrained weights every run
     write_onnx(build_model(args.model, 1000, args.input_size), fp32, meta)
     prepared_model(fp32, prepared)
     per_image = activation_bytes_per_image(onnx.load(str(prepared)))

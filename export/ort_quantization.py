@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration_chunks import activation_bytes_per_image, calibration_batches, chunked_reader
+from .calibration_chunks import activation_bytes_per_image, calibration_batches, chunked_reader, images_fitting
 from .channel_balance import ChannelRewrite, rewrite_for_int8
 from .classifier_metrics import predict_all
 from .atomic import atomic_write
@@ -54,6 +54,7 @@ METHODS = ("minmax", "percentile", "entropy")
 CALIBRATE_AT_MOST = 256  # training images ONNX Runtime calibrates on; the rest are held out to score choices
 HELD_OUT_FRACTION = 0.25  # of the training images, held out however few there are
 SENSITIVITY_IMAGES = 128  # held-out images the sensitivity pass ranks units on (by logit error, not top-1)
+SCORING_BATCH = 64  # images a held-out score runs at once, fewer where their activations would pass CHUNK_BYTES
 CALIBRATION_CHOICES = ("auto",) + METHODS
 # The channel axis of a quantised weight where ONNX Runtime's default (axis 1) does not fit: a BatchNorm that
 # follows no conv (a pre-activation block's) keeps its scale, one value per channel (rank 1).
@@ -125,6 +126,13 @@ class QuantizationResult:
 def predict_cpu(path: str, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Logits as the export report will score them: through the same ONNX Runtime runner (CPU plan)."""
     return predict_all(OrtClassifier(path, providers=["CPUExecutionProvider"]), images, batch_size)
+
+
+def scoring_batch(fp32_path: str | Path) -> int:
+    """Images per batch for scoring a model of this graph on held-out images: `SCORING_BATCH`, fewer where
+    their float activations would pass the calibration chunks' budget (a MobileNetV2 at 224 px: 20). Each
+    score runs two sessions (`held_out_score`), and at 224 px a session's memory grows with its batch."""
+    return min(SCORING_BATCH, images_fitting(activation_bytes_per_image(load_onnx(fp32_path))))
 
 
 def label_margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -377,14 +385,15 @@ class _HeldOutSearch:
                  held_labels: np.ndarray | None, tmp: str, batch_size: int) -> None:
         self.quantizer = _Quantizer(rewritten, fit, tmp, batch_size)
         self.held, self.held_labels = held, held_labels
-        self.ref = predict_cpu(prepared, held) if len(held) else None  # the float model as exported
+        self.batch = scoring_batch(prepared)
+        self.ref = predict_cpu(prepared, held, self.batch) if len(held) else None  # the float model as exported
 
     def evaluate(self, path: str, at_most: int | None = None) -> HeldOutScore | None:
         """`path` scored on the held-out images (the first `at_most` of them, if given)."""
         if self.ref is None:
             return None
         return held_out_score(path, self.held[:at_most], self.ref[:at_most],
-                              None if self.held_labels is None else self.held_labels[:at_most])
+                              None if self.held_labels is None else self.held_labels[:at_most], self.batch)
 
     def drop(self, score: HeldOutScore | None) -> float:
         return 0.0 if score is None else score.drop()

@@ -137,6 +137,32 @@ def test_channel_maxima_in_batches_the_budget_allows_are_those_of_full_batches(p
     assert all(np.array_equal(small[name], full[name]) for name in full)
 
 
+def test_held_out_scores_run_in_batches_the_budget_allows(prepared, tmp_path, monkeypatch):
+    from sddcompress_export.ort_quantization import _HeldOutSearch, scoring_batch
+
+    path, images = prepared
+    fit, held = images[:64], images[64:]
+    labels = np.arange(len(held)) % 4
+    assert scoring_batch(path) == ort_quantization.SCORING_BATCH  # a small graph: the full batch
+    full = _HeldOutSearch(path, path, fit, held, labels, str(tmp_path), 32)
+    int8 = full.quantizer.quantize("minmax")
+    monkeypatch.setattr(calibration_chunks, "CHUNK_BYTES", 3 * activation_bytes_per_image(onnx.load(path)))
+    runs = []
+    original_session = __import__("onnxruntime").InferenceSession
+
+    class CountingSession(original_session):
+        def run(self, names, feed, *args):
+            runs.append(len(next(iter(feed.values()))))
+            return super().run(names, feed, *args)
+
+    monkeypatch.setattr("onnxruntime.InferenceSession", CountingSession)
+    small = _HeldOutSearch(path, path, fit, held, labels, str(tmp_path / "small"), 32)
+    score = small.evaluate(int8)
+
+    assert small.batch == scoring_batch(path) == 3 and runs and max(runs) == 3
+    assert (score.agreement, score.top1) == (full.evaluate(int8).agreement, full.evaluate(int8).top1)
+
+
 def test_memory_benchmark_calibrates_each_way_in_its_own_process(prepared, tmp_path):
     from helpers import load_benchmark
 

@@ -170,7 +170,7 @@ def test_qat_ships_the_fine_tuned_model_unless_the_left_out_images_show_a_loss(
     before = path.read_bytes()
     scored = []
 
-    def score(p, images, ref, labels):
+    def score(p, images, ref, labels, batch_size=64):
         scored.append((images, labels))
         top1 = post_training if Path(p).name == path.name else fine_tuned
         return HeldOutScore(top1, 90.0, 0.0, fp32_top1=96.0)

@@ -217,7 +217,7 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
     post-training model stays and the summary says so (`shipped`). `fine_tuned_copy`, when given, also receives
     the fine-tuned model, shipped or not (the families benchmark scores both). Returns the fine-tuning's
     summary."""
-    from sddcompress_export.ort_quantization import held_out_score, predict_cpu, quantize_with_weights
+    from sddcompress_export.ort_quantization import held_out_score, predict_cpu, quantize_with_weights, scoring_batch
 
     if result.ranges is None:
         raise UserError("quantization-aware training needs ONNX Runtime's calibration cache (onnxruntime 1.24 or "
@@ -248,9 +248,10 @@ def qat_int8(ckpt: dict, bundle, fp32_path: Path, int8_path: Path, result, optio
                  f"at most {RULE_MAX_IMAGES} are left out in all): the fine-tuned model is shipped unchecked")
         else:
             held, labels = preprocess(seen, bundle.val_transform, left_out)
-            fp32 = predict_cpu(str(fp32_path), held)
-            before = held_out_score(str(int8_path), held, fp32, labels)
-            after = held_out_score(str(trained), held, fp32, labels)
+            batch = scoring_batch(fp32_path)
+            fp32 = predict_cpu(str(fp32_path), held, batch)
+            before = held_out_score(str(int8_path), held, fp32, labels, batch)
+            after = held_out_score(str(trained), held, fp32, labels, batch)
             ships = ships_fine_tuned(before.fp32_top1, before.top1, after.top1, max_drop)
             summary.update(shipped="quantization-aware" if ships else "post-training", rule_fp32_top1=before.fp32_top1,
                            rule_post_training_top1=before.top1, rule_quantization_aware_top1=after.top1)
