@@ -23,6 +23,20 @@ def prepared(tmp_path):
     return str(tmp_path / "prepared.onnx"), images
 
 
+def _count_batches(monkeypatch) -> list[int]:
+    """From now on, the number of images of every ONNX Runtime session run, in order."""
+    runs = []
+    original_session = __import__("onnxruntime").InferenceSession
+
+    class CountingSession(original_session):
+        def run(self, names, feed, *args):
+            runs.append(len(next(iter(feed.values()))))
+            return super().run(names, feed, *args)
+
+    monkeypatch.setattr("onnxruntime.InferenceSession", CountingSession)
+    return runs
+
+
 def test_activation_bytes_are_those_of_every_tensor_one_image_produces(prepared):
     import onnxruntime as ort
 
@@ -121,15 +135,7 @@ def test_channel_maxima_in_batches_the_budget_allows_are_those_of_full_batches(p
     model = onnx.load(path)
     full, spatial = channel_maxima(model, images)
     monkeypatch.setattr(calibration_chunks, "CHUNK_BYTES", 1)  # one image a run
-    runs = []
-    original_session = __import__("onnxruntime").InferenceSession
-
-    class CountingSession(original_session):
-        def run(self, names, feed, *args):
-            runs.append(len(next(iter(feed.values()))))
-            return super().run(names, feed, *args)
-
-    monkeypatch.setattr("onnxruntime.InferenceSession", CountingSession)
+    runs = _count_batches(monkeypatch)
     small, small_spatial = channel_maxima(model, images)
 
     assert runs == [1] * len(images)
@@ -147,15 +153,7 @@ def test_held_out_scores_run_in_batches_the_budget_allows(prepared, tmp_path, mo
     full = _HeldOutSearch(path, path, fit, held, labels, str(tmp_path), 32)
     int8 = full.quantizer.quantize("minmax")
     monkeypatch.setattr(calibration_chunks, "CHUNK_BYTES", 3 * activation_bytes_per_image(onnx.load(path)))
-    runs = []
-    original_session = __import__("onnxruntime").InferenceSession
-
-    class CountingSession(original_session):
-        def run(self, names, feed, *args):
-            runs.append(len(next(iter(feed.values()))))
-            return super().run(names, feed, *args)
-
-    monkeypatch.setattr("onnxruntime.InferenceSession", CountingSession)
+    runs = _count_batches(monkeypatch)
     small = _HeldOutSearch(path, path, fit, held, labels, str(tmp_path / "small"), 32)
     score = small.evaluate(int8)
 
