@@ -285,6 +285,9 @@ def test_int8_report_names_method_float_layers_and_drop(exported):
     assert isinstance(info["float_nodes"], list) and info["float_reason"]
     assert info["top1_drop"] == pytest.approx(report["artifacts"]["onnx"]["metrics"]["top1"] - info["metrics"]["top1"])
     assert info["goal"].startswith("met" if info["top1_drop"] <= 0.5 else "NOT met")
+    images = report["artifacts"]["onnx"]["metrics"]["count"]
+    assert f"(standard error {info['top1_drop_standard_error']:.2f} on {images} validation images)" in info["goal"]
+    assert (info["changed_predictions"] == 0) == (info["top1_drop_standard_error"] == 0)
     assert info["quantization"]["held_out_fp32_top1"] is not None
     latency = info["latency"]  # INT8 vs fp32 in ORT at batch 32, side by side
     assert latency["batch"] == 32 and latency["fp32_ms"] > 0 and latency["int8_ms"] > 0
@@ -293,6 +296,20 @@ def test_int8_report_names_method_float_layers_and_drop(exported):
     assert latency["fastest_ratio"] > 0 and latency["rounds"] == 300
     if "one_thread" in latency:
         assert set(latency["one_thread"]) == {"fp32_ms", "int8_ms", "ratio", "fastest_ratio"}
+
+
+def test_int8_verdict_says_how_finely_the_validation_images_resolve_the_drop():
+    from sddcompress.exporting.int8_report import verdict
+
+    assert verdict(0.3, 0.5, [], 0.25, 400) == "met: top-1 drop +0.30 <= 0.5 points (standard error 0.25 on 400 " \
+                                               "validation images)"
+    near = verdict(0.7, 0.5, ["conv1"], 0.3, 400)
+    assert near.startswith("NOT met: post-training quantisation loses 0.70 top-1 points here (standard error 0.30 "
+                           "on 400 validation images) (1 node in float); that is within one standard error")
+    assert "--val-size" in near and "--qat-epochs" in near
+    far = verdict(1.7, 0.5, [], 0.3, 400)
+    assert "--val-size" not in far and "--qat-epochs" in far
+    assert "standard error" not in verdict(0.7, 0.5, [])
 
 
 def test_latency_ratio_interleaves_the_models_on_one_batch():

@@ -9,33 +9,42 @@ from typing import Callable
 import numpy as np
 
 from sddcompress_export import chain
-from sddcompress_export.classifier_metrics import logits_metrics, predict_all
+from sddcompress_export.classifier_metrics import logits_metrics, paired_drop, predict_all
 from sddcompress_export.latency_ratio import BATCH, int8_latency_ratio
 from sddcompress_export.onnxruntime_runner import OrtClassifier
 from sddcompress_export.parity import compare_logits
 from sddcompress_export.tensor_file import TensorFile
 
 
-def verdict(drop: float, max_drop: float, float_nodes: list[str]) -> str:
-    """One line: goal met, or why not and what to do about it."""
+def verdict(drop: float, max_drop: float, float_nodes: list[str], standard_error: float | None = None,
+            images: int | None = None) -> str:
+    """One line: goal met, or why not and what to do about it. With the drop's standard error over the
+    validation images (`classifier_metrics.paired_drop`), the line says how finely they resolve it."""
+    spread = "" if standard_error is None else f" (standard error {standard_error:.2f} on {images} validation images)"
     if drop <= max_drop:
-        return f"met: top-1 drop {drop:+.2f} <= {max_drop} points"
-    return (f"NOT met: post-training quantisation loses {drop:.2f} top-1 points here "
-            f"({len(float_nodes)} nodes in float); fix: keep more nodes float (--int8-keep-float with the "
+        return f"met: top-1 drop {drop:+.2f} <= {max_drop} points{spread}"
+    unresolved = "" if standard_error is None or drop - max_drop > standard_error else (
+        "; that is within one standard error of the goal, so more validation images (--val-size) would tell "
+        "whether it is missed; otherwise")
+    return (f"NOT met: post-training quantisation loses {drop:.2f} top-1 points here{spread} "
+            f"({len(float_nodes)} node{'' if len(float_nodes) == 1 else 's'} in float){unresolved}; fix: keep more nodes float (--int8-keep-float with the "
             "'region' of a sensitive unit listed under 'sensitivity'), score the choices on more training "
             "images (--calib-size), or "
             "fine-tune the quantised student against its teacher (--qat-epochs 1)")
 
 
 def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, tensors: TensorFile,
-                 fp32_metrics: dict, ref: np.ndarray, batch: int, o, echo: Callable[[str], None],
+                 fp32_logits: np.ndarray, ref: np.ndarray, batch: int, o, echo: Callable[[str], None],
                  qat: Callable | None = None) -> dict:
     """Write model.int8.onnx and return its report entry (method, layers kept in float, drop, verdict).
+
+    `fp32_logits` are the ONNX Runtime fp32 model's on the validation images, `ref` the PyTorch model's.
 
     Only `tensors.calib_images` (training images, the first `o.calib_size`) reach the quantiser; the
     validation images are used afterwards, to score the chosen model. `qat(result)`, when given, fine-tunes
     the post-training Q/DQ model and rewrites int8_path (returning its summary); both are scored.
     """
+    fp32_metrics = logits_metrics(fp32_logits, tensors.val_labels)
     started = time.perf_counter()
     result = chain.int8_model(onnx_path, int8_path, tensors.calib_images, tensors.calib_labels, o.calib_size,
                               o.calib_method, o.int8_keep_float, o.int8_max_drop, echo)
@@ -57,7 +66,8 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
             "quantization-aware distillation (post-training model kept)"
         echo(f"INT8 after {which}: top-1 {metrics['top1']:.2f} (drop {drop:+.2f}; post-training "
              f"{qat_summary['ptq_top1_drop']:+.2f})")
-    line = verdict(drop, o.int8_max_drop, result.float_nodes)
+    change = paired_drop(fp32_logits, logits, tensors.val_labels)
+    line = verdict(drop, o.int8_max_drop, result.float_nodes, change["standard_error"], len(logits))
     echo(f"INT8: {int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s), calibration "
          f"{result.method}{' (auto)' if o.calib_method == 'auto' else ''}, float nodes: "
          f"{', '.join(result.float_nodes) or 'none'}; top-1 {metrics['top1']:.2f} vs fp32 "
@@ -76,7 +86,8 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
             "calibration_method": result.method, "calibration_requested": o.calib_method,
             "calibration_images": result.calibration_images, "held_out_images": result.held_out_images,
             "float_nodes": result.float_nodes, "float_reason": result.float_reason,
-            "top1_drop": drop, "goal": line, "latency": latency, "quantization": result.to_report(),
+            "top1_drop": drop, "top1_drop_standard_error": change["standard_error"],
+            "changed_predictions": change["changed"], "goal": line, "latency": latency, "quantization": result.to_report(),
             "qat": qat_summary, "as_written": written}
 
 

@@ -135,9 +135,9 @@ def run_export(o: ExportOptions, echo: Callable[[str], None] = print) -> dict:
     run = _Export(o, out, {"checkpoint": str(ckpt_path), "model": ckpt["model"]["name"], "out": str(out),
                            "artifacts": {}}, echo)
     tensors, meta = _tensor_file_step(run, ckpt_path, ckpt)
-    onnx_path, fp32_model, ref, fp32_metrics = _onnx_step(run, net, meta, tensors)
+    onnx_path, fp32_model, ref, fp32_logits = _onnx_step(run, net, meta, tensors)
     if o.ort_int8:
-        _int8_step(run, onnx_path, fp32_model, tensors, fp32_metrics, ref, _qat_step(run, ckpt) if o.qat.epochs
+        _int8_step(run, onnx_path, fp32_model, tensors, fp32_logits, ref, _qat_step(run, ckpt) if o.qat.epochs
                    else None)
     trt_error = _tensorrt_step(run, onnx_path, tensors, ref) if o.trt else None
     run.report["status"] = "ok" if trt_error is None else "tensorrt unavailable"
@@ -189,7 +189,7 @@ def _tensor_file_step(run: _Export, ckpt_path: Path, ckpt: dict) -> tuple[Tensor
 def _onnx_step(run: _Export, net: torch.nn.Module, meta: ModelMetadata, tensors: TensorFile):
     """ONNX, checked, slimmed, annotated; then parity against PyTorch on the validation images.
 
-    Returns (ONNX path, its ONNX Runtime classifier, the PyTorch logits, the ONNX file's metrics)."""
+    Returns (ONNX path, its ONNX Runtime classifier, the PyTorch logits, the ONNX file's logits)."""
     from sddcompress_export.onnxruntime_runner import OrtClassifier
 
     o = run.o
@@ -221,7 +221,7 @@ def _onnx_step(run: _Export, net: torch.nn.Module, meta: ModelMetadata, tensors:
         check_parity(parity, o.atol, o.min_agreement, f"{onnx_path}")
     except DeployError as exc:
         run.fail(str(exc))
-    return onnx_path, fp32_model, ref, fp32_metrics
+    return onnx_path, fp32_model, ref, fp32_logits
 
 
 def _score_batch(o: ExportOptions) -> int:
@@ -248,13 +248,13 @@ def _qat_step(run: _Export, ckpt: dict):
     return qat
 
 
-def _int8_step(run: _Export, onnx_path: Path, fp32_model, tensors: TensorFile, fp32_metrics: dict,
+def _int8_step(run: _Export, onnx_path: Path, fp32_model, tensors: TensorFile, fp32_logits: np.ndarray,
                ref: np.ndarray, qat=None) -> None:
     """INT8 (static, symmetric QDQ, per-channel): one model.int8.onnx for ONNX Runtime and TensorRT;
     `qat` (from `_qat_step`) fine-tunes it as quantised against the teacher."""
     from .int8_report import int8_section
 
-    info = int8_section(onnx_path, fp32_model, run.out / INT8_FILE, tensors, fp32_metrics, ref,
+    info = int8_section(onnx_path, fp32_model, run.out / INT8_FILE, tensors, fp32_logits, ref,
                         _score_batch(run.o), run.o, run.echo, qat)
     run.report["artifacts"]["ort_int8"] = info
     reason = nonfinite_reason(info["parity"], info["path"])
