@@ -15,7 +15,9 @@ import numpy as np
 
 GOAL_RATIO = 0.7  # INT8 time / fp32 time at batch 32 in ONNX Runtime
 BATCH = 32
-ROUNDS = 300  # about 2 s for the quickstart student; fewer rounds let a loaded machine swing the ratio widely
+ROUNDS = 300  # at most: about 2 s for the quickstart student; fewer short calls let load swing the ratio widely
+TIME_BUDGET_S = 15.0  # timed calls of both models together; long calls (224-px models) get fewer rounds
+MIN_ROUNDS = 30  # at least, however long the calls
 
 
 def batch_of(images: np.ndarray, batch: int) -> np.ndarray:
@@ -39,6 +41,17 @@ def ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], images: n
     return times
 
 
+def rounds_within(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray, budget_s: float,
+                  at_least: int, at_most: int, warmup: int = 2) -> int:
+    """How many interleaved rounds of `models` on `images` fit in `budget_s` seconds (within [at_least,
+    at_most]), from the time of one round after `warmup` rounds (which warm the models up for the timing)."""
+    ms_side_by_side(models, images, rounds=0, warmup=warmup)
+    started = time.perf_counter()
+    ms_side_by_side(models, images, rounds=0, warmup=1)
+    per_round = max(time.perf_counter() - started, 1e-6)
+    return int(min(at_most, max(at_least, budget_s / per_round)))
+
+
 def median_ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray,
                            rounds: int = ROUNDS, warmup: int = 3) -> dict[str, float]:
     """Median milliseconds per call of each model, the models interleaved call by call."""
@@ -47,12 +60,18 @@ def median_ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], im
 
 
 def int8_latency_ratio(fp32: Callable[[np.ndarray], object], int8: Callable[[np.ndarray], object],
-                       images: np.ndarray, batch: int = BATCH, rounds: int = ROUNDS) -> dict:
+                       images: np.ndarray, batch: int = BATCH, rounds: int | None = None) -> dict:
     """{"batch", "rounds", "fp32_ms", "int8_ms", "ratio", "fastest_ratio", "goal"}: INT8 / fp32 median time
     at `batch` (the verdict), and the ratio of each model's fastest call (its speed when nothing else
-    interfered; on a shared machine the medians carry its load as well)."""
+    interfered; on a shared machine the medians carry its load as well). `rounds` defaults to as many as fit
+    in `TIME_BUDGET_S`, between `MIN_ROUNDS` and `ROUNDS`."""
     x = batch_of(images, batch)
-    ms = ms_side_by_side({"fp32": fp32, "int8": int8}, x, rounds=rounds)
+    models = {"fp32": fp32, "int8": int8}
+    if rounds is None:
+        rounds = rounds_within(models, x, TIME_BUDGET_S, MIN_ROUNDS, ROUNDS)
+        ms = ms_side_by_side(models, x, rounds=rounds, warmup=0)
+    else:
+        ms = ms_side_by_side(models, x, rounds=rounds)
     fp32_ms, int8_ms = statistics.median(ms["fp32"]), statistics.median(ms["int8"])
     ratio, fastest = int8_ms / fp32_ms, min(ms["int8"]) / min(ms["fp32"])
     goal = (f"{'met' if ratio <= GOAL_RATIO else 'NOT met'}: INT8 takes {ratio:.2f}x the fp32 time at batch "

@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
@@ -172,14 +171,11 @@ class MeasuredSpeed:
         return fp32, int8
 
     def times_ms(self, paths, images):
-        from .latency_ratio import ms_side_by_side
+        from .latency_ratio import ms_side_by_side, rounds_within
         from .onnxruntime_runner import OrtClassifier
 
         models = {name: OrtClassifier(path, providers=["CPUExecutionProvider"]) for name, path in paths.items()}
-        started = time.perf_counter()
-        ms_side_by_side(models, images, rounds=1, warmup=2)
-        per_round = max(time.perf_counter() - started, 1e-6) / 3
-        rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, self.budget_s / per_round)))
+        rounds = rounds_within(models, images, self.budget_s, MIN_ROUNDS, MAX_ROUNDS)
         return ms_side_by_side(models, images, rounds=rounds, warmup=0)
 
 

@@ -326,6 +326,28 @@ def test_latency_ratio_interleaves_the_models_on_one_batch():
     assert calls == [("a", 12), ("b", 12)] * 5 and set(ms) == {"a", "b"}
 
 
+def test_latency_ratio_times_as_many_rounds_as_fit_its_budget(monkeypatch):
+    """Calls of a set length on a fake clock: long calls get fewer rounds, never fewer than MIN_ROUNDS nor more
+    than ROUNDS."""
+    import numpy as np
+
+    from sddcompress_export import latency_ratio
+
+    clock = [0.0]
+    monkeypatch.setattr(latency_ratio.time, "perf_counter", lambda: clock[0])
+    images = np.zeros((2, 3, 1, 1), np.float32)
+
+    def rounds_for(ms: float) -> int:
+        def run(_):
+            clock[0] += ms / 1e3
+        return latency_ratio.int8_latency_ratio(run, run, images, batch=4)["rounds"]
+
+    monkeypatch.setattr(latency_ratio, "TIME_BUDGET_S", 15.0)
+    assert rounds_for(1.0) == latency_ratio.ROUNDS
+    assert rounds_for(62.5) == 120  # a round of two calls takes 0.125 s: 15 s hold 120
+    assert rounds_for(15_000.0) == latency_ratio.MIN_ROUNDS
+
+
 def test_latency_ratio_reports_medians_and_fastest_calls(monkeypatch):
     """A fake clock that each call advances by a set time: the verdict uses the medians, `fastest_ratio`
     the minimums (a load spike on one call moves neither)."""
