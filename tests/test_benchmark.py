@@ -225,7 +225,7 @@ def test_compare_rejects_other_json(cli, tmp_path):
 def test_stratified_sample_gives_every_class_its_share():
     import numpy as np
 
-    from sddcompress.benchmarking.sampling import stratified_indices
+    from sddcompress.data.sampling import stratified_indices
 
     labels = np.repeat(np.arange(10), 50)  # an image folder: sorted by class
     idx = stratified_indices(labels, 100)

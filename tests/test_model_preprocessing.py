@@ -41,7 +41,7 @@ def digits():
 def reference_metrics(bundle, ckpt: str, spec: Preprocessing, size: int | None = None) -> dict:
     """The checkpoint's model on the validation images of `bundle` (all, or the benchmark's class-stratified
     sample of `size`), preprocessed by `spec`."""
-    from sddcompress.benchmarking.sampling import stratified_indices
+    from sddcompress.data.sampling import stratified_indices
 
     chosen = [bundle.val[i] for i in stratified_indices([label for _, label in bundle.val], size)]
     images = np.stack([spec.apply(image) for image, _ in chosen])

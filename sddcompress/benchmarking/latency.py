@@ -19,7 +19,7 @@ from .backends import BACKENDS, Candidate, Runner
 from .candidates import Calibration, ModelSource, candidates_for
 from .environment import environment
 from .memory import PeakMemory
-from .sampling import dataset_labels, stratified_indices
+from ..data.sampling import dataset_labels, stratified_indices
 from .report import SCHEMA, plot, print_console, teacher_student_comparison, write_json, write_markdown
 from .timer import TimingStats, measure
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from sddcompress_export.tensor_file import save_tensor_file
 
 from ..data import DataBundle, SeededTransform
+from ..data.sampling import dataset_labels, stratified_indices
 
 
 def preprocess(base, transform, indices: Iterable[int], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -40,9 +41,11 @@ def calibration_split(bundle: DataBundle, calib_size: int, seed: int = 0) -> tup
 
 def write_tensor_file(bundle: DataBundle, path: str | Path, calib_size: int, val_size: int | None,
                       seed: int = 0) -> Path:
-    """The tensor file: `calibration_split` and the first `val_size` validation images (all if None)."""
+    """The tensor file: `calibration_split` and `val_size` validation images (all if None), a class-stratified
+    sample in dataset order (an image folder is sorted by class: its first 500 images of ImageNet hold 10
+    classes)."""
     calib, calib_labels = calibration_split(bundle, calib_size, seed)
     val, labels = preprocess(bundle.val, bundle.val_transform,
-                             range(len(bundle.val) if val_size is None else min(val_size, len(bundle.val))))
+                             stratified_indices(dataset_labels(bundle.val), val_size, seed).tolist())
     return save_tensor_file(path, calib, val, labels, list(bundle.class_names), bundle.mean, bundle.std,
                             calib_labels=calib_labels)

@@ -1,4 +1,4 @@
-"""Which validation images a benchmark scores: a class-stratified sample, not the first N of a folder."""
+"""Which validation images are scored: a class-stratified sample, not the first N of a folder sorted by class."""
 
 from __future__ import annotations
 
