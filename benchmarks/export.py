@@ -117,7 +117,7 @@ def fitting_sdd_scales(name: str, input_size: int = 32) -> str:
 def paired_scores(models: dict, images, labels) -> dict:
     """Top-1 of each model on the same images, and for every model after the first (the fp32 reference) its
     drop against it with the drop's standard error and how many predictions changed: `<name>_top1`,
-    `<name>_drop`, `<name>_drop_se`, `<name>_changed` (the first INT8 model's drop is plain `drop`)."""
+    `<name>_drop`, `<name>_drop_se`, `<name>_changed` (for the model named "int8", plain `drop`, `drop_se`)."""
     logits = {name: predict_all(model, images) for name, model in models.items()}
     (reference_name, reference), *others = logits.items()
     scores = {f"{name}_top1": logits_metrics(values, labels)["top1"] for name, values in logits.items()}
@@ -226,6 +226,8 @@ def rescore_main(folder: Path) -> None:
         if "failed" in listed_row:
             continue
         name = listed_row["family"]
+        if not (folder / name / "data.npz").is_file():  # an untrained (--epochs 0) row: timing only
+            continue
         data = load_tensor_file(folder / name / "data.npz")
         models = {"fp32": OrtClassifier(str(folder / name / "model.onnx")),
                   "int8": OrtClassifier(str(folder / name / "model.int8.onnx"))}

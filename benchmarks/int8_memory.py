@@ -66,8 +66,9 @@ def calibrate(prepared: str, images_path: str, method: str, budget: int | None) 
 
 
 def stage(fp32: str, images_path: str) -> dict:
-    """The whole INT8 stage on the saved images, in this process: each step's seconds and peak resident memory
-    above the start (the peak is reset after every step the stage reports)."""
+    """The whole INT8 stage on the saved images, in this process: for each step the stage reports, the seconds
+    from the start to its end and the peak resident memory during it above the start (the peak is reset after
+    every step)."""
     from sddcompress_export.ort_quantization import quantize_int8
 
     images = np.load(images_path)
@@ -118,12 +119,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mobilenetv2")
     ap.add_argument("--input-size", type=int, default=224)
-    ap.add_argument("--images", type=int, default=256, help="calibration images (the stage calibrates on 256)")
+    ap.add_argument("--images", type=int, default=None,
+                    help="images [default: 256, the most the stage calibrates on; with --stage 1024, the export's]")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default="runs/int8-memory")
     ap.add_argument("--stage", action="store_true", help="run the whole INT8 stage instead, step by step")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # JSON [function in CHILDREN, its arguments], run here
     args = ap.parse_args()
+    if args.images is None:
+        args.images = 1024 if args.stage else 256
     if args.child:
         function, *arguments = json.loads(args.child)
         print(json.dumps(CHILDREN[function](*arguments)))

@@ -45,17 +45,17 @@ def score(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, label
                                    for s in range(0, len(images), batch_size)))
 
 
-def paired_drop(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def paired_drop(reference_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
     """How much top-1 (points) `logits` lose against `reference_logits` on the same images, the standard error of
-    that drop (of the mean of the per-image differences in correctness, -1, 0 or +1), and how many top-1
-    predictions changed. Only images whose prediction changed move the drop, so its spread grows with them."""
-    reference_hits = np.argmax(reference_logits, axis=1) == labels
-    hits = np.argmax(logits, axis=1) == labels
-    differences = reference_hits.astype(np.float64) - hits
+    that drop (of the mean of the per-image differences in correctness, -1, 0 or +1; None below two images),
+    and how many top-1 predictions changed. Only images whose prediction changed move the drop, so its spread
+    grows with them."""
+    reference_predictions, predictions = np.argmax(reference_logits, axis=1), np.argmax(logits, axis=1)
+    differences = (reference_predictions == labels).astype(np.float64) - (predictions == labels)
     n = len(differences)
-    spread = float(np.std(differences, ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
-    changed = int(np.sum(np.argmax(reference_logits, axis=1) != np.argmax(logits, axis=1)))
-    return {"drop": 100.0 * float(differences.mean()), "standard_error": 100.0 * spread, "changed": changed}
+    spread = 100.0 * float(np.std(differences, ddof=1)) / np.sqrt(n) if n > 1 else None
+    return {"drop": 100.0 * float(differences.mean()) if n else 0.0, "standard_error": spread,
+            "changed": int(np.sum(reference_predictions != predictions))}
 
 
 def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -22,6 +22,11 @@ def test_the_drop_counts_images_lost_and_won_and_its_spread_only_the_changed_one
     assert np.isclose(change["standard_error"], 100 * differences.std(ddof=1) / np.sqrt(8))
 
 
+def test_one_image_has_no_standard_error():
+    labels = np.array([1])
+    assert paired_drop(_logits([1]), _logits([2]), labels) == {"drop": 100.0, "standard_error": None, "changed": 1}
+
+
 def test_unchanged_predictions_drop_nothing_with_no_spread():
     labels = np.array([0, 1, 2, 2])
     logits = _logits([0, 2, 2, 1])

@@ -102,15 +102,17 @@ def test_classify_image_and_deploy_classify_match_pipeline(exported, tmp_path):
     finally:
         sys.path.remove(str(EXAMPLE.parent))
     from sddcompress.data import load_dataset
+    from sddcompress.data.sampling import dataset_labels, stratified_indices
 
     onnx_path = exported["artifacts"]["onnx"]["path"]
     meta = read_metadata(onnx_path)
     val = load_dataset("digits", input_size=meta.input_size).val
     tensors = load_tensor_file(exported["tensor_file"]["path"])
+    in_file = stratified_indices(dataset_labels(val), len(tensors.val_images))  # the images the export stored
     paths = []
     for i in range(3):
         path = tmp_path / f"digit{i}.png"
-        val[i][0].save(path)
+        val[int(in_file[i])][0].save(path)
         paths.append(str(path))
         np.testing.assert_array_equal(classify_image.preprocess(str(path), meta.preprocessing_spec()),
                                       tensors.val_images[i])

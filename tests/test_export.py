@@ -279,6 +279,8 @@ def test_auto_picks_on_held_out_calibration_images_never_validation(exported, tm
 
 
 def test_int8_report_names_method_float_layers_and_drop(exported):
+    from sddcompress_export import latency_ratio
+
     report = json.loads((Path(exported["out"]) / "export_report.json").read_text())
     info = report["artifacts"]["ort_int8"]
     assert info["calibration_method"] in ("minmax", "percentile", "entropy")
@@ -287,13 +289,13 @@ def test_int8_report_names_method_float_layers_and_drop(exported):
     assert info["goal"].startswith("met" if info["top1_drop"] <= 0.5 else "NOT met")
     images = report["artifacts"]["onnx"]["metrics"]["count"]
     assert f"(standard error {info['top1_drop_standard_error']:.2f} on {images} validation images)" in info["goal"]
-    assert (info["changed_predictions"] == 0) == (info["top1_drop_standard_error"] == 0)
+    assert info["changed_predictions"] > 0 or info["top1_drop_standard_error"] == 0
     assert info["quantization"]["held_out_fp32_top1"] is not None
     latency = info["latency"]  # INT8 vs fp32 in ORT at batch 32, side by side
     assert latency["batch"] == 32 and latency["fp32_ms"] > 0 and latency["int8_ms"] > 0
     assert latency["ratio"] == pytest.approx(latency["int8_ms"] / latency["fp32_ms"])
     assert latency["goal"].startswith("met" if latency["ratio"] <= 0.7 else "NOT met")
-    assert latency["fastest_ratio"] > 0 and latency["rounds"] == 300
+    assert latency["fastest_ratio"] > 0 and latency_ratio.MIN_ROUNDS <= latency["rounds"] <= latency_ratio.ROUNDS
     if "one_thread" in latency:
         assert set(latency["one_thread"]) == {"fp32_ms", "int8_ms", "ratio", "fastest_ratio"}
 
@@ -309,7 +311,7 @@ def test_int8_verdict_says_how_finely_the_validation_images_resolve_the_drop():
     assert "--val-size" in near and "--qat-epochs" in near
     far = verdict(1.7, 0.5, [], 0.3, 400)
     assert "--val-size" not in far and "--qat-epochs" in far
-    assert "standard error" not in verdict(0.7, 0.5, [])
+    assert "standard error" not in verdict(0.7, 0.5, []) and "standard error" not in verdict(0.7, 0.5, [], None, 1)
 
 
 def test_latency_ratio_interleaves_the_models_on_one_batch():

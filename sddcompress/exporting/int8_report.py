@@ -17,9 +17,11 @@ from sddcompress_export.tensor_file import TensorFile
 
 
 def verdict(drop: float, max_drop: float, float_nodes: list[str], standard_error: float | None = None,
-            images: int | None = None) -> str:
-    """One line: goal met, or why not and what to do about it. With the drop's standard error over the
+            images: int = 0) -> str:
+    """One line: goal met, or why not and what to do about it. With the drop's standard error over the `images`
     validation images (`classifier_metrics.paired_drop`), the line says how finely they resolve it."""
+    if standard_error is None or images < 2:
+        standard_error = None
     spread = "" if standard_error is None else f" (standard error {standard_error:.2f} on {images} validation images)"
     if drop <= max_drop:
         return f"met: top-1 drop {drop:+.2f} <= {max_drop} points{spread}"
