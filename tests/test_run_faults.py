@@ -348,30 +348,31 @@ def test_a_run_trained_with_skip_bad_images_evaluates_and_exports_without_them(c
     assert report["status"] == "ok" and report["tensor_file"]["val_images"] == 12
 
 
-def test_export_scores_every_class_of_a_folder_sorted_by_class(cli, tmp_path):
-    """--val-size below the folder's size: a class-stratified sample, not the first images (all of class a)."""
-    from sddcompress_export.tensor_file import load_tensor_file
-
+def _trained_on_image_folder(cli, tmp_path: Path) -> tuple[Path, str]:
+    """The image folder of two classes and the checkpoint of a resnet20 trained on it for one epoch."""
     images = _image_folder(tmp_path / "imgs")
     run = tmp_path / "run"
     code, _, err = cli("train", "--model", "resnet20", "--epochs", "1", "--data", f"imagefolder:{images}",
                        "--input-size", "16", "--batch-size", "4", "--cpu", "--out", str(run))
     assert code == 0, err
-    code, _, err = cli("export", "--ckpt", str(run / "checkpoints" / "best.pt"), "--out", str(tmp_path / "x"),
-                       "--val-size", "4")
+    return images, str(run / "checkpoints" / "best.pt")
+
+
+def test_export_scores_every_class_of_a_folder_sorted_by_class(cli, tmp_path):
+    """--val-size below the folder's size: a class-stratified sample, not the first images (all of class a)."""
+    from sddcompress_export.tensor_file import load_tensor_file
+
+    _, checkpoint = _trained_on_image_folder(cli, tmp_path)
+    code, _, err = cli("export", "--ckpt", checkpoint, "--out", str(tmp_path / "x"), "--val-size", "4")
     assert code == 0, err
     labels = load_tensor_file(tmp_path / "x" / "data.npz").val_labels
     assert sorted(labels.tolist()) == [0, 0, 1, 1]
 
 
 def test_an_image_that_breaks_after_training_names_a_fix_export_has(cli, tmp_path):
-    images = _image_folder(tmp_path / "imgs")
-    run = tmp_path / "run"
-    code, _, err = cli("train", "--model", "resnet20", "--epochs", "1", "--data", f"imagefolder:{images}",
-                       "--input-size", "16", "--batch-size", "4", "--cpu", "--out", str(run))
-    assert code == 0, err
+    images, checkpoint = _trained_on_image_folder(cli, tmp_path)
     (images / "val" / "a" / "0.png").write_bytes(b"not a png any more")
-    code, _, err = cli("export", "--ckpt", str(run / "checkpoints" / "best.pt"), "--out", str(tmp_path / "x"))
+    code, _, err = cli("export", "--ckpt", checkpoint, "--out", str(tmp_path / "x"))
     assert code == 2
     line = _one_error_line(err)
     assert "cannot read image" in line and "0.png" in line and "remove or replace it" in line
