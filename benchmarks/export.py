@@ -114,11 +114,11 @@ def fitting_sdd_scales(name: str, input_size: int = 32) -> str:
     return "1"
 
 
-def paired_scores(models: dict, images, labels) -> dict:
-    """Top-1 of each model on the same images, and for every model after the first (the fp32 reference) its
-    drop against it with the drop's standard error and how many predictions changed: `<name>_top1`,
-    `<name>_drop`, `<name>_drop_se`, `<name>_changed` (for the model named "int8", plain `drop`, `drop_se`)."""
-    logits = {name: predict_all(model, images) for name, model in models.items()}
+def paired_scores(logits: dict, labels) -> dict:
+    """Top-1 of each model's logits on the same images, and for every model after the first (the fp32
+    reference) its drop against it with the drop's standard error and how many predictions changed:
+    `<name>_top1`, `<name>_drop`, `<name>_drop_se`, `<name>_changed` (for the model named "int8", plain `drop`,
+    `drop_se`)."""
     (reference_name, reference), *others = logits.items()
     scores = {f"{name}_top1": logits_metrics(values, labels)["top1"] for name, values in logits.items()}
     for name, values in others:
@@ -176,7 +176,8 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
     result = int8_model(onnx_path, folder / "model.int8.onnx", data.calib_images, data.calib_labels, calib_size)
     quantize_seconds = time.perf_counter() - started
     fp32, int8 = OrtClassifier(onnx_path), OrtClassifier(result.path)
-    scores = paired_scores({"fp32": fp32, "int8": int8}, data.val_images, data.val_labels)
+    fp32_logits = predict_all(fp32, data.val_images)
+    scores = paired_scores({"fp32": fp32_logits, "int8": predict_all(int8, data.val_images)}, data.val_labels)
     fp32_top1, int8_top1 = scores["fp32_top1"], scores["int8_top1"]
     as_written = int8.as_written() or int8
     plan = result.plan or {}
@@ -196,7 +197,8 @@ def family_row(name: str, out: Path, epochs: int, calib_size: int, calls: int, q
         qat_path, summary = qat_model(checkpoint, onnx_path, result, folder, qat_epochs, teacher, dataset,
                                       input_size)
         models["qat"] = OrtClassifier(qat_path)
-        row.update(paired_scores({"fp32": fp32, "qat": models["qat"]}, data.val_images, data.val_labels))
+        row.update(paired_scores({"fp32": fp32_logits, "qat": predict_all(models["qat"], data.val_images)},
+                                 data.val_labels))
         shipped_top1 = row["qat_top1"] if summary["shipped"] == "quantization-aware" else int8_top1
         row.update(qat_steps=summary["steps"], qat_seconds=summary["seconds"],
                    qat_shipped=summary["shipped"], shipped_drop=fp32_top1 - shipped_top1,
@@ -233,7 +235,8 @@ def rescore_main(folder: Path) -> None:
                   "int8": OrtClassifier(str(folder / name / "model.int8.onnx"))}
         if (folder / name / "model.qat.int8.onnx").is_file():
             models["qat"] = OrtClassifier(str(folder / name / "model.qat.int8.onnx"))
-        row = {"family": name, **paired_scores(models, data.val_images, data.val_labels)}
+        logits = {role: predict_all(model, data.val_images) for role, model in models.items()}
+        row = {"family": name, **paired_scores(logits, data.val_labels)}
         qat = ""
         if "qat" in models:
             shipped = "qat" if listed_row.get("qat_shipped") == "quantization-aware" else "int8"

@@ -41,15 +41,16 @@ def ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], images: n
     return times
 
 
-def rounds_within(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray, budget_s: float,
-                  at_least: int, at_most: int, warmup: int = 2) -> int:
-    """How many interleaved rounds of `models` on `images` fit in `budget_s` seconds (within [at_least,
-    at_most]), from the time of one round after `warmup` rounds (which warm the models up for the timing)."""
+def ms_within_budget(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray, budget_s: float,
+                     at_least: int, at_most: int, warmup: int = 2) -> dict[str, list[float]]:
+    """`ms_side_by_side` for as many rounds as fit in `budget_s` seconds (within [at_least, at_most]), judged by
+    the time of one round after `warmup` rounds (which warm the models up for the timing)."""
     ms_side_by_side(models, images, rounds=0, warmup=warmup)
     started = time.perf_counter()
     ms_side_by_side(models, images, rounds=0, warmup=1)
     per_round = max(time.perf_counter() - started, 1e-6)
-    return int(min(at_most, max(at_least, budget_s / per_round)))
+    rounds = int(min(at_most, max(at_least, budget_s / per_round)))
+    return ms_side_by_side(models, images, rounds=rounds, warmup=0)
 
 
 def median_ms_side_by_side(models: dict[str, Callable[[np.ndarray], object]], images: np.ndarray,
@@ -67,11 +68,9 @@ def int8_latency_ratio(fp32: Callable[[np.ndarray], object], int8: Callable[[np.
     in `TIME_BUDGET_S`, between `MIN_ROUNDS` and `ROUNDS`."""
     x = batch_of(images, batch)
     models = {"fp32": fp32, "int8": int8}
-    if rounds is None:
-        rounds = rounds_within(models, x, TIME_BUDGET_S, MIN_ROUNDS, ROUNDS)
-        ms = ms_side_by_side(models, x, rounds=rounds, warmup=0)
-    else:
-        ms = ms_side_by_side(models, x, rounds=rounds)
+    ms = ms_within_budget(models, x, TIME_BUDGET_S, MIN_ROUNDS, ROUNDS) if rounds is None else \
+        ms_side_by_side(models, x, rounds=rounds)
+    rounds = len(ms["fp32"])
     fp32_ms, int8_ms = statistics.median(ms["fp32"]), statistics.median(ms["int8"])
     ratio, fastest = int8_ms / fp32_ms, min(ms["int8"]) / min(ms["fp32"])
     goal = (f"{'met' if ratio <= GOAL_RATIO else 'NOT met'}: INT8 takes {ratio:.2f}x the fp32 time at batch "

@@ -171,12 +171,11 @@ class MeasuredSpeed:
         return fp32, int8
 
     def times_ms(self, paths, images):
-        from .latency_ratio import ms_side_by_side, rounds_within
+        from .latency_ratio import ms_within_budget
         from .onnxruntime_runner import OrtClassifier
 
         models = {name: OrtClassifier(path, providers=["CPUExecutionProvider"]) for name, path in paths.items()}
-        rounds = rounds_within(models, images, self.budget_s, MIN_ROUNDS, MAX_ROUNDS)
-        return ms_side_by_side(models, images, rounds=rounds, warmup=0)
+        return ms_within_budget(models, images, self.budget_s, MIN_ROUNDS, MAX_ROUNDS)
 
 
 @dataclass

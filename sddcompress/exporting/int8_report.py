@@ -28,8 +28,9 @@ def verdict(drop: float, max_drop: float, float_nodes: list[str], standard_error
     unresolved = "" if standard_error is None or drop - max_drop > standard_error else (
         "; that is within one standard error of the goal, so more validation images (--val-size) would tell "
         "whether it is missed; otherwise")
-    return (f"NOT met: post-training quantisation loses {drop:.2f} top-1 points here{spread} "
-            f"({len(float_nodes)} node{'' if len(float_nodes) == 1 else 's'} in float){unresolved}; fix: keep more nodes float (--int8-keep-float with the "
+    floats = f"{len(float_nodes)} node{'' if len(float_nodes) == 1 else 's'} in float"
+    return (f"NOT met: post-training quantisation loses {drop:.2f} top-1 points here{spread} ({floats})"
+            f"{unresolved}; fix: keep more nodes float (--int8-keep-float with the "
             "'region' of a sensitive unit listed under 'sensitivity'), score the choices on more training "
             "images (--calib-size), or "
             "fine-tune the quantised student against its teacher (--qat-epochs 1)")
@@ -89,7 +90,8 @@ def int8_section(onnx_path: Path, fp32_model: OrtClassifier, int8_path: Path, te
             "calibration_images": result.calibration_images, "held_out_images": result.held_out_images,
             "float_nodes": result.float_nodes, "float_reason": result.float_reason,
             "top1_drop": drop, "top1_drop_standard_error": change["standard_error"],
-            "changed_predictions": change["changed"], "goal": line, "latency": latency, "quantization": result.to_report(),
+            "changed_predictions": change["changed"], "goal": line, "latency": latency,
+            "quantization": result.to_report(),
             "qat": qat_summary, "as_written": written}
 
 
